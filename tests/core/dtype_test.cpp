@@ -1,0 +1,108 @@
+// Conversions are checked against hand-worked IEEE-754 bit patterns (not against another
+// implementation), covering ties, subnormals, overflow, infinities and NaN.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "sli/dtype.h"
+
+using namespace sli;
+
+namespace {
+uint16_t h(uint32_t f32bits) { return f32ToF16(bitsFloat(f32bits)); }
+uint16_t b(uint32_t f32bits) { return f32ToBf16(bitsFloat(f32bits)); }
+}  // namespace
+
+TEST_CASE("f32 to f16 rounds normal values to nearest even") {
+    CHECK(h(0x3f800000) == 0x3c00);  // 1.0
+    CHECK(h(0xc0000000) == 0xc000);  // -2.0
+    CHECK(h(0x3f801000) == 0x3c00);  // 1 + 2^-11: tie, even is 0x3c00
+    CHECK(h(0x3f803000) == 0x3c02);  // 1 + 3*2^-11: tie, even is 0x3c02
+    CHECK(h(0x3f801001) == 0x3c01);  // just above the tie
+    CHECK(h(0x477fe000) == 0x7bff);  // 65504, the largest finite f16
+    CHECK(h(0x477fefff) == 0x7bff);  // just below 65520
+}
+
+TEST_CASE("f32 to f16 overflows to infinity at 65520") {
+    CHECK(h(0x477ff000) == 0x7c00);
+    CHECK(h(0xc77ff000) == 0xfc00);
+    CHECK(h(0x7f7fffff) == 0x7c00);  // FLT_MAX
+    CHECK(h(0x7f800000) == 0x7c00);
+    CHECK(h(0xff800000) == 0xfc00);
+}
+
+TEST_CASE("f32 to f16 handles subnormals and signed zero") {
+    CHECK(h(0x33800000) == 0x0001);  // 2^-24, smallest f16 subnormal
+    CHECK(h(0x33000000) == 0x0000);  // 2^-25: tie between 0 and 1 ulp, rounds to even 0
+    CHECK(h(0x33000001) == 0x0001);  // just above half an ulp
+    CHECK(h(0x33c00000) == 0x0002);  // 1.5 ulp: tie, rounds to even 2
+    CHECK(h(0x387fc000) == 0x03ff);  // largest subnormal
+    CHECK(h(0x387fe000) == 0x0400);  // tie between largest subnormal and smallest normal
+    CHECK(h(0x38800000) == 0x0400);  // 2^-14, smallest normal
+    CHECK(h(0x00000001) == 0x0000);  // f32 subnormal underflows
+    CHECK(h(0x80000000) == 0x8000);  // -0.0 keeps its sign
+    CHECK(h(0xb3800000) == 0x8001);
+}
+
+TEST_CASE("f32 to f16 keeps NaN a quiet NaN") {
+    CHECK(h(0x7fc00000) == 0x7e00);
+    CHECK((h(0x7f800001) & 0x7e00) == 0x7e00);  // signalling NaN becomes quiet, not inf
+    CHECK(h(0xffc00000) == 0xfe00);
+}
+
+TEST_CASE("f16 to f32 is exact for every class") {
+    CHECK(floatBits(f16ToF32(0x3c00)) == 0x3f800000);
+    CHECK(floatBits(f16ToF32(0x0001)) == 0x33800000);
+    CHECK(floatBits(f16ToF32(0x03ff)) == 0x387fc000);
+    CHECK(floatBits(f16ToF32(0x0400)) == 0x38800000);
+    CHECK(floatBits(f16ToF32(0x7bff)) == 0x477fe000);
+    CHECK(floatBits(f16ToF32(0x7c00)) == 0x7f800000);
+    CHECK(floatBits(f16ToF32(0xfc00)) == 0xff800000);
+    CHECK(floatBits(f16ToF32(0x8000)) == 0x80000000);
+    CHECK(std::isnan(f16ToF32(0x7e00)));
+}
+
+TEST_CASE("every f16 value survives a round trip through f32") {
+    for (uint32_t v = 0; v < 0x10000; ++v) {
+        const auto x = static_cast<uint16_t>(v);
+        const bool isNan = (x & 0x7c00) == 0x7c00 && (x & 0x3ff) != 0;
+        if (isNan) {
+            CHECK(std::isnan(f16ToF32(x)));
+            continue;
+        }
+        REQUIRE(f32ToF16(f16ToF32(x)) == x);
+    }
+}
+
+TEST_CASE("f32 to bf16 rounds to nearest even") {
+    CHECK(b(0x3f800000) == 0x3f80);
+    CHECK(b(0x3f808000) == 0x3f80);  // tie, even
+    CHECK(b(0x3f818000) == 0x3f82);  // tie, even
+    CHECK(b(0x3f808001) == 0x3f81);
+    CHECK(b(0x7f7fffff) == 0x7f80);  // FLT_MAX rounds to inf
+    CHECK(b(0x00008000) == 0x0000);  // subnormal tie to even zero
+    CHECK(b(0x00018000) == 0x0002);  // subnormal tie to even
+    CHECK(b(0x80000000) == 0x8000);
+    CHECK(b(0xff800000) == 0xff80);
+}
+
+TEST_CASE("f32 to bf16 never turns a NaN into infinity") {
+    CHECK(b(0x7fc00001) == 0x7fc0);
+    CHECK(b(0x7f800001) == 0x7fc0);  // payload only in the low bits: must stay NaN
+    CHECK(b(0xff800001) == 0xffc0);
+    CHECK(floatBits(bf16ToF32(0x3f80)) == 0x3f800000);
+}
+
+TEST_CASE("dtype names round trip in all three spellings") {
+    for (int i = 0; i < kDTypeCount; ++i) {
+        const auto t = static_cast<DType>(i);
+        CHECK(parseDType(dtypeSafetensorsName(t)) == t);
+        CHECK(parseDType(dtypeName(t)) == t);
+        CHECK(parseDType(dtypeTorchName(t)) == t);
+    }
+    CHECK(dtypeSize(DType::kBF16) == 2);
+    CHECK(dtypeSize(DType::kF64) == 8);
+    CHECK(dtypeSize(DType::kF8E4M3) == 1);
+    CHECK_FALSE(parseDType("F17").has_value());
+    CHECK_FALSE(parseDType("").has_value());
+}
