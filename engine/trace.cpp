@@ -1,0 +1,73 @@
+#include "trace.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+
+#include "sli/json.h"
+
+namespace sli {
+
+namespace {
+void event(std::string& out, bool& first, const std::string& name, int tid, int64_t startNs,
+           int64_t endNs, int64_t layer, uint64_t seq, uint64_t bytes) {
+    if (startNs <= 0 || endNs < startNs) return;
+    if (!first) out += ",\n";
+    first = false;
+    char buf[256];
+    out += "{\"name\": ";
+    appendJsonString(out, name);
+    std::snprintf(buf, sizeof buf,
+                  ", \"ph\": \"X\", \"pid\": 1, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
+                  "\"args\": {\"layer\": %lld, \"seq\": %llu, \"bytes\": %llu}}",
+                  tid, static_cast<double>(startNs) / 1e3,
+                  static_cast<double>(endNs - startNs) / 1e3, static_cast<long long>(layer),
+                  static_cast<unsigned long long>(seq), static_cast<unsigned long long>(bytes));
+    out += buf;
+}
+}  // namespace
+
+std::string traceJson(const std::vector<LayerTiming>& timings,
+                      const std::vector<std::string>& layerNames) {
+    std::string out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
+    const char* tracks[] = {"read", "verify", "dequant", "executor", "acquire wait"};
+    bool first = true;
+    for (int tid = 0; tid < 5; ++tid) {
+        if (!first) out += ",\n";
+        first = false;
+        out += "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 1, \"tid\": " +
+               std::to_string(tid + 1) + ", \"args\": {\"name\": \"" + tracks[tid] + "\"}}";
+    }
+    for (const LayerTiming& t : timings) {
+        std::string name = t.layer >= 0 && static_cast<size_t>(t.layer) < layerNames.size()
+                               ? layerNames[static_cast<size_t>(t.layer)]
+                               : "layer " + std::to_string(t.layer);
+        const int64_t readStart = t.readStartNs > 0 ? t.readStartNs : t.queuedNs;
+        event(out, first, name, 1, readStart, t.readDoneNs, t.layer, t.sequence, t.bytesRead);
+        event(out, first, name, 2, t.readDoneNs, t.verifiedNs, t.layer, t.sequence, t.bytesRead);
+        event(out, first, name, 3, t.dequantStartNs, t.dequantizedNs, t.layer, t.sequence,
+              t.bytesProduced);
+        event(out, first, name, 4, t.acquiredNs, t.releasedNs, t.layer, t.sequence,
+              t.bytesProduced);
+        if (t.acquiredNs > t.acquireCalledNs) {
+            event(out, first, name, 5, t.acquireCalledNs, t.acquiredNs, t.layer, t.sequence, 0);
+        }
+    }
+    out += "\n]}\n";
+    return out;
+}
+
+Status writeTraceFile(const std::string& path, const std::vector<LayerTiming>& timings,
+                      const std::vector<std::string>& layerNames) {
+    const std::string json = traceJson(timings, layerNames);
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr) return Status::fromErrno(errno, "open trace file " + path);
+    const size_t n = std::fwrite(json.data(), 1, json.size(), f);
+    const int err = errno;
+    if (std::fclose(f) != 0 || n != json.size()) return Status::fromErrno(err, "write trace file " + path);
+    return Status();
+}
+
+}  // namespace sli
