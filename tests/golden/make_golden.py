@@ -485,6 +485,7 @@ def nf4_dq_case():
         {k: v for k, v in st.as_dict(packed=False).items() if not isinstance(v, torch.Tensor)})
     c.add("input", A, "float32 input [136,128]")
     c.add("packed", packed, "uint8 [(n+1)//2, 1], identical to the non-nested quantization")
+    c.add("quant_map", st.code, "QuantState.code (get_4bit_type('nf4')), float32 [16]")
     c.add("absmax_prenest_f32", st_plain.absmax, "float32 per-block absmax before double quant (compress_statistics=False run)")
     c.add("absmax_u8", st.absmax, "uint8 [n_blocks] nested codes (QuantState.absmax)")
     c.add("nested_absmax", st.state2.absmax, "float32 [ceil(n_blocks/256)] (QuantState.state2.absmax)")
