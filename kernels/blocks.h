@@ -57,13 +57,17 @@ inline constexpr int kNestedBlocksize = 256;  // double quant: absmax codes per 
     {0.0f, 0.0052083334885537624f, 0.6666666865348816f, 1.0f, 0.3333333432674408f, 0.5f,        \
      0.1666666716337204f, 0.25f, -0.0f, -0.0052083334885537624f, -0.6666666865348816f, -1.0f,    \
      -0.3333333432674408f, -0.5f, -0.1666666716337204f, -0.25f}
-// The 15 NF4 decision thresholds of CUDA dQuantizeNF4: the float32 midpoints of neighbours.
-#define SLI_NF4_THRESHOLDS                                                                     \
-    {-0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f,                        \
-     -0.33967943489551544f, -0.23460740596055984f, -0.13791173323988914f,                     \
-     -0.045525018125772476f, 0.03979014977812767f, 0.1202552504837513f, 0.2035212516784668f,  \
-     0.2920137718319893f, 0.3893125355243683f, 0.5016634166240692f, 0.6427869200706482f,      \
-     0.8614784181118011f}
+// The 15 NF4 decision thresholds of CUDA dQuantizeNF4 (spec §1.1): the float32 midpoints
+// fl32((c[i] + c[i+1]) / 2) of neighbouring codes, written as hex floats so every compiler reads
+// the same bits. Caveat: CUDA spells them as decimal float literals (-0.8480964004993439f, ...);
+// for indices 0, 8, 12 and 14 the exact midpoint is a float32 tie, and a compiler that rounds
+// the decimal text directly to float (GCC does) lands 1 ulp away from the tie-to-even value used
+// here. Only an input whose x * inv equals one of those four values exactly can code differently.
+// bitsandbytes' CPU backend and the spec agree with these values.
+#define SLI_NF4_THRESHOLDS                                                                    \
+    {-0x1.b239bp-1f, -0x1.38a4ep-1f,  -0x1.d709p-2f,   -0x1.5bd4ecp-2f, -0x1.e079d8p-3f,        \
+     -0x1.1a7178p-3f, -0x1.74f0e2p-5f, 0x1.45f5fep-5f,  0x1.ec90c4p-4f,  0x1.a0cfcp-3f,         \
+     0x1.2b05a8p-2f,  0x1.8ea7f2p-2f,  0x1.00da08p-1f,  0x1.491b5ep-1f,  0x1.b913b4p-1f}
 // The 7 FP4 magnitude thresholds of CUDA dQuantizeFP4, ascending, as the CUDA literals round
 // (5 of them differ by 1-6 ulp from exact midpoints; byte-exactness with CUDA needs these).
 #define SLI_FP4_THRESHOLDS                                                                    \
