@@ -53,7 +53,6 @@ struct RequestState {
     bool direct = false;
     bool cancelled = false;
     bool active = false;
-    const std::string* name = nullptr;  // points into files_ (stable), or null: "fd N"
 };
 
 class ChunkedScheduler final : public ReadScheduler {
@@ -107,7 +106,6 @@ public:
             ++pending_;
             auto it = files_.find(r.fd);
             if (it != files_.end()) {
-                s.name = &it->second.name;
                 s.direct = it->second.direct;
             } else {
                 s.direct = r.fd >= 0 && isDirectFd(r.fd);
@@ -293,27 +291,30 @@ private:
     }
 
     std::string fileName(const RequestState& s) const {
-        return s.name ? *s.name : "fd " + std::to_string(s.req.fd);
+        // Looked up at completion: the name is only needed for errors.
+        auto it = files_.find(s.req.fd);
+        return it != files_.end() ? it->second.name : "fd " + std::to_string(s.req.fd);
     }
 
     void finish(uint32_t slot) {
         RequestState& s = reqs_[slot];
         ReadCompletion done;
         done.tag = s.req.tag;
-        const std::string where = [&] {
+        // Built only for errors: a successful completion allocates nothing.
+        auto whereText = [&] {
             return "read " + fileName(s) + " [offset " + std::to_string(s.req.offset) +
                    ", length " + std::to_string(s.req.length) + "]";
-        }();
+        };
         if (s.cancelled) {
             done.result = -ECANCELED;
-            done.status = Status::ioError(where + ": cancelled", ECANCELED);
+            done.status = Status::ioError(whereText() + ": cancelled", ECANCELED);
         } else if (s.err != 0) {
             done.result = -s.err;
             if (s.err == EINVAL && s.direct) {
                 done.status = Status::invalidArgument(
-                    where + ": O_DIRECT needs offset, length and buffer aligned to 4096");
+                    whereText() + ": O_DIRECT needs offset, length and buffer aligned to 4096");
             } else {
-                done.status = Status::fromErrno(s.err, where);
+                done.status = Status::fromErrno(s.err, whereText());
             }
         } else if (s.eofAt != std::numeric_limits<uint64_t>::max()) {
             const uint64_t expected = s.eofAt - s.req.offset;
@@ -321,7 +322,7 @@ private:
                 done.result = static_cast<int64_t>(s.bytesDone);
             } else {
                 done.result = -ENODATA;
-                done.status = Status::ioError(where + ": unexpected end of file at offset " +
+                done.status = Status::ioError(whereText() + ": unexpected end of file at offset " +
                                                   std::to_string(s.eofAt) + " (file truncated?)",
                                               ENODATA);
             }
