@@ -1,11 +1,12 @@
 #include "io/pread_scheduler.h"
 
+#include "io/read_scheduler_queue.h"
+
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
-#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -39,7 +40,7 @@ public:
         {
             std::lock_guard lock(mu_);
             if (stop_) return Status::internal("pread backend stopped");
-            queue_.insert(queue_.end(), reads.begin(), reads.end());
+            for (const RawRead& r : reads) queue_.push_back(r);
         }
         inFlight_ += static_cast<uint32_t>(reads.size());
         if (reads.size() == 1) {
@@ -62,8 +63,7 @@ public:
         }
         size_t n = 0;
         while (n < out.size() && !done_.empty()) {
-            out[n++] = done_.front();
-            done_.pop_front();
+            out[n++] = done_.pop_front();
         }
         lock.unlock();
         inFlight_ -= static_cast<uint32_t>(n);
@@ -76,8 +76,7 @@ private:
         for (;;) {
             workCv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
             if (stop_) return;
-            const RawRead r = queue_.front();
-            queue_.pop_front();
+            const RawRead r = queue_.pop_front();
             lock.unlock();
             // One pread, result reported raw: the layer above retries short reads and EINTR.
             const ssize_t got = ::pread(r.fd, r.dst, r.length, static_cast<off_t>(r.offset));
@@ -93,8 +92,8 @@ private:
     std::mutex mu_;
     std::condition_variable workCv_;
     std::condition_variable doneCv_;
-    std::deque<RawRead> queue_;
-    std::deque<RawResult> done_;
+    RingQueue<RawRead> queue_;
+    RingQueue<RawResult> done_;
     bool stop_ = false;
     std::vector<std::thread> workers_;
 };

@@ -11,13 +11,13 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <limits>
 #include <optional>
 #include <unordered_map>
 
 #include "io/aligned_io.h"
 #include "io/pread_scheduler.h"
+#include "io/read_scheduler_queue.h"
 #include "io/uring_scheduler.h"
 #include "sli/log.h"
 
@@ -159,15 +159,14 @@ public:
     void cancelAll() override {
         cancelled_ = true;
         // Nothing new goes to the kernel: drop queued work.
-        for (uint32_t slot : queue_) {
-            RequestState& s = reqs_[slot];
+        for (size_t i = 0; i < queue_.size(); ++i) {
+            RequestState& s = reqs_[queue_[i]];
             s.cancelled = true;
             s.next = s.end;
         }
         queue_.clear();
         while (!retry_.empty()) {
-            Chunk c = retry_.front();
-            retry_.pop_front();
+            const Chunk c = retry_.pop_front();
             RequestState& s = reqs_[c.req];
             s.cancelled = true;
             --s.outstanding;
@@ -213,13 +212,12 @@ private:
         while (!freeOps_.empty() && backend_->inFlight() + batch_.size() < backend_->capacity()) {
             Chunk c;
             if (!retry_.empty()) {
-                c = retry_.front();
-                retry_.pop_front();
+                c = retry_.pop_front();
             } else if (!queue_.empty()) {
                 const uint32_t slot = queue_.front();
                 RequestState& s = reqs_[slot];
                 if (s.next >= s.end) {  // stopped by an error or end of file
-                    queue_.pop_front();
+                    (void)queue_.pop_front();
                     continue;
                 }
                 c.req = slot;
@@ -229,7 +227,7 @@ private:
                 c.dst = static_cast<std::byte*>(s.req.dst) + (s.next - s.req.offset);
                 s.next += c.length;
                 ++s.outstanding;
-                if (s.next >= s.end) queue_.pop_front();
+                if (s.next >= s.end) (void)queue_.pop_front();
             } else {
                 break;
             }
@@ -338,8 +336,7 @@ private:
     size_t drainCompleted(std::span<ReadCompletion> out) {
         size_t n = 0;
         while (n < out.size() && !completed_.empty()) {
-            out[n++] = std::move(completed_.front());
-            completed_.pop_front();
+            out[n++] = completed_.pop_front();
         }
         pending_ -= n;
         return n;
@@ -350,13 +347,13 @@ private:
     std::unordered_map<int, FileInfo> files_;
     std::vector<RequestState> reqs_;
     std::vector<uint32_t> freeReqs_;
-    std::deque<uint32_t> queue_;  // requests with chunks still to carve
-    std::deque<Chunk> retry_;     // remainders and -EAGAIN resubmissions
+    RingQueue<uint32_t> queue_;  // requests with chunks still to carve
+    RingQueue<Chunk> retry_;     // remainders and -EAGAIN resubmissions
     std::vector<Chunk> ops_;      // by raw id
     std::vector<uint32_t> freeOps_;
     std::vector<RawResult> raw_;
     std::vector<RawRead> batch_;
-    std::deque<ReadCompletion> completed_;
+    RingQueue<ReadCompletion> completed_;
     size_t pending_ = 0;
     bool cancelled_ = false;
 };
