@@ -35,7 +35,9 @@ public:
         unsigned entries = 1;
         while (entries < depth) entries <<= 1;
         io_uring_params p{};
-        p.flags = IORING_SETUP_COOP_TASKRUN;  // no IPIs to interrupt us for task work
+        // No IPIs to interrupt us for completion task work; TASKRUN_FLAG lets a non-blocking
+        // peek see that such work is pending (liburing then enters the kernel once to run it).
+        p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
         int rc = io_uring_queue_init_params(entries, &b->ring_, &p);
         if (rc == -EINVAL) {  // older kernel
             p = io_uring_params{};
