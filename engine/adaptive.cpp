@@ -21,15 +21,6 @@ std::string lower(std::string_view s) {
     return out;
 }
 
-std::string fullNameIn(std::string_view layerName, const std::string& tensorName) {
-    if (layerName.empty()) return tensorName;
-    if (tensorName.starts_with(layerName) && tensorName.size() > layerName.size() &&
-        tensorName[layerName.size()] == '.') {
-        return tensorName;
-    }
-    return std::string(layerName) + "." + tensorName;
-}
-
 }  // namespace
 
 AdaptiveQuantizer::AdaptiveQuantizer(QuantizationConfig base,
@@ -106,7 +97,7 @@ Result<QuantizedLayer> AdaptiveQuantizer::quantizeLayer(const Layer& layer, std:
     const std::string ctx = "layer " + (out.name.empty() ? std::string("<unnamed>") : out.name);
     out.tensors.reserve(layer.size());
     for (const Tensor& t : layer) {
-        const std::string full = fullNameIn(out.name, t.name());
+        const std::string full = tensorFullName(out.name, t.name());
         auto q = quantizerFor(full).quantizeTensor(t.view(), full);
         if (!q.isOk()) return q.status().withContext(ctx);
         out.tensors.push_back(std::move(q).value());

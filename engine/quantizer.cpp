@@ -69,6 +69,15 @@ Result<QuantizedTensor> keepVerbatim(const TensorView& t) {
 
 }  // namespace
 
+std::string tensorFullName(std::string_view layerName, std::string_view tensorName) {
+    if (layerName.empty() || layerName == "pre" || layerName == "post") return std::string(tensorName);
+    if (tensorName.size() > layerName.size() && tensorName.starts_with(layerName) &&
+        tensorName[layerName.size()] == '.') {
+        return std::string(tensorName);
+    }
+    return std::string(layerName) + "." + std::string(tensorName);
+}
+
 // ---- size accounting --------------------------------------------------------------------
 
 double bitsPerWeight(QuantizationMode mode, DType computeDType, int blocksize, bool doubleQuant,
@@ -237,11 +246,7 @@ Result<QuantizedLayer> LayerQuantizer::quantizeLayer(const Layer& layer, std::st
     SLI_RETURN_IF_ERROR(config_.validate().withContext(ctx + ": quantization config"));
     out.tensors.reserve(layer.size());
     for (const Tensor& t : layer) {
-        std::string full = t.name();
-        if (!out.name.empty() && !(full.starts_with(out.name) && full.size() > out.name.size() &&
-                                   full[out.name.size()] == '.')) {
-            full = out.name + "." + full;
-        }
+        const std::string full = tensorFullName(out.name, t.name());
         auto q = quantizeTensor(t.view(), full);
         if (!q.isOk()) return q.status().withContext(ctx);
         out.tensors.push_back(std::move(q).value());

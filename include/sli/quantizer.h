@@ -14,7 +14,7 @@
 // Source values are widened exactly to f32 (convertToF32) and quantized from there, never
 // after rounding to the compute dtype. The dtype recorded with a tensor (info.computeDType) is
 // the compute dtype, the one dequantization produces by default. A tensor's full name is
-// "<layerName>.<tensorName>" unless the tensor name already starts with "<layerName>.".
+// tensorFullName(layerName, tensorName) (below).
 //
 // Errors (Status InvalidArgument / NotSupported, the message naming layer and tensor, never a
 // crash): an invalid config (blocksize not a power of two in 32..4096, ...), an empty tensor,
@@ -63,6 +63,12 @@ double bitsPerWeight(const QuantizedLayer& layer);
 QuantizationMode upgradeMode(QuantizationMode mode);
 // `config` with upgradeMode(config.mode) (quant_type kept consistent).
 QuantizationConfig upgradeConfig(QuantizationConfig config);
+
+// The name skip lists and the architecture registry see: `tensorName` itself when it already
+// starts with "<layerName>.", when `layerName` is empty, or when the layer is groupIntoLayers()'
+// "pre" / "post" group (whose tensors keep their full names); "<layerName>.<tensorName>"
+// otherwise (tensors named relative to their block, as the seed's module state dicts are).
+std::string tensorFullName(std::string_view layerName, std::string_view tensorName);
 
 class LayerQuantizer {
 public:
