@@ -18,7 +18,8 @@
 // Activations may be f32, f16 or bf16; they are widened exactly to f32 (bitsandbytes casts
 // to fp16 first; pass f16 activations to reproduce that).
 //
-// Pure functions; thread-safe. Errors: InvalidArgument naming the tensor for a weight that is
+// Pure functions on borrowed inputs (results are owned values); they run on the calling
+// thread only and are thread-safe. Errors: InvalidArgument naming the tensor for a weight that is
 // not INT8, activations that are not 1-D / 2-D floating point, an inner dimension mismatch,
 // an output span of the wrong size, or parts whose sizes do not match the shape.
 #pragma once

@@ -27,9 +27,11 @@
 // quant) is 4 + 32/64 = 4.5; with double quant 4 + 8/64 + 32/(64*256) = 4.127; INT8 and
 // INT8_DYNAMIC 8 + 32/cols; INT4 (Q4_0) 4.5; NONE 16 or 32.
 //
-// Threads: quantize / dequantize split large tensors over `threads` kernel threads (0 = all
-// hardware threads). The quantizer objects are immutable after construction (setters aside):
-// const methods may be called from several threads at once.
+// Ownership and blocking: inputs are borrowed for the call only; results (QuantizedLayer,
+// Layer, Tensor) own their bytes. Every call runs to completion on the calling thread, which
+// may fan large tensors out to `threads` kernel threads (0 = all hardware threads) and joins
+// them before returning. The quantizer objects are immutable after construction (setters
+// aside): const methods may be called from several threads at once.
 #pragma once
 
 #include <cstdint>
