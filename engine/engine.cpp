@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -70,6 +71,7 @@ struct LayerSource {
     io::LayerFileIndex index;
     io::DirectReadFile file;
     std::vector<uint64_t> outOffsets;  // per tensor, into the output arena
+    std::vector<DType> outDTypes;      // per tensor: the compute dtype, or an integer tensor's own
     uint64_t outBytes = 0;
 };
 
@@ -192,9 +194,13 @@ Status Engine::Impl::openLayers() {
         SLI_ASSIGN_OR_RETURN(src.index, io::readLayerIndex(src.file.fd(), path));
         uint64_t off = 0;
         for (const auto& t : src.index.tensors) {
+            // Integer / bool tensors (position ids, masks) are handed out as stored.
+            const bool raw = t.info.mode == QuantizationMode::kNone && !dtypeIsFloat(t.info.storedDType);
+            const DType dt = raw ? t.info.storedDType : outDType;
             src.outOffsets.push_back(off);
+            src.outDTypes.push_back(dt);
             const int64_t n = t.info.numel();
-            off = alignUp(off + static_cast<uint64_t>(n) * dtypeSize(outDType), kArenaAlign);
+            off = alignUp(off + static_cast<uint64_t>(n) * dtypeSize(dt), kArenaAlign);
         }
         src.outBytes = off;
         maxDataBytes = std::max(maxDataBytes, src.index.dataBytes());
@@ -293,7 +299,7 @@ Result<Layer*> Engine::Impl::layerView(int s, int64_t layer) {
     for (size_t t = 0; t < src.index.tensors.size(); ++t) {
         const auto& info = src.index.tensors[t].info;
         SLI_ASSIGN_OR_RETURN(Tensor tensor,
-                             Tensor::borrowed(info.name, info.shape, outDType,
+                             Tensor::borrowed(info.name, info.shape, src.outDTypes[t],
                                               slot.arena.data() + src.outOffsets[t]));
         SLI_RETURN_IF_ERROR(view.add(std::move(tensor)));
     }
@@ -464,17 +470,27 @@ void Engine::Impl::workerLoop(int /*id*/) {
             if (!view.isOk()) {
                 st = view.status();
             } else {
-                const uint64_t outBytes =
-                    static_cast<uint64_t>(entry.info.numel()) * dtypeSize(outDType);
+                const DType dt = src.outDTypes[task.tensor];
+                const uint64_t outBytes = static_cast<uint64_t>(entry.info.numel()) * dtypeSize(dt);
                 std::span<uint8_t> out(slot.arena.data() + src.outOffsets[task.tensor], outBytes);
-                st = kernels::dequantize(*view, outDType, out, 1);
+                if (dt == outDType) {
+                    st = kernels::dequantize(*view, outDType, out, 1);
+                } else {
+                    const auto payload = view->part(QuantPart::kPayload);
+                    if (payload.size() != outBytes) {
+                        st = Status::corruption("tensor " + entry.info.name + ": payload size");
+                    } else {
+                        std::memcpy(out.data(), payload.data(), outBytes);
+                    }
+                }
             }
         }
         const int64_t t2 = nowNs(origin);
         std::lock_guard<std::mutex> lock(mu);
         stats.verifySeconds += (t1 - t0) / 1e9;
         slot.timing.verifiedNs = std::max(slot.timing.verifiedNs, t1);
-        slot.timing.bytesProduced += static_cast<uint64_t>(entry.info.numel()) * dtypeSize(outDType);
+        slot.timing.bytesProduced +=
+            static_cast<uint64_t>(entry.info.numel()) * dtypeSize(src.outDTypes[task.tensor]);
         (void)t2;
         if (!st.isOk() && slot.error.isOk()) {
             slot.error = st.withContext("layer " + std::to_string(slot.layer) + " (" + src.name +
