@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A bitsandbytes-style checkpoint (bytes from the golden vectors bitsandbytes produced) is
+# imported without re-quantizing: `export --raw` reproduces every quantized tensor byte for
+# byte, the quant_state JSON included.
+source "$(dirname "$0")/lib.sh" "$@"
+
+$ST bnb "$WORK/bnb.safetensors" "$ROOT/tests/golden"
+expect_rc 0 "quantize imports the bnb checkpoint" -- "$SLI" quantize "$WORK/bnb.safetensors" --cache "$WORK/c" --model-id bnb --mode nf4
+expect_out "4 imported from bitsandbytes" "four quantized tensors imported as is"
+expect_rc 0 "verify" -- "$SLI" verify "$WORK/c"
+expect_rc 0 "inspect shows modes" -- "$SLI" inspect "$WORK/c"
+expect_out "down_proj.weight +nf4 +u8 +\[136, 128\]" "nested nf4 tensor"
+expect_out "q_proj.weight +int8 +i8 +\[64, 96\]" "int8 tensor"
+expect_out "model.layers.1.mlp.up_proj.weight +fp4" "fp4 tensor"
+expect_rc 0 "export --raw" -- "$SLI" export "$WORK/c" --output "$WORK/raw.safetensors" --raw
+expect_rc 0 "raw export reproduces every tensor byte for byte" -- $ST compare "$WORK/bnb.safetensors" "$WORK/raw.safetensors" --exclude weight_format
+expect_out "^17 tensors identical" "all seventeen tensors compared"
+# A broken bnb set (quant_state without its absmax) is refused.
+python3 -c "
+import sys; sys.path.insert(0, '$HERE'); import st_tools as s
+t = s.read_st('$WORK/bnb.safetensors')
+s.write_st('$WORK/broken.safetensors', [(n, d, sh, b) for n, (d, sh, b) in t.items() if not n.endswith('down_proj.weight.absmax')])"
+expect_rc 1 "an incomplete bnb set is refused" -- "$SLI" quantize "$WORK/broken.safetensors" --cache "$WORK/c2"
+expect_out "down_proj.weight.*incomplete set" "the message names the tensor"
+if have_kernels; then
+    expect_rc 0 "export dequantizes imported tensors" -- "$SLI" export "$WORK/c" --output "$WORK/deq.safetensors" --dtype f32
+else
+    echo "skip: dequantized export (no kernels in this build)"
+fi
+finish
