@@ -69,7 +69,7 @@ Streaming:
   --queue-depth N|auto  reads in flight (default auto)
   --threads N           dequant worker threads (default 0 = all cores)
   --device D            cpu or cuda:N (default cpu)
-  --batch N             executor tokens per layer (default 1)
+  --batch N             executor tokens per layer (default 1; 0 = no-op consumer)
   --passes N            executor passes per layer (default 1)
   --repeat N            alternating engine / raw-read repetitions for the read ratio,
                         reported as medians (default 5)
@@ -200,7 +200,7 @@ Options parseArgs(int argc, char** argv) {
             if (v != "auto") o.queueDepth = static_cast<uint32_t>(parseInt(a, v, 1));
         } else if (a == "--threads") o.threads = static_cast<int>(parseInt(a, next(), 0));
         else if (a == "--device") o.device = next();
-        else if (a == "--batch") o.batch = static_cast<int>(parseInt(a, next(), 1));
+        else if (a == "--batch") o.batch = static_cast<int>(parseInt(a, next(), 0));
         else if (a == "--passes") o.passes = static_cast<int>(parseInt(a, next(), 1));
         else if (a == "--repeat") { o.repeat = static_cast<int>(parseInt(a, next(), 1)); repeatGiven = true; }
         else if (a == "--no-verify") o.verify = false;
@@ -649,7 +649,7 @@ int main(int argc, char** argv) {
         so.queueDepth = qd;
         so.threads = o.threads;
         so.verify = o.verify;
-        so.batch = o.batch;
+        so.batch = 0;  // the I/O path's own throughput: a no-op consumer
         so.passes = o.passes;
         so.progress = [&](int64_t d, int64_t n) {
             gStatus.set(fmt("read ratio %d/%d: engine layer %lld/%lld", k + 1, o.repeat,
@@ -674,6 +674,38 @@ int main(int argc, char** argv) {
     }
     if (!ovRun) {
         for (const auto& r : runs) if (r.cold && !ovRun) ovRun = &r;
+    }
+    // The same cache with a no-op consumer: read and dequant are then the only stages, as in
+    // the issue's target; the executor-loaded figure above is reported beside it.
+    std::optional<RunRecord> ovNoop;
+    if (ovRun) {
+        size_t ci = 0;
+        for (size_t i = 0; i < caches.size(); ++i) if (modeName(caches[i].mode) == ovRun->mode) ci = i;
+        StreamOptions so;
+        so.cacheDir = caches[ci].dir;
+        so.device = device;
+        so.backend = accBackend;
+        so.cold = true;
+        so.depth = o.depth;
+        so.budgetBytes = o.budget;
+        so.chunkBytes = chunk;
+        so.queueDepth = qd;
+        so.threads = o.threads;
+        so.verify = o.verify;
+        so.batch = 0;
+        so.progress = [&](int64_t d, int64_t n) {
+            gStatus.set(fmt("overlap, no-op consumer: layer %lld/%lld", static_cast<long long>(d),
+                            static_cast<long long>(n)));
+        };
+        resetPeakRss();
+        auto r = streamEngine(so);
+        if (!r.isOk()) die("engine (overlap): " + r.status().toString());
+        RunRecord rec = *ovRun;
+        rec.name = ovRun->mode + "/cold/" + accBackend + "/noop-consumer";
+        rec.r = *r;
+        rec.baselineWall = 0;
+        rec.peakRss = peakRssBytes();
+        ovNoop = rec;
     }
 
     // ---- acceptance 3: peak RSS with a budget of 1/8 of the cache --------------------------
@@ -779,18 +811,21 @@ int main(int argc, char** argv) {
 
     // Acceptance.
     const bool okRead = readRatio >= 0.95;
-    const double ov = ovRun ? ovRun->r.overlap() : 0;
-    const bool okOv = ovRun && ov <= 1.10;
+    const double ov = ovNoop ? ovNoop->r.overlap() : 0;
+    const bool okOv = ovNoop && ov <= 1.10;
     const uint64_t rssLimit = budget8 + (64ull << 20);
     const bool okRss = rssRun && childPeak <= rssLimit;
     std::printf("Targets (issue 5)\n");
-    std::printf("  cold read vs raw O_DIRECT %s read, %s cache, median of %d alternating: %.2f / %.2f GB/s = %.3f (>= 0.95) %s\n"
+    std::printf("  cold read (engine, no-op consumer) vs raw O_DIRECT %s read, %s cache, median of %d alternating: %.2f / %.2f GB/s = %.3f (>= 0.95) %s\n"
                 "    (engine GB/s:%s; raw GB/s:%s; median of pairwise ratios %.3f)\n",
                 rawBackendName.c_str(), modeName(acc.mode), o.repeat, medEng, medRaw, readRatio, pass(okRead).c_str(),
                 list(engRead).c_str(), list(rawRead).c_str(), medPair);
-    if (ovRun) {
-        std::printf("  wall / slowest stage, %s: %.3f s / %.3f s = %.3f (<= 1.10) %s\n", ovRun->name.c_str(),
-                    ovRun->r.wallSeconds, ovRun->r.stages.slowest(), ov, pass(okOv).c_str());
+    if (ovNoop) {
+        std::printf("  wall / slowest stage (read %.3f, dequant %.3f), %s: %.3f s / %.3f s = %.3f (<= 1.10) %s\n"
+                    "    (with the executor on the same cores, %s: %.3f s / %.3f s = %.3f)\n",
+                    ovNoop->r.stages.read, ovNoop->r.stages.dequant, ovNoop->name.c_str(),
+                    ovNoop->r.wallSeconds, ovNoop->r.stages.slowest(), ov, pass(okOv).c_str(),
+                    ovRun->name.c_str(), ovRun->r.wallSeconds, ovRun->r.stages.slowest(), ovRun->r.overlap());
     }
     if (rssRun) {
         std::printf("  peak RSS streaming the %s cache (%s) with a budget of 1/8 (%s, %d slots): %s <= %s %s\n",
@@ -848,6 +883,7 @@ int main(int argc, char** argv) {
         root.set("model", std::move(md));
         Json rl = Json::array();
         for (const auto& r : runs) rl.push(r.toJson(device));
+        if (ovNoop) rl.push(ovNoop->toJson(device));
         if (rssRun) rl.push(rssRun->toJson(device));
         root.set("runs", std::move(rl));
         Json ql = Json::array();
@@ -877,6 +913,7 @@ int main(int argc, char** argv) {
         Json a = Json::object();
         Json a1 = Json::object();
         a1.set("mode", Json::string(modeName(acc.mode)));
+        a1.set("consumer", Json::string("no-op"));
         a1.set("repeat", Json::integer(o.repeat));
         Json ea = Json::array(), ra = Json::array();
         for (double v : engRead) ea.push(num(v));
@@ -891,8 +928,10 @@ int main(int argc, char** argv) {
         a1.set("met", Json::boolean(okRead));
         a.set("cold_read_vs_raw", std::move(a1));
         Json a2 = Json::object();
-        a2.set("run", Json::string(ovRun ? ovRun->name : ""));
+        a2.set("run", Json::string(ovNoop ? ovNoop->name : ""));
         a2.set("overlap", num(ov));
+        a2.set("with_executor_run", Json::string(ovRun ? ovRun->name : ""));
+        a2.set("with_executor_overlap", num(ovRun ? ovRun->r.overlap() : 0));
         a2.set("target", num(1.10));
         a2.set("met", Json::boolean(okOv));
         a.set("overlap", std::move(a2));

@@ -124,6 +124,7 @@ uint64_t statusField(const char* key) {
 double StageTimes::slowest() const { return std::max({read, dequant, h2d, execute}); }
 
 Status Executor::run(const Layer& layer) {
+    if (batch_ <= 0) return Status();  // a no-op consumer: acquire and release only
     for (int p = 0; p < passes_; ++p) {
         for (const Tensor& t : layer) {
             if (t.shape().size() != 2) {

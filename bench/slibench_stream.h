@@ -24,7 +24,7 @@ namespace sli::bench {
 
 // The executor: for each 2-D weight W [out, in] of a layer, Y = X W^T for a batch of `batch`
 // tokens (f32 accumulate, rows widened to f32 once per pass), `passes` times; 1-D tensors are
-// summed. A checksum of the outputs keeps the work observable.
+// summed. A checksum of the outputs keeps the work observable. batch 0: a no-op consumer.
 class Executor {
 public:
     Executor(int batch, int passes) : batch_(batch), passes_(passes) {}
