@@ -113,8 +113,23 @@ inline Lut16 makeLut16(DType dst, __m256 lut0, __m256 lut1, float scale) {
     return t;
 }
 
+// Non-temporal stores for outputs far larger than the caches (no read-for-ownership of lines
+// that are overwritten whole); only when the output is 32-byte aligned. Callers sfence after.
+constexpr int64_t kStreamMinBytes = int64_t{8} << 20;
+inline bool useStreaming(const void* out, int64_t bytes) {
+    return bytes >= kStreamMinBytes && (reinterpret_cast<uintptr_t>(out) & 31) == 0;
+}
+inline void put256(void* p, __m256i v, bool stream) {
+    if (stream) {
+        _mm256_stream_si256(static_cast<__m256i*>(p), v);
+    } else {
+        _mm256_storeu_si256(static_cast<__m256i*>(p), v);
+    }
+}
+
 // idx: 32 indices (0..15), byte i of lane 0 = element i, byte i of lane 1 = element 16 + i.
-inline void expand32(DType dst, const Lut16& t, __m256i idx, void* out, int64_t i) {
+inline void expand32(DType dst, const Lut16& t, __m256i idx, void* out, int64_t i,
+                     bool stream = false) {
     auto* o = static_cast<uint8_t*>(out);
     if (dst == DType::kF32) {
         const __m128i idxLo = _mm256_castsi256_si128(idx);
@@ -125,7 +140,7 @@ inline void expand32(DType dst, const Lut16& t, __m256i idx, void* out, int64_t 
             const __m256 a = _mm256_permutevar8x32_ps(t.f0, d);
             const __m256 b = _mm256_permutevar8x32_ps(t.f1, d);
             const __m256 v = _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(d, 28)));
-            _mm256_storeu_ps(reinterpret_cast<float*>(o + (i + 8 * k) * 4), v);
+            put256(o + (i + 8 * k) * 4, _mm256_castps_si256(v), stream);
         }
         return;
     }
@@ -133,9 +148,8 @@ inline void expand32(DType dst, const Lut16& t, __m256i idx, void* out, int64_t 
     const __m256i hi = _mm256_shuffle_epi8(t.hi8, idx);
     const __m256i w0 = _mm256_unpacklo_epi8(lo, hi);  // elements 0..7 | 16..23
     const __m256i w1 = _mm256_unpackhi_epi8(lo, hi);  // elements 8..15 | 24..31
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i * 2), _mm256_permute2x128_si256(w0, w1, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + (i + 16) * 2),
-                        _mm256_permute2x128_si256(w0, w1, 0x31));
+    put256(o + i * 2, _mm256_permute2x128_si256(w0, w1, 0x20), stream);
+    put256(o + (i + 16) * 2, _mm256_permute2x128_si256(w0, w1, 0x31), stream);
 }
 
 // 16 packed bytes (bitsandbytes order: element 2k = high nibble of byte k) -> 32 indices.
@@ -162,13 +176,15 @@ inline void dequantize4bit(Codebook4 cb, const uint8_t* packed, const float* abs
     const __m256 lut0 = _mm256_loadu_ps(cbook);
     const __m256 lut1 = _mm256_loadu_ps(cbook + 8);
     const int64_t fullBlocks = n / blocksize;
+    const bool stream = useStreaming(out, n * (dst == DType::kF32 ? 4 : 2));
     for (int64_t b = 0; b < fullBlocks; ++b) {
         const Lut16 t = makeLut16(dst, lut0, lut1, loadF32(absmax, b));
         const int64_t begin = b * blocksize;
         for (int64_t i = begin; i < begin + blocksize; i += 32) {
-            expand32(dst, t, bnbIndices(packed + i / 2), out, i);
+            expand32(dst, t, bnbIndices(packed + i / 2), out, i, stream);
         }
     }
+    if (stream) _mm_sfence();
     const int64_t done = fullBlocks * blocksize;
     if (done < n) {  // partial last block
         const size_t esz = dst == DType::kF32 ? 4 : 2;
@@ -273,13 +289,15 @@ inline void dequantizeQ4_0(const block_q4_0* src, int64_t nblocks, DType dst, vo
     const __m256 lut0 = _mm256_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1);
     const __m256 lut1 = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     const auto* p = reinterpret_cast<const uint8_t*>(src);
+    const bool stream = useStreaming(out, nblocks * kQk4_0 * (dst == DType::kF32 ? 4 : 2));
     for (int64_t b = 0; b < nblocks; ++b) {
         const uint8_t* blk = p + b * static_cast<int64_t>(sizeof(block_q4_0));
         uint16_t dh;
         std::memcpy(&dh, blk, 2);
         const Lut16 t = makeLut16(dst, lut0, lut1, _cvtsh_ss(dh));
-        expand32(dst, t, q4Indices(blk + 2), out, b * kQk4_0);
+        expand32(dst, t, q4Indices(blk + 2), out, b * kQk4_0, stream);
     }
+    if (stream) _mm_sfence();
 }
 
 inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {

@@ -92,6 +92,28 @@ TEST_CASE("4-bit paths agree on a large random tensor with random absmax") {
     });
 }
 
+TEST_CASE("large outputs (streaming stores) match the reference") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        const int64_t n = int64_t{9} << 19;  // 4.7M values: 9 MiB of f16, past the streaming threshold
+        const auto x = randomValues(n, 21);
+        std::vector<uint8_t> packed(static_cast<size_t>(n / 2));
+        std::vector<float> absmax(static_cast<size_t>(n / 64));
+        ref.quantize4bit(Codebook4::kNf4, x.data(), n, 64, packed.data(), absmax.data());
+        std::vector<block_q4_0> q(static_cast<size_t>(n / 32));
+        ref.quantizeQ4_0(x.data(), n / 32, q.data());
+        for (DType t : kOutTypes) {
+            std::vector<uint8_t> a(static_cast<size_t>(n) * esz(t)), b(a.size());
+            ref.dequantize4bit(Codebook4::kNf4, packed.data(), absmax.data(), n, 64, t, a.data());
+            k.dequantize4bit(Codebook4::kNf4, packed.data(), absmax.data(), n, 64, t, b.data());
+            CHECK(a == b);
+            ref.dequantizeQ4_0(q.data(), n / 32, t, a.data());
+            k.dequantizeQ4_0(q.data(), n / 32, t, b.data());
+            CHECK(a == b);
+        }
+    });
+}
+
 TEST_CASE("4-bit dequantization matches the reference on every byte value and odd absmax") {
     forEachFast([](const CpuKernels& k) {
         const auto& ref = referenceKernels();
