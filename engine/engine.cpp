@@ -14,6 +14,8 @@
 //
 // Memory is fixed at open(): slots x (pinned read buffer of the largest layer's data region +
 // output arena of the largest layer's full-precision tensors) + per-worker scratch.
+// Pass-through tensors (mode none, stored uncompressed in the output dtype) are verified and
+// handed out straight from the pinned read buffer: no copy, no arena space.
 #include "sli/engine.h"
 
 #include <algorithm>
@@ -72,6 +74,9 @@ struct LayerSource {
     io::DirectReadFile file;
     std::vector<uint64_t> outOffsets;  // per tensor, into the output arena
     std::vector<DType> outDTypes;      // per tensor: the compute dtype, or an integer tensor's own
+    // Per tensor: offset of its bytes in the read buffer when it is handed out in place
+    // (pass-through), else -1.
+    std::vector<int64_t> inPlace;
     uint64_t outBytes = 0;
 };
 
@@ -197,10 +202,19 @@ Status Engine::Impl::openLayers() {
             // Integer / bool tensors (position ids, masks) are handed out as stored.
             const bool raw = t.info.mode == QuantizationMode::kNone && !dtypeIsFloat(t.info.storedDType);
             const DType dt = raw ? t.info.storedDType : outDType;
+            const int64_t n = t.info.numel();
+            const uint64_t bytes = static_cast<uint64_t>(n) * dtypeSize(dt);
+            // Pass-through: stored uncompressed exactly as handed out.
+            const io::Extent& payload = t.part(QuantPart::kPayload);
+            bool passThrough = t.info.mode == QuantizationMode::kNone && t.info.storedDType == dt &&
+                               payload.compression == io::Compression::kNone &&
+                               payload.storedBytes == bytes && payload.rawBytes == bytes &&
+                               payload.offset >= src.index.dataStart && bytes > 0;
+            for (int p = 1; p < kQuantPartCount; ++p) passThrough = passThrough && t.parts[p].empty();
+            src.inPlace.push_back(passThrough ? static_cast<int64_t>(payload.offset - src.index.dataStart) : -1);
             src.outOffsets.push_back(off);
             src.outDTypes.push_back(dt);
-            const int64_t n = t.info.numel();
-            off = alignUp(off + static_cast<uint64_t>(n) * dtypeSize(dt), kArenaAlign);
+            if (!passThrough) off = alignUp(off + bytes, kArenaAlign);
         }
         src.outBytes = off;
         maxDataBytes = std::max(maxDataBytes, src.index.dataBytes());
@@ -298,9 +312,11 @@ Result<Layer*> Engine::Impl::layerView(int s, int64_t layer) {
     Layer view(src.name);
     for (size_t t = 0; t < src.index.tensors.size(); ++t) {
         const auto& info = src.index.tensors[t].info;
+        uint8_t* data = src.inPlace[t] >= 0
+                            ? reinterpret_cast<uint8_t*>(slot.buffer.data()) + src.inPlace[t]
+                            : slot.arena.data() + src.outOffsets[t];
         SLI_ASSIGN_OR_RETURN(Tensor tensor,
-                             Tensor::borrowed(info.name, info.shape, src.outDTypes[t],
-                                              slot.arena.data() + src.outOffsets[t]));
+                             Tensor::borrowed(info.name, info.shape, src.outDTypes[t], data));
         SLI_RETURN_IF_ERROR(view.add(std::move(tensor)));
     }
     return &slot.views.emplace(layer, std::move(view)).first->second;
@@ -469,7 +485,7 @@ void Engine::Impl::workerLoop(int /*id*/) {
             t1 = nowNs(origin);
             if (!view.isOk()) {
                 st = view.status();
-            } else {
+            } else if (src.inPlace[task.tensor] < 0) {
                 const DType dt = src.outDTypes[task.tensor];
                 const uint64_t outBytes = static_cast<uint64_t>(entry.info.numel()) * dtypeSize(dt);
                 std::span<uint8_t> out(slot.arena.data() + src.outOffsets[task.tensor], outBytes);
