@@ -76,6 +76,12 @@ Status check(cudaError_t e, const char* what) {
 
 }  // namespace
 
+Status copyAsync(void* dst, const void* src, size_t bytes, void* stream) {
+    if (bytes == 0) return Status::ok();
+    return check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)),
+                 "cudaMemcpyAsync");
+}
+
 // ---- CudaStream ------------------------------------------------------------------------------
 CudaStream::~CudaStream() {
     if (stream_) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));

@@ -31,6 +31,11 @@ namespace sli::gpu {
 
 class CudaEvent;
 
+// cudaMemcpyAsync with cudaMemcpyDefault: the direction comes from the pointers (unified
+// addressing). Asynchronous for pinned or device memory; pageable host memory makes it stage
+// synchronously.
+Status copyAsync(void* dst, const void* src, size_t bytes, void* stream);
+
 // A non-blocking stream (does not synchronize with the legacy default stream).
 class CudaStream {
 public:

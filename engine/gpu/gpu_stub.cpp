@@ -57,6 +57,8 @@ Status quantizeOnDevice(std::span<const float>, QuantizedTensor&, int) {
 
 namespace gpu {
 
+Status copyAsync(void*, const void*, size_t, void*) { return noCuda("cudaMemcpyAsync"); }
+
 CudaStream::~CudaStream() = default;
 CudaStream::CudaStream(CudaStream&&) noexcept = default;
 CudaStream& CudaStream::operator=(CudaStream&&) noexcept = default;

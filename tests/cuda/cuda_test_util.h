@@ -1,0 +1,266 @@
+// Helpers for the CUDA tests: a host reference dequantizer built from the same per-element
+// rules as the kernels (kernels/cuda/quant_rules.h), random quantized tensors covering special
+// values, device upload / download through the engine's RAII wrappers, and a reader for the
+// golden vectors in tests/golden (format in tests/golden/README.md).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/gpu/gpu_runtime.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/quant_rules.h"
+#include "sli/json.h"
+#include "sli/quantized.h"
+
+namespace sli::cudatest {
+
+namespace rules = sli::kernels::rules;
+
+inline float loadF32(const uint8_t* p, int64_t i) {
+    float v;
+    std::memcpy(&v, p + 4 * i, 4);
+    return v;
+}
+inline uint16_t loadU16(const uint8_t* p, int64_t i) {
+    uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    return v;
+}
+
+inline void storeRef(std::vector<uint8_t>& out, DType dst, int64_t i, float v) {
+    if (dst == DType::kF32) {
+        std::memcpy(out.data() + 4 * i, &v, 4);
+    } else {
+        const uint16_t h = dst == DType::kF16 ? f32ToF16(v) : f32ToBf16(v);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+}
+
+// Host reference dequantization (the scalar rules the kernels use, element by element).
+inline std::vector<uint8_t> referenceDequantize(const QuantizedTensorView& v, DType dst) {
+    const QuantizedTensorInfo& info = *v.info;
+    const int64_t n = info.numel();
+    std::vector<uint8_t> out(static_cast<size_t>(n) * dtypeSize(dst));
+    const uint8_t* pay = v.part(QuantPart::kPayload).data();
+    const uint8_t* am = v.part(QuantPart::kAbsmax).data();
+    switch (info.mode) {
+        case QuantizationMode::kNone:
+            for (int64_t i = 0; i < n; ++i) {
+                float x = info.storedDType == DType::kF32   ? loadF32(pay, i)
+                          : info.storedDType == DType::kF16 ? f16ToF32(loadU16(pay, i))
+                                                            : bf16ToF32(loadU16(pay, i));
+                storeRef(out, dst, i, x);
+            }
+            break;
+        case QuantizationMode::kNf4:
+        case QuantizationMode::kFp4: {
+            const uint8_t* nabs = v.part(QuantPart::kNestedAbsmax).data();
+            const uint8_t* nqm = v.part(QuantPart::kNestedQuantMap).data();
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t b = i / info.blocksize;
+                const float a = info.doubleQuant
+                                    ? rules::nestedAbsmax(loadF32(nqm, am[b]), loadF32(nabs, b >> 8),
+                                                          info.nestedOffset)
+                                    : loadF32(am, b);
+                const unsigned byte = pay[i >> 1];
+                const unsigned nib = (i & 1) ? (byte & 15u) : (byte >> 4);
+                const float lut = info.mode == QuantizationMode::kFp4 ? rules::fp4Value(nib)
+                                                                      : rules::nf4Value(nib);
+                storeRef(out, dst, i, rules::dequant4(lut, a));
+            }
+            break;
+        }
+        case QuantizationMode::kInt8:
+        case QuantizationMode::kInt8Dynamic: {
+            const int64_t cols = info.cols();
+            for (int64_t i = 0; i < n; ++i) {
+                const auto q = static_cast<int8_t>(pay[i]);
+                const float s = loadF32(am, i / cols);
+                storeRef(out, dst, i,
+                         info.mode == QuantizationMode::kInt8 ? rules::dequantInt8(q, s)
+                                                              : rules::dequantInt8Dynamic(q, s));
+            }
+            break;
+        }
+        case QuantizationMode::kInt4:
+            for (int64_t i = 0; i < n; ++i) {
+                const uint8_t* blk = pay + (i / 32) * 18;
+                const int j = static_cast<int>(i % 32);
+                const float d = f16ToF32(loadU16(blk, 0));
+                const unsigned nib = j < 16 ? (blk[2 + j] & 15u) : (blk[2 + j - 16] >> 4);
+                storeRef(out, dst, i, rules::dequantQ4_0(nib, d));
+            }
+            break;
+    }
+    return out;
+}
+
+// A scale-like float: mostly ordinary magnitudes, sometimes a special value.
+inline float randomScale(std::mt19937_64& rng) {
+    const uint64_t r = rng();
+    switch (r % 64) {
+        case 0: return 0.0f;
+        case 1: return bitsFloat(0x7f800000u);             // +inf
+        case 2: return bitsFloat(0x7fc00000u | 0x1234u);   // NaN with a payload
+        case 3: return bitsFloat(0xffa00001u);             // negative signalling-pattern NaN
+        case 4: return 1e-40f;                             // subnormal
+        case 5: return 3.0e38f;                            // overflows f16 / rounds in bf16
+        case 6: return 6.1e-5f;                            // near the f16 normal limit
+        default: {
+            std::uniform_real_distribution<float> d(-4.0f, 2.0f);
+            return std::pow(10.0f, d(rng)) * ((r >> 32) & 1 ? 1.0f : -1.0f);
+        }
+    }
+}
+
+inline void fillBytes(AlignedBuffer& b, std::mt19937_64& rng) {
+    for (size_t i = 0; i < b.size(); ++i) b.data()[i] = static_cast<uint8_t>(rng());
+}
+
+// A tensor whose parts are random (codes, payload bits) with scales from randomScale(): every
+// decode path, incl. NaN payloads, infinities and subnormals. Not a quantization of anything.
+inline QuantizedTensor randomTensor(QuantizationMode mode, std::vector<int64_t> shape,
+                                    int blocksize, bool doubleQuant, DType stored, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    QuantizedTensor t;
+    t.info.name = std::string("random.") + modeName(mode);
+    t.info.shape = std::move(shape);
+    t.info.mode = mode;
+    t.info.storedDType = stored;
+    t.info.blocksize = modeIs4bit(mode) ? blocksize : (mode == QuantizationMode::kInt4 ? 32 : 0);
+    t.info.doubleQuant = modeIs4bit(mode) && doubleQuant;
+    t.info.nestedBlocksize = t.info.doubleQuant ? 256 : 0;
+    t.info.nestedOffset = t.info.doubleQuant ? 0.0375f : 0.0f;
+    for (int i = 0; i < kQuantPartCount; ++i) {
+        const auto p = static_cast<QuantPart>(i);
+        const size_t bytes = t.info.expectedPartBytes(p);
+        if (bytes == 0) continue;
+        t.part(p) = std::move(AlignedBuffer::allocate(bytes).value());
+        AlignedBuffer& b = t.part(p);
+        const bool floats = (p == QuantPart::kAbsmax && !t.info.doubleQuant) ||
+                            p == QuantPart::kNestedAbsmax || p == QuantPart::kNestedQuantMap ||
+                            p == QuantPart::kQuantMap;
+        if (floats) {
+            for (size_t k = 0; k < bytes / 4; ++k) b.as<float>()[k] = randomScale(rng);
+        } else {
+            fillBytes(b, rng);
+        }
+    }
+    return t;
+}
+
+// Device copies of a tensor's parts, each starting `misalign` bytes past a 256-byte boundary.
+struct DeviceTensor {
+    std::array<gpu::DeviceBuffer, kQuantPartCount> buffers;
+    QuantizedTensorView view;
+};
+
+inline DeviceTensor upload(const QuantizedTensor& t, size_t misalign, int device = 0) {
+    DeviceTensor d;
+    d.view.info = &t.info;
+    for (int i = 0; i < kQuantPartCount; ++i) {
+        const auto& src = t.parts[static_cast<size_t>(i)];
+        if (src.empty()) continue;
+        d.buffers[static_cast<size_t>(i)] =
+            std::move(gpu::DeviceBuffer::allocate(device, src.size() + misalign).value());
+        auto* base = static_cast<uint8_t*>(d.buffers[static_cast<size_t>(i)].data()) + misalign;
+        (void)gpu::copyAsync(base, src.data(), src.size(), nullptr);
+        d.view.parts[static_cast<size_t>(i)] = {base, src.size()};
+    }
+    return d;
+}
+
+// ---- golden vectors (tests/golden/README.md) ----------------------------------------------
+struct GoldenEntry {
+    int dtype = 0;  // 0=f32 1=f16 2=bf16 3=u8 4=i8 5=i32 6=f64
+    std::vector<int64_t> dims;
+    std::vector<uint8_t> data;
+};
+
+inline std::string goldenDir() {
+    const char* d = std::getenv("SLI_TEST_DATA");
+    return std::string(d ? d : "tests") + "/golden/";
+}
+
+// Empty map when the file is missing or malformed (the test then fails on a missing entry).
+inline std::map<std::string, GoldenEntry> readGolden(const std::string& stem) {
+    std::map<std::string, GoldenEntry> out;
+    std::ifstream f(goldenDir() + stem + ".bin", std::ios::binary);
+    std::vector<uint8_t> buf((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    size_t pos = 0;
+    auto take = [&](void* dst, size_t n) {
+        if (pos + n > buf.size()) return false;
+        std::memcpy(dst, buf.data() + pos, n);
+        pos += n;
+        return true;
+    };
+    char magic[8];
+    uint32_t count = 0;
+    if (!take(magic, 8) || std::memcmp(magic, "SLIGOLD1", 8) != 0 || !take(&count, 4)) return {};
+    for (uint32_t e = 0; e < count; ++e) {
+        uint16_t nameLen = 0;
+        if (!take(&nameLen, 2)) return {};
+        std::string name(nameLen, '\0');
+        uint8_t dtype = 0, ndim = 0;
+        if (!take(name.data(), nameLen) || !take(&dtype, 1) || !take(&ndim, 1)) return {};
+        GoldenEntry g;
+        g.dtype = dtype;
+        g.dims.resize(ndim);
+        for (auto& dim : g.dims) {
+            if (!take(&dim, 8)) return {};
+        }
+        uint64_t len = 0;
+        if (!take(&len, 8) || pos + len > buf.size()) return {};
+        g.data.assign(buf.begin() + static_cast<std::ptrdiff_t>(pos),
+                      buf.begin() + static_cast<std::ptrdiff_t>(pos + len));
+        pos += len;
+        out.emplace(std::move(name), std::move(g));
+    }
+    return out;
+}
+
+inline Json readGoldenJson(const std::string& stem) {
+    std::ifstream f(goldenDir() + stem + ".json");
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    auto j = parseJson(text);
+    return j.isOk() ? std::move(*j) : Json();
+}
+
+inline AlignedBuffer bufferOf(const std::vector<uint8_t>& bytes) {
+    AlignedBuffer b = std::move(AlignedBuffer::allocate(bytes.size()).value());
+    if (!bytes.empty()) std::memcpy(b.data(), bytes.data(), bytes.size());
+    return b;
+}
+
+// Index of the first differing element of `elemBytes` bytes, or -1.
+inline int64_t firstMismatch(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b,
+                             size_t elemBytes) {
+    if (a.size() != b.size()) return 0;
+    for (size_t i = 0; i < a.size(); i += elemBytes) {
+        if (std::memcmp(a.data() + i, b.data() + i, elemBytes) != 0) return static_cast<int64_t>(i / elemBytes);
+    }
+    return -1;
+}
+
+// Runs the device dequantization of `v` (device view) into a fresh buffer; returns the bytes.
+inline std::vector<uint8_t> deviceDequantize(const QuantizedTensorView& v, DType dst,
+                                             size_t outMisalign = 0, Status* status = nullptr) {
+    const size_t bytes = cuda::dequantizedBytes(*v.info, dst);
+    gpu::DeviceBuffer out = std::move(gpu::DeviceBuffer::allocate(0, bytes + outMisalign).value());
+    auto* o = static_cast<uint8_t*>(out.data()) + outMisalign;
+    Status s = cuda::dequantize(v, dst, o, bytes, nullptr);
+    std::vector<uint8_t> host(bytes);
+    if (s.isOk()) s = gpu::copyAsync(host.data(), o, bytes, nullptr);
+    if (status) *status = std::move(s);
+    return host;
+}
+
+}  // namespace sli::cudatest
