@@ -111,23 +111,30 @@ SLI_HD float fp4Value(unsigned code) { return bitsFloat(fp4Bits(code)); }
 
 // ---- 4-bit encoders (CUDA kernels.cu dQuantizeNF4 / dQuantizeFP4, spec 1.1 / 1.2) ---------
 // code = number of thresholds t with x > t (strict: ties go to the lower code; NaN -> 0).
+// The thresholds are the float32 midpoints fl32((c[i] + c[i+1]) / 2) of the codebook (spec
+// 1.1, and what the golden vectors' CUDA rule uses), written as bit patterns. Caution: bnb's
+// kernels.cu writes them as decimal literals with an `f` suffix (-0.8480964004993439f, ...);
+// a C++ compiler rounds those directly from decimal, which for 4 of the 15 (0/1, 8/9, 12/13,
+// 14/15) gives the float32 one ulp further from zero than the midpoint (the decimals are the
+// double midpoints, which are exact float32 ties). Only an input whose normalized value is
+// exactly one of those 4 midpoints can get a different code (one step) from bnb's CUDA build.
 SLI_HD unsigned nf4Encode(float x) {
     unsigned c = 0;
-    c += x > -0.8480964004993439f;
-    c += x > -0.6106329262256622f;
-    c += x > -0.4599952697753906f;
-    c += x > -0.33967943489551544f;
-    c += x > -0.23460740596055984f;
-    c += x > -0.13791173323988914f;
-    c += x > -0.045525018125772476f;
-    c += x > 0.03979014977812767f;
-    c += x > 0.1202552504837513f;
-    c += x > 0.2035212516784668f;
-    c += x > 0.2920137718319893f;
-    c += x > 0.3893125355243683f;
-    c += x > 0.5016634166240692f;
-    c += x > 0.6427869200706482f;
-    c += x > 0.8614784181118011f;
+    c += x > bitsFloat(0xbf591cd8u);  // -0.8480964004993439
+    c += x > bitsFloat(0xbf1c5270u);  // -0.6106329262256622
+    c += x > bitsFloat(0xbeeb8480u);  // -0.4599952697753906
+    c += x > bitsFloat(0xbeadea76u);  // -0.33967943489551544
+    c += x > bitsFloat(0xbe703cecu);  // -0.23460740596055984
+    c += x > bitsFloat(0xbe0d38bcu);  // -0.13791173323988914
+    c += x > bitsFloat(0xbd3a7871u);  // -0.045525018125772476
+    c += x > bitsFloat(0x3d22faffu);  // 0.03979014977812767
+    c += x > bitsFloat(0x3df64862u);  // 0.1202552504837513
+    c += x > bitsFloat(0x3e5067e0u);  // 0.2035212516784668
+    c += x > bitsFloat(0x3e9582d4u);  // 0.2920137718319893
+    c += x > bitsFloat(0x3ec753f9u);  // 0.3893125355243683
+    c += x > bitsFloat(0x3f006d04u);  // 0.5016634166240692
+    c += x > bitsFloat(0x3f248dafu);  // 0.6427869200706482
+    c += x > bitsFloat(0x3f5c89dau);  // 0.8614784181118011
     return c;
 }
 // The CUDA literals, not exact midpoints (spec 1.2): byte-exact with bnb's CUDA kernel.
