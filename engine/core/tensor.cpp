@@ -7,23 +7,36 @@
 
 namespace sli {
 
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+AlignedBuffer::~AlignedBuffer() {
+    if (owned_) std::free(data_);
+}
 
 AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
-    : data_(other.data_), size_(other.size_) {
+    : data_(other.data_), size_(other.size_), owned_(other.owned_) {
     other.data_ = nullptr;
     other.size_ = 0;
+    other.owned_ = true;
 }
 
 AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
     if (this != &other) {
-        std::free(data_);
+        if (owned_) std::free(data_);
         data_ = other.data_;
         size_ = other.size_;
+        owned_ = other.owned_;
         other.data_ = nullptr;
         other.size_ = 0;
+        other.owned_ = true;
     }
     return *this;
+}
+
+AlignedBuffer AlignedBuffer::borrow(void* data, size_t size) noexcept {
+    AlignedBuffer b;
+    b.data_ = static_cast<uint8_t*>(data);
+    b.size_ = size;
+    b.owned_ = false;
+    return b;
 }
 
 Result<AlignedBuffer> AlignedBuffer::allocate(size_t size, bool zero) {
@@ -94,6 +107,23 @@ Result<Tensor> Tensor::zeros(std::string name, std::vector<int64_t> shape, DType
     t.dtype_ = dtype;
     t.numel_ = n;
     t.storage_ = std::move(buf).value();
+    return t;
+}
+
+Result<Tensor> Tensor::borrowed(std::string name, std::vector<int64_t> shape, DType dtype,
+                                void* data) {
+    SLI_ASSIGN_OR_RETURN(int64_t n, shapeNumel(shape, name));
+    const size_t item = dtypeSize(dtype);
+    if (n != 0 && static_cast<uint64_t>(n) > std::numeric_limits<size_t>::max() / item) {
+        return Status::invalidArgument(name + ": byte size of shape " + shapeToString(shape) +
+                                       " overflows");
+    }
+    Tensor t;
+    t.name_ = std::move(name);
+    t.shape_ = std::move(shape);
+    t.dtype_ = dtype;
+    t.numel_ = n;
+    t.storage_ = AlignedBuffer::borrow(data, static_cast<size_t>(n) * item);
     return t;
 }
 

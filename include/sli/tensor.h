@@ -34,6 +34,9 @@ public:
 
     // Allocates `size` bytes (zero-filled when `zero`). ResourceExhausted when memory is short.
     static Result<AlignedBuffer> allocate(size_t size, bool zero = true);
+    // A non-owning buffer over memory the caller keeps alive (pooled engine outputs).
+    static AlignedBuffer borrow(void* data, size_t size) noexcept;
+    bool owned() const noexcept { return owned_; }
     // Deep copy.
     Result<AlignedBuffer> clone() const;
 
@@ -51,6 +54,7 @@ public:
 private:
     uint8_t* data_ = nullptr;
     size_t size_ = 0;
+    bool owned_ = true;
 };
 
 // Number of elements of `shape`, or an InvalidArgument naming `what` on a negative dimension
@@ -80,6 +84,10 @@ public:
     // Copies `bytes`, which must be exactly numel * dtypeSize bytes (InvalidArgument otherwise).
     static Result<Tensor> fromBytes(std::string name, std::vector<int64_t> shape, DType dtype,
                                     std::span<const uint8_t> bytes);
+    // A tensor over `data` (numel * dtypeSize bytes) that the caller owns and keeps alive
+    // longer than the tensor; no copy. InvalidArgument on a bad shape.
+    static Result<Tensor> borrowed(std::string name, std::vector<int64_t> shape, DType dtype,
+                                   void* data);
     // Copies f32 values, converting to `dtype` (f32 / f16 / bf16) with round-to-nearest-even.
     static Result<Tensor> fromFloats(std::string name, std::vector<int64_t> shape, DType dtype,
                                      std::span<const float> values);

@@ -87,3 +87,19 @@ TEST_CASE("quantized part sizes follow each mode's layout") {
     CHECK(info.validateParts({32, 16, 0, 0, 0}).isOk());
     CHECK(info.validateParts({31, 16, 0, 0, 0}).isCorruption());
 }
+
+TEST_CASE("a borrowed tensor reads the caller's memory and clones into owned storage") {
+    alignas(64) float data[6] = {1, 2, 3, 4, 5, 6};
+    auto t = Tensor::borrowed("b", {2, 3}, DType::kF32, data);
+    REQUIRE(t.isOk());
+    CHECK(t->data() == reinterpret_cast<uint8_t*>(data));
+    CHECK(t->at(4) == 5.0f);
+    data[4] = 7.0f;
+    CHECK(t->at(4) == 7.0f);
+    auto c = t->clone();
+    REQUIRE(c.isOk());
+    CHECK(c->data() != t->data());
+    data[4] = 9.0f;
+    CHECK(c->at(4) == 7.0f);
+    CHECK(Tensor::borrowed("bad", {-2}, DType::kF32, data).status().isInvalidArgument());
+}

@@ -1,0 +1,158 @@
+// Quantize / dequantize throughput per mode and output dtype on 16M values, one thread, with
+// memcpy and memset of the same output size registered beside each in the same run (the
+// machine's speed drifts, ratios are what to read). items = values, bytes = output bytes.
+//
+//   build/bench/kernels_bench --benchmark_min_time=0.2
+//   SLI_ISA=scalar build/bench/kernels_bench ...   (force the reference)
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sli/kernels.h"
+
+using namespace sli;
+
+namespace {
+
+constexpr int64_t kRows = 4096;
+constexpr int64_t kCols = 4096;
+constexpr int64_t kN = kRows * kCols;  // 16M values
+
+const std::vector<float>& source() {
+    static const std::vector<float> v = [] {
+        std::vector<float> x(static_cast<size_t>(kN));
+        std::mt19937 rng(1);
+        std::normal_distribution<float> d(0.0f, 0.02f);
+        for (auto& f : x) f = d(rng);
+        return x;
+    }();
+    return v;
+}
+
+QuantizedTensorInfo infoFor(QuantizationMode mode, bool dq) {
+    QuantizedTensorInfo info;
+    info.name = "bench.weight";
+    info.shape = {kRows, kCols};
+    info.mode = mode;
+    info.blocksize = modeIs4bit(mode) ? 64 : 0;
+    info.doubleQuant = dq;
+    info.storedDType = mode == QuantizationMode::kNone ? DType::kBF16
+                       : (mode == QuantizationMode::kInt8 || mode == QuantizationMode::kInt8Dynamic)
+                           ? DType::kI8
+                           : DType::kU8;
+    return info;
+}
+
+const QuantizedTensor& quantized(QuantizationMode mode, bool dq) {
+    static std::map<std::pair<int, bool>, std::unique_ptr<QuantizedTensor>> cache;
+    auto& slot = cache[{static_cast<int>(mode), dq}];
+    if (!slot) {
+        slot = std::make_unique<QuantizedTensor>();
+        slot->info = infoFor(mode, dq);
+        if (!kernels::quantize(source(), *slot).isOk()) std::abort();
+    }
+    return *slot;
+}
+
+void setCounters(benchmark::State& state, size_t outBytes) {
+    state.SetItemsProcessed(state.iterations() * kN);
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(outBytes));
+    state.counters["values/s"] = benchmark::Counter(static_cast<double>(kN), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType dst) {
+    const QuantizedTensor& q = quantized(mode, dq);
+    std::vector<uint8_t> out(static_cast<size_t>(kN) * dtypeSize(dst));
+    std::memset(out.data(), 0, out.size());
+    for (auto _ : state) {
+        if (!kernels::dequantize(q.view(), dst, out, 1).isOk()) state.SkipWithError("dequantize failed");
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+    }
+    setCounters(state, out.size());
+}
+
+void bmQuantize(benchmark::State& state, QuantizationMode mode, bool dq) {
+    QuantizedTensor q;
+    size_t outBytes = 0;
+    for (auto _ : state) {
+        q.info = infoFor(mode, dq);
+        if (!kernels::quantize(source(), q, 1).isOk()) state.SkipWithError("quantize failed");
+        benchmark::DoNotOptimize(q.parts[0].data());
+        outBytes = q.storedBytes();
+    }
+    setCounters(state, outBytes);
+}
+
+void bmMemcpy(benchmark::State& state, size_t bytes) {
+    std::vector<uint8_t> a(bytes, 1), b(bytes, 0);
+    for (auto _ : state) {
+        std::memcpy(b.data(), a.data(), bytes);
+        benchmark::DoNotOptimize(b.data());
+        benchmark::ClobberMemory();
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+
+void bmMemset(benchmark::State& state, size_t bytes) {
+    std::vector<uint8_t> b(bytes, 0);
+    int v = 0;
+    for (auto _ : state) {
+        std::memset(b.data(), ++v & 0xff, bytes);
+        benchmark::DoNotOptimize(b.data());
+        benchmark::ClobberMemory();
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+
+void registerAll() {
+    struct Mode {
+        QuantizationMode mode;
+        bool dq;
+        const char* name;
+    };
+    const Mode modes[] = {{QuantizationMode::kNf4, false, "nf4"},        {QuantizationMode::kNf4, true, "nf4_dq"},
+                          {QuantizationMode::kFp4, false, "fp4"},        {QuantizationMode::kInt4, false, "int4"},
+                          {QuantizationMode::kInt8, false, "int8"},      {QuantizationMode::kInt8Dynamic, false, "int8_dynamic"},
+                          {QuantizationMode::kNone, false, "none_bf16"}};
+    const std::pair<DType, const char*> outs[] = {{DType::kF16, "f16"}, {DType::kBF16, "bf16"}, {DType::kF32, "f32"}};
+    const std::string isa = kernels::activeIsa();
+    // Reference bandwidth for each dequant output size (2 and 4 bytes per value).
+    for (size_t esz : {size_t{2}, size_t{4}}) {
+        const size_t bytes = static_cast<size_t>(kN) * esz;
+        const std::string sz = std::to_string(bytes >> 20) + "MiB";
+        benchmark::RegisterBenchmark(("memcpy/" + sz).c_str(), bmMemcpy, bytes)->UseRealTime();
+        benchmark::RegisterBenchmark(("memset/" + sz).c_str(), bmMemset, bytes)->UseRealTime();
+    }
+    for (const Mode& m : modes) {
+        for (auto [t, tn] : outs) {
+            benchmark::RegisterBenchmark(("dequantize/" + std::string(m.name) + "->" + tn + "/" + isa).c_str(),
+                                         bmDequantize, m.mode, m.dq, t)->UseRealTime();
+        }
+    }
+    for (const Mode& m : modes) {
+        const QuantizedTensor& q = quantized(m.mode, m.dq);
+        const size_t bytes = q.storedBytes();
+        const std::string sz = std::to_string(bytes >> 10) + "KiB";
+        benchmark::RegisterBenchmark(("memcpy/" + sz).c_str(), bmMemcpy, bytes)->UseRealTime();
+        benchmark::RegisterBenchmark(("memset/" + sz).c_str(), bmMemset, bytes)->UseRealTime();
+        benchmark::RegisterBenchmark(("quantize/" + std::string(m.name) + "/" + isa).c_str(), bmQuantize, m.mode, m.dq)
+            ->UseRealTime();
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    registerAll();
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -1,0 +1,165 @@
+#include "io/cache_manifest.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "io/file.h"
+#include "sli/json.h"
+#include "sli/log.h"
+
+namespace sli::io {
+
+std::string CacheManifest::toJson() const {
+    Json j = Json::object();
+    j.set("format", Json::integer(kManifestVersion));
+    j.set("model_id", Json::string(modelId));
+    auto cfg = parseJson(configJson);
+    j.set("config", cfg.isOk() ? std::move(*cfg) : Json::string(configJson));
+    j.set("config_fingerprint", Json::string(configFingerprint));
+    j.set("source", Json::string(source));
+    j.set("source_fingerprint", Json::string(sourceFingerprint));
+    Json arr = Json::array();
+    for (const auto& l : layers) {
+        Json e = Json::object();
+        e.set("index", Json::integer(l.index));
+        e.set("name", Json::string(l.name));
+        e.set("file", Json::string(l.file));
+        e.set("tensors", Json::integer(l.tensors));
+        arr.push(std::move(e));
+    }
+    j.set("layers", std::move(arr));
+    return j.dump() + "\n";
+}
+
+Result<CacheManifest> CacheManifest::parse(std::string_view text, std::string_view path) {
+    auto bad = [&](const std::string& why) {
+        return Status::corruption("cache manifest " + std::string(path) + ": " + why);
+    };
+    auto j = parseJson(text);
+    if (!j.isOk()) return bad(j.status().message());
+    if (!j->isObject()) return bad("not a JSON object");
+    const Json* fmt = j->find("format");
+    if (fmt == nullptr || fmt->asInt64() != std::optional<int64_t>(kManifestVersion)) {
+        return Status::notSupported("cache manifest " + std::string(path) + ": unknown format");
+    }
+    CacheManifest m;
+    auto str = [&](const char* key, std::string& out) -> bool {
+        const Json* v = j->find(key);
+        if (v == nullptr || !v->isString()) return false;
+        out = v->asString();
+        return true;
+    };
+    if (!str("model_id", m.modelId) || !str("config_fingerprint", m.configFingerprint) ||
+        !str("source", m.source) || !str("source_fingerprint", m.sourceFingerprint)) {
+        return bad("missing or non-string field");
+    }
+    const Json* cfg = j->find("config");
+    if (cfg == nullptr) return bad("missing config");
+    m.configJson = cfg->isString() ? cfg->asString() : cfg->dump();
+    const Json* layers = j->find("layers");
+    if (layers == nullptr || !layers->isArray()) return bad("missing layers");
+    for (const Json& e : layers->asArray()) {
+        ManifestLayer l;
+        const Json* idx = e.find("index");
+        const Json* name = e.find("name");
+        const Json* file = e.find("file");
+        const Json* tensors = e.find("tensors");
+        if (idx == nullptr || !idx->asInt64() || name == nullptr || !name->isString() ||
+            file == nullptr || !file->isString() || tensors == nullptr || !tensors->asInt64()) {
+            return bad("malformed layer entry");
+        }
+        l.index = *idx->asInt64();
+        l.name = name->asString();
+        l.file = file->asString();
+        l.tensors = static_cast<uint32_t>(*tensors->asInt64());
+        if (l.file.find('/') != std::string::npos || l.file.empty() || l.file[0] == '.') {
+            return bad("layer file name " + l.file + " is not a plain file name");
+        }
+        m.layers.push_back(std::move(l));
+    }
+    std::sort(m.layers.begin(), m.layers.end(),
+              [](const auto& a, const auto& b) { return a.index < b.index; });
+    return m;
+}
+
+const ManifestLayer* CacheManifest::findLayer(int64_t index) const {
+    for (const auto& l : layers) {
+        if (l.index == index) return &l;
+    }
+    return nullptr;
+}
+
+Status writeManifest(const std::string& dir, const CacheManifest& m) {
+    const std::string text = m.toJson();
+    return atomicWriteFile(joinPath(dir, kManifestName),
+                           std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
+Result<CacheManifest> readManifest(const std::string& dir) {
+    const std::string path = joinPath(dir, kManifestName);
+    SLI_ASSIGN_OR_RETURN(auto bytes, readWholeFile(path));
+    return CacheManifest::parse(
+        std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path);
+}
+
+std::string modelDirName(std::string_view modelId) {
+    std::string out;
+    for (char c : modelId) {
+        if (c == '/') {
+            out += "--";
+        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   c == '-' || c == '_' || c == '.') {
+            out += c;
+        } else {
+            out += '_';
+        }
+    }
+    if (out.empty() || out[0] == '.') out.insert(out.begin(), '_');
+    return out;
+}
+
+std::string cacheDirFor(const std::string& root, std::string_view modelId,
+                        std::string_view configFingerprint) {
+    return joinPath(joinPath(root, modelDirName(modelId)), configFingerprint);
+}
+
+Result<std::vector<std::string>> findCacheDirs(const std::string& root) {
+    if (!isDirectory(root)) return Status::notFound("cache directory " + root + " does not exist");
+    std::vector<std::string> out;
+    auto visit = [&](const std::string& d) {
+        if (pathExists(joinPath(d, kManifestName))) out.push_back(d);
+    };
+    visit(root);
+    auto l1 = listDirectory(root);
+    if (!l1.isOk()) return l1.status();
+    for (const auto& a : *l1) {
+        const std::string da = joinPath(root, a);
+        if (a[0] == '.' || !isDirectory(da)) continue;
+        visit(da);
+        auto l2 = listDirectory(da);
+        if (!l2.isOk()) continue;
+        for (const auto& b : *l2) {
+            const std::string db = joinPath(da, b);
+            if (b[0] != '.' && isDirectory(db)) visit(db);
+        }
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+void removeStaleTempFiles(const std::string& dir) {
+    auto names = listDirectory(dir);
+    if (!names.isOk()) return;
+    for (const auto& n : *names) {
+        int pid = 0;
+        if (!isTempName(n, &pid)) continue;
+        if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
+            SLI_DEBUG("cache", "removing %s left by writer %d", n.c_str(), pid);
+            (void)removeFile(joinPath(dir, n));
+        }
+    }
+}
+
+}  // namespace sli::io

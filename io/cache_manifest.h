@@ -1,0 +1,63 @@
+// Layer-cache directory layout and its manifest.
+//
+// A cache root (what `sli quantize --cache ROOT` is given) holds one directory per model and
+// configuration:   ROOT/<model dir>/<config fingerprint>/
+//                      MANIFEST.json       the expected layers (written before any layer)
+//                      LOCK                flock target (shared: readers, exclusive: writers)
+//                      layer-00000.slc ... one file per layer (docs/cache-format.md)
+// <model dir> is the model id with "/" spelled "--" and other unsafe bytes as "_". The
+// manifest is JSON: {"format": 1, "model_id", "config" (QuantizationConfig JSON),
+// "config_fingerprint", "source", "source_fingerprint", "layers": [{"index", "name", "file",
+// "tensors"}]}. A layer listed but absent is *missing* (never written, interrupted, or
+// evicted), not corrupt.
+//
+// Blocking: file I/O. Thread safety: functions are reentrant; concurrent writers of one
+// manifest must hold the directory's exclusive LOCK. Errors: Status naming the path.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sli/status.h"
+
+namespace sli::io {
+
+inline constexpr const char* kManifestName = "MANIFEST.json";
+inline constexpr const char* kLockName = "LOCK";
+inline constexpr uint32_t kManifestVersion = 1;
+
+struct ManifestLayer {
+    int64_t index = -1;
+    std::string name;
+    std::string file;  // relative to the cache directory
+    uint32_t tensors = 0;
+};
+
+struct CacheManifest {
+    std::string modelId;
+    std::string configJson;
+    std::string configFingerprint;
+    std::string source;
+    std::string sourceFingerprint;
+    std::vector<ManifestLayer> layers;  // sorted by index
+
+    std::string toJson() const;
+    static Result<CacheManifest> parse(std::string_view text, std::string_view path);
+    const ManifestLayer* findLayer(int64_t index) const;
+};
+
+// Atomic replace of DIR/MANIFEST.json.
+Status writeManifest(const std::string& dir, const CacheManifest& m);
+Result<CacheManifest> readManifest(const std::string& dir);
+
+std::string modelDirName(std::string_view modelId);
+std::string cacheDirFor(const std::string& root, std::string_view modelId,
+                        std::string_view configFingerprint);
+// Every directory holding a MANIFEST.json at ROOT, ROOT/*, or ROOT/*/* (sorted).
+Result<std::vector<std::string>> findCacheDirs(const std::string& root);
+// Removes temporary files left in `dir` by writers that no longer run.
+void removeStaleTempFiles(const std::string& dir);
+
+}  // namespace sli::io

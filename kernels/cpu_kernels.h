@@ -1,0 +1,59 @@
+// The table of CPU kernel entry points, one instance per instruction set (scalar reference,
+// AVX2, AVX-512), chosen once at run time by dispatch.cpp. Internal to kernels/ and its tests.
+//
+// Every entry works on a contiguous range that starts on a block (4-bit, Q4_0) or row (INT8)
+// boundary, so callers may split a tensor over threads at those boundaries. Pointers may be
+// unaligned except where noted; nothing is validated here (dispatch.cpp validates first).
+// The functions are pure: no state, safe to call concurrently on distinct outputs. Every
+// implementation produces the same bits as the scalar reference (tests/kernels checks it).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/blocks.h"
+#include "sli/dtype.h"
+
+namespace sli::kernels {
+
+enum class Codebook4 : uint8_t { kNf4 = 0, kFp4 = 1 };
+
+struct CpuKernels {
+    const char* name;
+
+    // NF4 / FP4 quantization of n source values starting at a block boundary: writes
+    // (n + 1) / 2 packed bytes and ceil(n / blocksize) float32 absmax values.
+    void (*quantize4bit)(Codebook4 cb, const float* src, int64_t n, int blocksize,
+                         uint8_t* packed, float* absmax);
+    // NF4 / FP4 dequantization of n values starting at a block boundary, with float32 absmax
+    // (double-quant absmax already reconstructed). dst is f16, bf16 or f32.
+    void (*dequantize4bit)(Codebook4 cb, const uint8_t* packed, const float* absmax, int64_t n,
+                           int blocksize, DType dst, void* out);
+
+    // LLM.int8 weights of `rows` x `cols`: source values are first rounded to fp16 (as bnb
+    // casts the weight to fp16), SCB[r] = row absmax, CB = rne(w * fl32(127 / SCB)).
+    void (*quantizeInt8)(const float* src, int64_t rows, int64_t cols, int8_t* cb, float* scb);
+    // Per-row symmetric int8 (torch per_channel_symmetric qint8): scale = max(absmax / 127.5,
+    // eps), q = clamp(rne(w * fl32(1 / scale)), -128, 127).
+    void (*quantizeInt8Dynamic)(const float* src, int64_t rows, int64_t cols, int8_t* q,
+                                float* scale);
+    // out = fl32(q * scale[r]), and for LLM.int8 (llmInt8 = true) then * kInt8DequantFactor
+    // (bnb: CB * SCB * 7.874015718698502e-3, two roundings).
+    void (*dequantizeInt8)(bool llmInt8, const int8_t* q, const float* scale, int64_t rows,
+                           int64_t cols, DType dst, void* out);
+
+    // GGUF Q4_0 over whole blocks of 32 (dst must be 2-byte aligned: block_q4_0).
+    void (*quantizeQ4_0)(const float* src, int64_t nblocks, block_q4_0* dst);
+    void (*dequantizeQ4_0)(const block_q4_0* src, int64_t nblocks, DType dst, void* out);
+
+    // NONE: f16 / bf16 / f32 to f16 / bf16 / f32 (RNE when narrowing).
+    void (*convert)(DType from, const void* src, int64_t n, DType to, void* out);
+};
+
+// The scalar reference: the definition every other implementation is tested against.
+const CpuKernels& referenceKernels() noexcept;
+// nullptr when the file was not built (non-x86 host, compiler without the flags). Callers
+// must also check the CPU supports the ISA before calling into them.
+const CpuKernels* avx2Kernels() noexcept;
+const CpuKernels* avx512Kernels() noexcept;
+
+}  // namespace sli::kernels

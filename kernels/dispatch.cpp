@@ -1,0 +1,337 @@
+// sli::kernels::quantize / dequantize: input validation, ISA selection, thread splitting.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu_kernels.h"
+#include "kernels/reference.h"
+#include "sli/kernels.h"
+#include "sli/log.h"
+
+namespace sli::kernels {
+
+#if !SLI_HAVE_AVX2_KERNELS
+const CpuKernels* avx2Kernels() noexcept { return nullptr; }
+#endif
+#if !SLI_HAVE_AVX512_KERNELS
+const CpuKernels* avx512Kernels() noexcept { return nullptr; }
+#endif
+
+namespace {
+
+bool cpuHasAvx2() {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+bool cpuHasAvx512() {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+const CpuKernels& selectKernels() {
+    const CpuKernels* avx512 = cpuHasAvx512() ? avx512Kernels() : nullptr;
+    const CpuKernels* avx2 = cpuHasAvx2() ? avx2Kernels() : nullptr;
+    const char* force = std::getenv("SLI_ISA");
+    const std::string want = force ? force : "";
+    if (want == "scalar") return referenceKernels();
+    if (want == "avx2") {
+        if (avx2) return *avx2;
+        SLI_WARN("kernels", "SLI_ISA=avx2 but this CPU or build has no AVX2 kernels: using scalar");
+        return referenceKernels();
+    }
+    if (!want.empty() && want != "avx512" && want != "auto") {
+        SLI_WARN("kernels", "SLI_ISA=%s is not one of scalar, avx2, avx512: ignored", want.c_str());
+    }
+    if (want == "avx512" && !avx512) {
+        SLI_WARN("kernels", "SLI_ISA=avx512 but this CPU or build has no AVX-512 kernels");
+    }
+    if (avx512) return *avx512;
+    if (avx2) return *avx2;
+    return referenceKernels();
+}
+
+const CpuKernels& kernels() {
+    static const CpuKernels& k = selectKernels();
+    return k;
+}
+
+// Values per thread below which splitting costs more than it saves.
+constexpr int64_t kMinValuesPerThread = int64_t{1} << 18;
+
+int threadCount(int threads, int64_t values) {
+    int t = threads;
+    if (t <= 0) t = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int64_t useful = std::max<int64_t>(1, values / kMinValuesPerThread);
+    return static_cast<int>(std::min<int64_t>(t, useful));
+}
+
+// Runs fn(begin, end) over [0, units) split into `threads` contiguous chunks; the calling
+// thread takes the last chunk. If a thread cannot be started, its chunk runs here instead.
+template <typename Fn>
+void parallelFor(int64_t units, int threads, Fn&& fn) {
+    threads = static_cast<int>(std::min<int64_t>(threads, units));
+    if (threads <= 1) {
+        fn(int64_t{0}, units);
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(threads - 1));
+    std::vector<std::pair<int64_t, int64_t>> inline_chunks;
+    for (int t = 0; t < threads; ++t) {
+        const int64_t begin = units * t / threads;
+        const int64_t end = units * (t + 1) / threads;
+        if (t == threads - 1) {
+            inline_chunks.emplace_back(begin, end);
+            break;
+        }
+        try {
+            pool.emplace_back([&fn, begin, end] { fn(begin, end); });
+        } catch (const std::system_error&) {
+            inline_chunks.emplace_back(begin, end);
+        }
+    }
+    for (auto [b, e] : inline_chunks) fn(b, e);
+    for (auto& th : pool) th.join();
+}
+
+std::string tensorLabel(const QuantizedTensorInfo& info) {
+    return "tensor " + (info.name.empty() ? std::string("<unnamed>") : info.name);
+}
+
+Status checkSourceDType(const QuantizedTensorInfo& info) {
+    switch (info.mode) {
+        case QuantizationMode::kNone:
+            if (!dtypeIsCompute(info.storedDType)) {
+                return Status::invalidArgument(tensorLabel(info) + ": mode none stores " +
+                                               dtypeName(info.storedDType) +
+                                               ", expected f16, bf16 or f32");
+            }
+            break;
+        case QuantizationMode::kInt8:
+        case QuantizationMode::kInt8Dynamic:
+            if (info.storedDType != DType::kI8) {
+                return Status::invalidArgument(tensorLabel(info) + ": " + modeName(info.mode) +
+                                               " stores i8, not " + dtypeName(info.storedDType));
+            }
+            break;
+        case QuantizationMode::kInt4:
+            if (info.storedDType != DType::kU8) {
+                return Status::invalidArgument(tensorLabel(info) + ": int4 stores u8 blocks, not " +
+                                               dtypeName(info.storedDType));
+            }
+            if (info.blocksize != 0 && info.blocksize != kQk4_0) {
+                return Status::invalidArgument(tensorLabel(info) + ": int4 (Q4_0) blocksize is 32, not " +
+                                               std::to_string(info.blocksize));
+            }
+            break;
+        case QuantizationMode::kNf4:
+        case QuantizationMode::kFp4: break;
+    }
+    return Status();
+}
+
+Codebook4 codebookOf(QuantizationMode m) {
+    return m == QuantizationMode::kFp4 ? Codebook4::kFp4 : Codebook4::kNf4;
+}
+
+}  // namespace
+
+const char* activeIsa() noexcept { return kernels().name; }
+
+Status quantize(std::span<const float> src, QuantizedTensor& out, int threads) {
+    QuantizedTensorInfo& info = out.info;
+    if (modeIs4bit(info.mode) && info.doubleQuant && info.nestedBlocksize == 0) {
+        info.nestedBlocksize = kNestedBlocksize;  // the only valid value
+    }
+    std::array<size_t, kQuantPartCount> want{};
+    for (int i = 0; i < kQuantPartCount; ++i) want[i] = info.expectedPartBytes(static_cast<QuantPart>(i));
+    SLI_RETURN_IF_ERROR(info.validateParts(want));
+    SLI_RETURN_IF_ERROR(checkSourceDType(info));
+    const int64_t n = info.numel();
+    if (static_cast<int64_t>(src.size()) != n) {
+        return Status::invalidArgument(tensorLabel(info) + ": " + std::to_string(src.size()) +
+                                       " source values for shape " + shapeToString(info.shape) +
+                                       " (" + std::to_string(n) + " elements)");
+    }
+    for (int i = 0; i < kQuantPartCount; ++i) {
+        if (want[i] == 0) {
+            out.parts[i] = AlignedBuffer();
+            continue;
+        }
+        auto buf = AlignedBuffer::allocate(want[i], /*zero=*/false);
+        if (!buf.isOk()) return buf.status().withContext(tensorLabel(info));
+        out.parts[i] = std::move(buf).value();
+    }
+
+    const CpuKernels& k = kernels();
+    const int nt = threadCount(threads, n);
+    const float* x = src.data();
+    switch (info.mode) {
+        case QuantizationMode::kNone:
+            parallelFor(n, nt, [&](int64_t b, int64_t e) {
+                k.convert(DType::kF32, x + b, e - b, info.storedDType,
+                          out.part(QuantPart::kPayload).data() + b * dtypeSize(info.storedDType));
+            });
+            break;
+        case QuantizationMode::kNf4:
+        case QuantizationMode::kFp4: {
+            const Codebook4 cb = codebookOf(info.mode);
+            const int bs = info.blocksize;
+            const int64_t nb = (n + bs - 1) / bs;
+            uint8_t* packed = out.part(QuantPart::kPayload).data();
+            std::memcpy(out.part(QuantPart::kQuantMap).data(),
+                        cb == Codebook4::kNf4 ? kNf4QuantMap : kFp4QuantMap, 16 * 4);
+            // With double quant the float absmax is an intermediate.
+            std::vector<float> plainAbsmax;
+            float* absmax = out.part(QuantPart::kAbsmax).as<float>();
+            if (info.doubleQuant) {
+                plainAbsmax.resize(static_cast<size_t>(nb));
+                absmax = plainAbsmax.data();
+            }
+            parallelFor(nb, threadCount(threads, n), [&](int64_t b0, int64_t b1) {
+                const int64_t begin = b0 * bs;
+                const int64_t end = std::min<int64_t>(n, b1 * bs);
+                k.quantize4bit(cb, x + begin, end - begin, bs, packed + begin / 2, absmax + b0);
+            });
+            if (info.doubleQuant) {
+                float map[256];
+                for (int i = 0; i < 256; ++i) map[i] = bitsFloat(kDynamicMapBits[i]);
+                std::memcpy(out.part(QuantPart::kNestedQuantMap).data(), map, sizeof map);
+                info.nestedOffset = absmaxMean(absmax, nb);
+                doubleQuantize(absmax, nb, info.nestedOffset, map,
+                               out.part(QuantPart::kAbsmax).data(),
+                               out.part(QuantPart::kNestedAbsmax).as<float>());
+            }
+            break;
+        }
+        case QuantizationMode::kInt8:
+        case QuantizationMode::kInt8Dynamic: {
+            const int64_t rows = info.rows();
+            const int64_t cols = info.cols();
+            int8_t* q = out.part(QuantPart::kPayload).as<int8_t>();
+            float* scale = out.part(QuantPart::kAbsmax).as<float>();
+            const bool llm = info.mode == QuantizationMode::kInt8;
+            parallelFor(rows, nt, [&](int64_t r0, int64_t r1) {
+                (llm ? k.quantizeInt8 : k.quantizeInt8Dynamic)(x + r0 * cols, r1 - r0, cols,
+                                                               q + r0 * cols, scale + r0);
+            });
+            break;
+        }
+        case QuantizationMode::kInt4: {
+            auto* blocks = out.part(QuantPart::kPayload).as<block_q4_0>();
+            parallelFor(n / kQk4_0, nt, [&](int64_t b0, int64_t b1) {
+                k.quantizeQ4_0(x + b0 * kQk4_0, b1 - b0, blocks + b0);
+            });
+            break;
+        }
+    }
+    return Status();
+}
+
+Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> out,
+                  int threads) {
+    if (src.info == nullptr) return Status::invalidArgument("dequantize: view without tensor info");
+    const QuantizedTensorInfo& info = *src.info;
+    if (!dtypeIsCompute(dst)) {
+        return Status::invalidArgument(tensorLabel(info) + ": cannot dequantize to " +
+                                       std::string(dtypeName(dst)) + " (f16, bf16 or f32 only)");
+    }
+    std::array<size_t, kQuantPartCount> have{};
+    for (int i = 0; i < kQuantPartCount; ++i) have[i] = src.parts[i].size();
+    SLI_RETURN_IF_ERROR(info.validateParts(have));
+    SLI_RETURN_IF_ERROR(checkSourceDType(info));
+    const int64_t n = info.numel();
+    const size_t outBytes = static_cast<size_t>(n) * dtypeSize(dst);
+    if (out.size() != outBytes) {
+        return Status::invalidArgument(tensorLabel(info) + ": output holds " +
+                                       std::to_string(out.size()) + " bytes, " + dtypeName(dst) +
+                                       " " + shapeToString(info.shape) + " needs " +
+                                       std::to_string(outBytes));
+    }
+
+    const CpuKernels& k = kernels();
+    const int nt = threadCount(threads, n);
+    uint8_t* o = out.data();
+    const size_t osz = dtypeSize(dst);
+    const uint8_t* payload = src.part(QuantPart::kPayload).data();
+    switch (info.mode) {
+        case QuantizationMode::kNone: {
+            const size_t isz = dtypeSize(info.storedDType);
+            parallelFor(n, nt, [&](int64_t b, int64_t e) {
+                k.convert(info.storedDType, payload + b * isz, e - b, dst, o + b * osz);
+            });
+            break;
+        }
+        case QuantizationMode::kNf4:
+        case QuantizationMode::kFp4: {
+            const Codebook4 cb = codebookOf(info.mode);
+            const int bs = info.blocksize;
+            const int64_t nb = (n + bs - 1) / bs;
+            const uint8_t* absmaxBytes = src.part(QuantPart::kAbsmax).data();
+            if (!info.doubleQuant) {
+                const auto* absmax = reinterpret_cast<const float*>(absmaxBytes);
+                parallelFor(nb, nt, [&](int64_t b0, int64_t b1) {
+                    const int64_t begin = b0 * bs;
+                    const int64_t end = std::min<int64_t>(n, b1 * bs);
+                    k.dequantize4bit(cb, payload + begin / 2, absmax + b0, end - begin, bs, dst,
+                                     o + begin * osz);
+                });
+                break;
+            }
+            float map[256];
+            std::memcpy(map, src.part(QuantPart::kNestedQuantMap).data(), sizeof map);
+            const auto* nested =
+                reinterpret_cast<const float*>(src.part(QuantPart::kNestedAbsmax).data());
+            const float offset = info.nestedOffset;
+            parallelFor(nb, nt, [&](int64_t b0, int64_t b1) {
+                float absmax[kNestedBlocksize];
+                for (int64_t g = b0; g < b1; g += kNestedBlocksize) {
+                    const int64_t ge = std::min<int64_t>(b1, g + kNestedBlocksize);
+                    reconstructAbsmax(absmaxBytes, nested, map, offset, g, ge - g, absmax);
+                    const int64_t begin = g * bs;
+                    const int64_t end = std::min<int64_t>(n, ge * bs);
+                    k.dequantize4bit(cb, payload + begin / 2, absmax, end - begin, bs, dst,
+                                     o + begin * osz);
+                }
+            });
+            break;
+        }
+        case QuantizationMode::kInt8:
+        case QuantizationMode::kInt8Dynamic: {
+            const int64_t rows = info.rows();
+            const int64_t cols = info.cols();
+            const auto* q = reinterpret_cast<const int8_t*>(payload);
+            const auto* scale = reinterpret_cast<const float*>(src.part(QuantPart::kAbsmax).data());
+            const bool llm = info.mode == QuantizationMode::kInt8;
+            parallelFor(rows, nt, [&](int64_t r0, int64_t r1) {
+                k.dequantizeInt8(llm, q + r0 * cols, scale + r0, r1 - r0, cols, dst,
+                                 o + r0 * cols * osz);
+            });
+            break;
+        }
+        case QuantizationMode::kInt4: {
+            const auto* blocks = reinterpret_cast<const block_q4_0*>(payload);
+            parallelFor(n / kQk4_0, nt, [&](int64_t b0, int64_t b1) {
+                k.dequantizeQ4_0(blocks + b0, b1 - b0, dst, o + b0 * kQk4_0 * osz);
+            });
+            break;
+        }
+    }
+    return Status();
+}
+
+}  // namespace sli::kernels

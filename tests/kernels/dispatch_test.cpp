@@ -1,0 +1,224 @@
+// sli::kernels::quantize / dequantize: validation of bad input (each error names the tensor),
+// round trips for every mode, part layouts, and thread splitting that does not change a bit.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernel_test_util.h"
+#include "kernels/reference.h"
+#include "sli/kernels.h"
+
+using namespace sli;
+using namespace sli::kernels;
+
+namespace {
+
+QuantizedTensorInfo makeInfo(QuantizationMode mode, std::vector<int64_t> shape, int bs = 64,
+                             bool dq = false) {
+    QuantizedTensorInfo info;
+    info.name = "model.layers.0.mlp.up_proj.weight";
+    info.shape = std::move(shape);
+    info.mode = mode;
+    info.blocksize = modeIs4bit(mode) ? bs : 0;
+    info.doubleQuant = dq;
+    info.storedDType = mode == QuantizationMode::kNone ? DType::kF16
+                       : (mode == QuantizationMode::kInt8 || mode == QuantizationMode::kInt8Dynamic)
+                           ? DType::kI8
+                           : DType::kU8;
+    return info;
+}
+
+bool namesTensor(const Status& s) {
+    return s.message().find("model.layers.0.mlp.up_proj.weight") != std::string::npos;
+}
+
+std::vector<float> dequantF32(const QuantizedTensor& q, int threads = 1) {
+    std::vector<float> out(static_cast<size_t>(q.info.numel()));
+    const Status s = dequantize(q.view(), DType::kF32,
+                                {reinterpret_cast<uint8_t*>(out.data()), out.size() * 4}, threads);
+    REQUIRE(s.isOk());
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("activeIsa names one of the implementations") {
+    const std::string isa = activeIsa();
+    CHECK((isa == "scalar" || isa == "avx2" || isa == "avx512"));
+}
+
+TEST_CASE("quantize rejects bad input with an error naming the tensor") {
+    std::vector<float> src(64 * 32, 1.0f);
+    SUBCASE("a source of the wrong length") {
+        QuantizedTensor q{makeInfo(QuantizationMode::kNf4, {64, 31})};
+        const Status s = quantize(src, q);
+        CHECK(s.isInvalidArgument());
+        CHECK(namesTensor(s));
+    }
+    SUBCASE("an empty tensor") {
+        QuantizedTensor q{makeInfo(QuantizationMode::kNf4, {0, 32})};
+        const Status s = quantize({}, q);
+        CHECK(s.isInvalidArgument());
+        CHECK(namesTensor(s));
+    }
+    SUBCASE("a blocksize that is not a power of two or out of range") {
+        for (int bs : {48, 16, 8192, 0, -64}) {
+            QuantizedTensor q{makeInfo(QuantizationMode::kFp4, {64, 32}, bs)};
+            const Status s = quantize(src, q);
+            CHECK(s.isInvalidArgument());
+            CHECK(namesTensor(s));
+        }
+    }
+    SUBCASE("int4 rows whose length is not a multiple of 32") {
+        QuantizedTensor q{makeInfo(QuantizationMode::kInt4, {32, 64})};
+        q.info.shape = {64, 32};
+        CHECK(quantize(src, q).isOk());
+        q.info.shape = {128, 16};
+        const Status s = quantize(src, q);
+        CHECK(s.isInvalidArgument());
+        CHECK(namesTensor(s));
+    }
+    SUBCASE("int8 of a one-dimensional tensor") {
+        QuantizedTensor q{makeInfo(QuantizationMode::kInt8, {64 * 32})};
+        const Status s = quantize(src, q);
+        CHECK(s.isInvalidArgument());
+        CHECK(namesTensor(s));
+    }
+    SUBCASE("a stored dtype that does not fit the mode") {
+        QuantizedTensor q{makeInfo(QuantizationMode::kNone, {64, 32})};
+        q.info.storedDType = DType::kI8;
+        CHECK(quantize(src, q).isInvalidArgument());
+        QuantizedTensor q8{makeInfo(QuantizationMode::kInt8Dynamic, {64, 32})};
+        q8.info.storedDType = DType::kF16;
+        CHECK(quantize(src, q8).isInvalidArgument());
+    }
+}
+
+TEST_CASE("dequantize rejects bad views and outputs with an error naming the tensor") {
+    std::vector<float> src = testing::randomValues(64 * 32, 1);
+    QuantizedTensor q{makeInfo(QuantizationMode::kNf4, {64, 32})};
+    REQUIRE(quantize(src, q).isOk());
+    std::vector<uint8_t> out(64 * 32 * 2);
+    CHECK(dequantize(q.view(), DType::kF16, out).isOk());
+    SUBCASE("an output of the wrong size") {
+        const Status s = dequantize(q.view(), DType::kF16, {out.data(), out.size() - 2});
+        CHECK(s.isInvalidArgument());
+        CHECK(namesTensor(s));
+    }
+    SUBCASE("an output dtype that is not a compute dtype") {
+        const Status s = dequantize(q.view(), DType::kI8, {out.data(), out.size() / 2});
+        CHECK(s.isInvalidArgument());
+        CHECK(namesTensor(s));
+    }
+    SUBCASE("a truncated absmax part") {
+        QuantizedTensorView v = q.view();
+        v.parts[static_cast<int>(QuantPart::kAbsmax)] = v.part(QuantPart::kAbsmax).first(8);
+        const Status s = dequantize(v, DType::kF16, out);
+        CHECK(s.isCorruption());
+        CHECK(namesTensor(s));
+    }
+    SUBCASE("a truncated payload") {
+        QuantizedTensorView v = q.view();
+        v.parts[0] = v.part(QuantPart::kPayload).first(100);
+        CHECK(dequantize(v, DType::kF16, out).isCorruption());
+    }
+    SUBCASE("a view without info") {
+        QuantizedTensorView v;
+        CHECK(dequantize(v, DType::kF16, out).isInvalidArgument());
+    }
+}
+
+TEST_CASE("every mode round-trips within its quantization error") {
+    const std::vector<int64_t> shape = {96, 160};
+    const auto src = testing::randomValues(96 * 160, 42, 96 * 160);  // one scale: DQ error stays small
+    for (QuantizationMode mode : kAllModes) {
+        CAPTURE(std::string(modeName(mode)));
+        for (bool dq : {false, true}) {
+            if (dq && !modeIs4bit(mode)) continue;
+            CAPTURE(dq);
+            QuantizedTensor q{makeInfo(mode, shape, 64, dq)};
+            REQUIRE(quantize(src, q).isOk());
+            CHECK(q.validate().isOk());
+            const auto y = dequantF32(q);
+            // Error bound relative to the scale the mode uses for each element: the row max
+            // for int8 / int8_dynamic / none, the block max for NF4 / FP4 (blocks span rows) and
+            // the 32-block max for Q4_0.
+            const int64_t n = shape[0] * shape[1];
+            const int64_t group = modeIs4bit(mode) ? 64 : mode == QuantizationMode::kInt4 ? 32 : shape[1];
+            for (int64_t g = 0; g < n; g += group) {
+                float gmax = 0;
+                for (int64_t i = g; i < g + group; ++i) gmax = std::max(gmax, std::fabs(src[static_cast<size_t>(i)]));
+                const double tol = mode == QuantizationMode::kNone ? 1e-3 * gmax
+                                   : (mode == QuantizationMode::kInt8 || mode == QuantizationMode::kInt8Dynamic)
+                                       ? gmax / 127.0
+                                   : mode == QuantizationMode::kInt4 ? gmax / 8.0 * 1.01
+                                                                     : gmax * 0.2;
+                for (int64_t i = g; i < g + group; ++i) {
+                    const size_t k = static_cast<size_t>(i);
+                    if (std::fabs(y[k] - src[k]) > tol) {
+                        FAIL_CHECK("element " << i << ": " << src[k] << " -> " << y[k]);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("quantize writes bitsandbytes' parts: quant_map, absmax and the nested parts") {
+    const auto src = testing::randomValues(300 * 64, 9);
+    QuantizedTensor q{makeInfo(QuantizationMode::kFp4, {300, 64}, 64, true)};
+    REQUIRE(quantize(src, q).isOk());
+    CHECK(q.info.nestedBlocksize == 256);
+    CHECK(q.part(QuantPart::kAbsmax).size() == 300);              // u8 codes
+    CHECK(q.part(QuantPart::kNestedAbsmax).size() == 2 * 4);      // ceil(300 / 256) floats
+    CHECK(q.part(QuantPart::kNestedQuantMap).size() == 256 * 4);
+    CHECK(std::memcmp(q.part(QuantPart::kQuantMap).data(), kFp4QuantMap, 64) == 0);
+    for (int i = 0; i < 256; ++i) CHECK(floatBits(q.part(QuantPart::kNestedQuantMap).as<float>()[i]) == kDynamicMapBits[i]);
+    // The offset is the mean of the plain absmax.
+    QuantizedTensor plain{makeInfo(QuantizationMode::kFp4, {300, 64}, 64, false)};
+    REQUIRE(quantize(src, plain).isOk());
+    CHECK(std::memcmp(plain.part(QuantPart::kPayload).data(), q.part(QuantPart::kPayload).data(),
+                      plain.part(QuantPart::kPayload).size()) == 0);
+    CHECK(q.info.nestedOffset == absmaxMean(plain.part(QuantPart::kAbsmax).as<float>(), 300));
+}
+
+TEST_CASE("splitting over threads changes no bit") {
+    const int64_t rows = 1024, cols = 2048 + 32;  // ~2.1M values: several threads' worth
+    const auto src = testing::randomValues(rows * cols, 77);
+    for (QuantizationMode mode : kAllModes) {
+        for (bool dq : {false, true}) {
+            if (dq && !modeIs4bit(mode)) continue;
+            CAPTURE(std::string(modeName(mode)));
+            CAPTURE(dq);
+            QuantizedTensor a{makeInfo(mode, {rows, cols}, 128, dq)};
+            QuantizedTensor b{makeInfo(mode, {rows, cols}, 128, dq)};
+            REQUIRE(quantize(src, a, 1).isOk());
+            REQUIRE(quantize(src, b, 4).isOk());
+            for (int p = 0; p < kQuantPartCount; ++p) {
+                REQUIRE(a.parts[p].size() == b.parts[p].size());
+                CHECK(std::memcmp(a.parts[p].data(), b.parts[p].data(), a.parts[p].size()) == 0);
+            }
+            for (DType t : {DType::kF16, DType::kBF16, DType::kF32}) {
+                std::vector<uint8_t> o1(static_cast<size_t>(rows * cols) * dtypeSize(t)), o4(o1.size());
+                REQUIRE(dequantize(a.view(), t, o1, 1).isOk());
+                REQUIRE(dequantize(a.view(), t, o4, 0).isOk());
+                CHECK(o1 == o4);
+            }
+        }
+    }
+}
+
+TEST_CASE("the dispatched path equals the scalar reference on a whole tensor") {
+    const auto src = testing::mixedValues(37 * 64 + 33, 64, 5, true);
+    QuantizedTensor q{makeInfo(QuantizationMode::kNf4, {static_cast<int64_t>(src.size())}, 64)};
+    REQUIRE(quantize(src, q).isOk());
+    const int64_t n = static_cast<int64_t>(src.size());
+    std::vector<uint8_t> packed(static_cast<size_t>((n + 1) / 2));
+    std::vector<float> absmax(static_cast<size_t>((n + 63) / 64));
+    referenceKernels().quantize4bit(Codebook4::kNf4, src.data(), n, 64, packed.data(), absmax.data());
+    CHECK(std::memcmp(packed.data(), q.part(QuantPart::kPayload).data(), packed.size()) == 0);
+    CHECK(std::memcmp(absmax.data(), q.part(QuantPart::kAbsmax).data(), absmax.size() * 4) == 0);
+}

@@ -1,0 +1,227 @@
+// Every SIMD implementation built for this CPU against the scalar reference, bit for bit, on
+// random data and on edge cases (all-zero blocks, odd counts, exact thresholds, huge and
+// subnormal magnitudes, every blocksize, NaN / Inf, unaligned buffers).
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kernel_test_util.h"
+#include "kernels/cpu_kernels.h"
+
+using namespace sli;
+using namespace sli::kernels;
+using namespace sli::kernels::testing;
+
+namespace {
+
+constexpr DType kOutTypes[] = {DType::kF16, DType::kBF16, DType::kF32};
+
+size_t esz(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+// Runs the test body once per fast implementation, or says why nothing ran.
+template <typename Fn>
+void forEachFast(Fn&& fn) {
+    const auto fast = fastKernels();
+    if (fast.empty()) {
+        MESSAGE("no SIMD implementation for this CPU/build: only the reference is exercised");
+    }
+    for (const CpuKernels* k : fast) {
+        CAPTURE(std::string(k->name));
+        fn(*k);
+    }
+}
+
+// A buffer whose data() is deliberately misaligned by `skew` bytes.
+struct Skewed {
+    std::vector<uint8_t> storage;
+    size_t skew;
+    Skewed(size_t bytes, size_t s) : storage(bytes + 64, 0xcd), skew(s) {}
+    uint8_t* data() { return storage.data() + skew; }
+};
+
+void check4bit(const CpuKernels& k, Codebook4 cb, const std::vector<float>& x, int bs, size_t skew) {
+    const auto& ref = referenceKernels();
+    const int64_t n = static_cast<int64_t>(x.size());
+    const int64_t nb = (n + bs - 1) / bs;
+    const size_t nbytes = static_cast<size_t>((n + 1) / 2);
+    std::vector<uint8_t> pRef(nbytes), pFast(nbytes);
+    std::vector<float> aRef(static_cast<size_t>(nb)), aFast(static_cast<size_t>(nb));
+    ref.quantize4bit(cb, x.data(), n, bs, pRef.data(), aRef.data());
+    k.quantize4bit(cb, x.data(), n, bs, pFast.data(), aFast.data());
+    CHECK(firstDiff(aRef.data(), aFast.data(), aRef.size(), 4) == -1);
+    CHECK(firstDiff(pRef.data(), pFast.data(), nbytes, 1) == -1);
+    for (DType t : kOutTypes) {
+        CAPTURE(dtypeName(t));
+        Skewed oRef(static_cast<size_t>(n) * esz(t), skew), oFast(static_cast<size_t>(n) * esz(t), skew);
+        Skewed packed(nbytes, skew);
+        std::memcpy(packed.data(), pRef.data(), nbytes);
+        ref.dequantize4bit(cb, pRef.data(), aRef.data(), n, bs, t, oRef.data());
+        k.dequantize4bit(cb, packed.data(), aRef.data(), n, bs, t, oFast.data());
+        CHECK(firstDiff(oRef.data(), oFast.data(), static_cast<size_t>(n), esz(t)) == -1);
+        CHECK(sameBytes(oRef.storage.data(), oFast.storage.data(), oRef.storage.size()));  // no overrun
+    }
+}
+
+}  // namespace
+
+TEST_CASE("4-bit quantization and dequantization match the reference for every blocksize") {
+    forEachFast([](const CpuKernels& k) {
+        for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
+            CAPTURE(static_cast<int>(cb));
+            for (int bs = 32; bs <= 4096; bs *= 2) {
+                CAPTURE(bs);
+                for (int64_t n : {int64_t{bs}, int64_t{bs} * 9, int64_t{bs} * 9 + 1, int64_t{bs} * 3 + 31,
+                                  int64_t{bs} * 2 + 17, int64_t{1}, int64_t{7}}) {
+                    CAPTURE(n);
+                    const auto x = mixedValues(n, bs, static_cast<uint32_t>(n * 31 + bs), true);
+                    check4bit(k, cb, x, bs, static_cast<size_t>(n % 3));
+                }
+            }
+        }
+    });
+}
+
+TEST_CASE("4-bit paths agree on a large random tensor with random absmax") {
+    forEachFast([](const CpuKernels& k) {
+        for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
+            const auto x = randomValues(64 * 4096 + 64, 7);
+            check4bit(k, cb, x, 64, 1);
+        }
+    });
+}
+
+TEST_CASE("large outputs (streaming stores) match the reference") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        const int64_t n = int64_t{9} << 19;  // 4.7M values: 9 MiB of f16, past the streaming threshold
+        const auto x = randomValues(n, 21);
+        std::vector<uint8_t> packed(static_cast<size_t>(n / 2));
+        std::vector<float> absmax(static_cast<size_t>(n / 64));
+        ref.quantize4bit(Codebook4::kNf4, x.data(), n, 64, packed.data(), absmax.data());
+        std::vector<block_q4_0> q(static_cast<size_t>(n / 32));
+        ref.quantizeQ4_0(x.data(), n / 32, q.data());
+        for (DType t : kOutTypes) {
+            std::vector<uint8_t> a(static_cast<size_t>(n) * esz(t)), b(a.size());
+            ref.dequantize4bit(Codebook4::kNf4, packed.data(), absmax.data(), n, 64, t, a.data());
+            k.dequantize4bit(Codebook4::kNf4, packed.data(), absmax.data(), n, 64, t, b.data());
+            CHECK(a == b);
+            ref.dequantizeQ4_0(q.data(), n / 32, t, a.data());
+            k.dequantizeQ4_0(q.data(), n / 32, t, b.data());
+            CHECK(a == b);
+        }
+    });
+}
+
+TEST_CASE("4-bit dequantization matches the reference on every byte value and odd absmax") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // All 256 byte values in each of several blocks, with absmax values that stress
+        // rounding: subnormal, huge (products overflow in f16 and bf16), negative, NaN, Inf.
+        const float absmaxes[] = {1.0f, 3.3e-39f, 6.0e4f, 3.0e38f, -2.5f, 0.0f,
+                                  std::numeric_limits<float>::quiet_NaN(),
+                                  std::numeric_limits<float>::infinity(), 1.2345678e-5f};
+        const int bs = 512;  // 256 bytes per block
+        std::vector<uint8_t> packed(256 * std::size(absmaxes));
+        for (size_t i = 0; i < packed.size(); ++i) packed[i] = static_cast<uint8_t>(i);
+        const int64_t n = static_cast<int64_t>(packed.size()) * 2;
+        for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
+            for (DType t : kOutTypes) {
+                std::vector<uint8_t> a(static_cast<size_t>(n) * esz(t)), b(a.size());
+                ref.dequantize4bit(cb, packed.data(), absmaxes, n, bs, t, a.data());
+                k.dequantize4bit(cb, packed.data(), absmaxes, n, bs, t, b.data());
+                CHECK(firstDiff(a.data(), b.data(), static_cast<size_t>(n), esz(t)) == -1);
+            }
+        }
+    });
+}
+
+TEST_CASE("Q4_0 quantization and dequantization match the reference") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        for (int64_t nblocks : {int64_t{1}, int64_t{9}, int64_t{4099}}) {
+            const int64_t n = nblocks * kQk4_0;
+            auto x = mixedValues(n, kQk4_0, static_cast<uint32_t>(nblocks), true);
+            if (nblocks == 9) {  // equal magnitudes: the first one decides the sign
+                for (int j = 0; j < 32; ++j) x[static_cast<size_t>(j)] = (j % 3 == 0) ? -4.0f : (j % 3 == 1 ? 4.0f : 0.5f * j);
+                for (int j = 32; j < 64; ++j) x[static_cast<size_t>(j)] = -0.0f;
+            }
+            std::vector<block_q4_0> qRef(static_cast<size_t>(nblocks)), qFast(static_cast<size_t>(nblocks));
+            ref.quantizeQ4_0(x.data(), nblocks, qRef.data());
+            k.quantizeQ4_0(x.data(), nblocks, qFast.data());
+            CHECK(firstDiff(qRef.data(), qFast.data(), qRef.size(), sizeof(block_q4_0)) == -1);
+            for (DType t : kOutTypes) {
+                Skewed src(qRef.size() * sizeof(block_q4_0), 1);
+                std::memcpy(src.data(), qRef.data(), qRef.size() * sizeof(block_q4_0));
+                std::vector<uint8_t> a(static_cast<size_t>(n) * esz(t)), b(a.size());
+                ref.dequantizeQ4_0(qRef.data(), nblocks, t, a.data());
+                k.dequantizeQ4_0(reinterpret_cast<const block_q4_0*>(src.data()), nblocks, t, b.data());
+                CHECK(firstDiff(a.data(), b.data(), static_cast<size_t>(n), esz(t)) == -1);
+            }
+        }
+    });
+}
+
+TEST_CASE("int8 and int8_dynamic paths match the reference, including row tails") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        for (auto [rows, cols] : {std::pair<int64_t, int64_t>{9, 96}, {7, 13}, {5, 1}, {3, 200}, {64, 4096}}) {
+            CAPTURE(rows);
+            CAPTURE(cols);
+            auto x = mixedValues(rows * cols, cols, static_cast<uint32_t>(rows * cols), true);
+            // ties: row values k + 0.5 with absmax 127.5 / 127
+            for (int64_t c = 0; c < cols && rows > 2; ++c) {
+                x[static_cast<size_t>(2 * cols + c)] = c == 0 ? 127.5f : static_cast<float>(c % 120) + 0.5f;
+            }
+            // values beyond the f16 range (LLM.int8 casts to fp16 first)
+            if (rows > 3) x[static_cast<size_t>(3 * cols)] = 1e6f;
+            for (bool llm : {true, false}) {
+                CAPTURE(llm);
+                const size_t n = static_cast<size_t>(rows * cols);
+                std::vector<int8_t> qRef(n), qFast(n);
+                std::vector<float> sRef(static_cast<size_t>(rows)), sFast(static_cast<size_t>(rows));
+                (llm ? ref.quantizeInt8 : ref.quantizeInt8Dynamic)(x.data(), rows, cols, qRef.data(), sRef.data());
+                (llm ? k.quantizeInt8 : k.quantizeInt8Dynamic)(x.data(), rows, cols, qFast.data(), sFast.data());
+                CHECK(firstDiff(sRef.data(), sFast.data(), sRef.size(), 4) == -1);
+                CHECK(firstDiff(qRef.data(), qFast.data(), n, 1) == -1);
+                for (DType t : kOutTypes) {
+                    Skewed a(n * esz(t), 2), b(n * esz(t), 2);
+                    ref.dequantizeInt8(llm, qRef.data(), sRef.data(), rows, cols, t, a.data());
+                    k.dequantizeInt8(llm, qRef.data(), sRef.data(), rows, cols, t, b.data());
+                    CHECK(firstDiff(a.data(), b.data(), n, esz(t)) == -1);
+                    CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+                }
+            }
+        }
+    });
+}
+
+TEST_CASE("dtype conversion (mode none) matches the reference for every pair") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        auto x = mixedValues(1037, 64, 5, true);
+        // f16 / bf16 rounding ties and overflow
+        x[0] = 65520.0f;
+        x[1] = 65519.996f;
+        x[2] = bitsFloat(0x3f801000);
+        x[3] = bitsFloat(0x3f808000);
+        x[4] = bitsFloat(0x7fc12345);
+        x[5] = bitsFloat(0xff812345);  // signalling NaN pattern
+        x[6] = 5.9604645e-08f;         // smallest f16 subnormal
+        x[7] = 2.9802322e-08f;         // its half: a tie to 0
+        for (DType from : kOutTypes) {
+            std::vector<uint8_t> src(x.size() * esz(from));
+            ref.convert(DType::kF32, x.data(), static_cast<int64_t>(x.size()), from, src.data());
+            for (DType to : kOutTypes) {
+                CAPTURE(dtypeName(from));
+                CAPTURE(dtypeName(to));
+                Skewed a(x.size() * esz(to), 3), b(x.size() * esz(to), 3);
+                ref.convert(from, src.data(), static_cast<int64_t>(x.size()), to, a.data());
+                k.convert(from, src.data(), static_cast<int64_t>(x.size()), to, b.data());
+                CHECK(firstDiff(a.data(), b.data(), x.size(), esz(to)) == -1);
+                CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+            }
+        }
+    });
+}

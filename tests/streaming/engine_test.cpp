@@ -1,0 +1,352 @@
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <map>
+
+#include "engine/engine_testing.h"
+#include "engine_test_util.h"
+#include "io/fault_injecting_scheduler.h"
+#include "sli/engine.h"
+
+using namespace sli;
+using namespace sli::testutil;
+
+namespace {
+
+bool ioUringUsable() {
+    io::ReadSchedulerOptions o;
+    o.backend = io::IoBackend::kIoUring;
+    return io::makeReadScheduler(o).isOk();
+}
+
+EngineOptions baseOptions(const TestCache& tc) {
+    EngineOptions o;
+    o.cacheDir = tc.root;
+    o.hostBudgetBytes = 64ull << 20;
+    o.workerThreads = 2;
+    o.ioBackend = "pread";
+    return o;
+}
+
+// Acquires `plan` in order and checks every tensor against the independent expectation.
+void checkStream(Engine& e, const TestCache& tc, const std::vector<int64_t>& plan, DType dtype) {
+    std::map<int64_t, std::vector<std::vector<uint8_t>>> expected;
+    for (int64_t l : plan) {
+        if (!expected.count(l)) expected[l] = expectedLayer(tc.files[static_cast<size_t>(l)], dtype);
+    }
+    for (int64_t l : plan) {
+        auto lease = e.acquire(l);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        const Layer& t = lease->tensors();
+        REQUIRE(t.size() == expected[l].size());
+        for (size_t k = 0; k < t.size(); ++k) {
+            CHECK(t[k].dtype() == dtype);
+            const auto& want = expected[l][k];
+            REQUIRE(t[k].nbytes() == want.size());
+            CHECK_MESSAGE(std::memcmp(t[k].data(), want.data(), want.size()) == 0,
+                          "layer " << l << " tensor " << t[k].name());
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("hands out tensors bit-identical to dequantizeLayer for every mode, backend and depth") {
+    const QuantizationMode modes[] = {QuantizationMode::kNone, QuantizationMode::kInt8,
+                                      QuantizationMode::kInt8Dynamic, QuantizationMode::kNf4,
+                                      QuantizationMode::kFp4, QuantizationMode::kInt4};
+    std::vector<std::string> backends = {"pread"};
+    if (ioUringUsable()) backends.push_back("io_uring");
+    else MESSAGE("io_uring unusable here: only the pread backend is exercised");
+    for (QuantizationMode mode : modes) {
+        TempDir tmp;
+        TestCache tc = makeCache(tmp.path, 5, mode, DType::kF16);
+        for (const auto& backend : backends) {
+            for (int depth : {0, 1, 2, 7}) {
+                CAPTURE(modeName(mode));
+                CAPTURE(backend);
+                CAPTURE(depth);
+                EngineOptions o = baseOptions(tc);
+                o.ioBackend = backend;
+                o.prefetchDepth = depth;
+                auto e = Engine::open(o);
+                REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+                CHECK((*e)->numLayers() == 5);
+                CHECK((*e)->computeDType() == DType::kF16);
+                checkStream(**e, tc, {0, 1, 2, 3, 4}, DType::kF16);
+            }
+        }
+    }
+}
+
+TEST_CASE("cyclic order streams the model over many passes") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNf4, DType::kBF16);
+    EngineOptions o = baseOptions(tc);
+    o.order = LayerOrder::kCyclic;
+    o.prefetchDepth = 2;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    std::vector<int64_t> plan;
+    for (int pass = 0; pass < 6; ++pass) {
+        for (int64_t l = 0; l < 4; ++l) plan.push_back(l);
+    }
+    checkStream(**e, tc, plan, DType::kBF16);
+    EngineStats st = (*e)->stats();
+    CHECK(st.layersAcquired == 24);
+    CHECK(st.slots == 3);
+    CHECK((*e)->timings().size() == 24);
+}
+
+TEST_CASE("an explicit plan and the output dtype option are honoured") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kInt8, DType::kF16);
+    EngineOptions o = baseOptions(tc);
+    o.order = LayerOrder::kExplicit;
+    o.plan = {3, 1, 1, 0, 2};
+    o.computeDType = DType::kF32;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    checkStream(**e, tc, {3, 1, 1, 0, 2}, DType::kF32);
+    auto past = (*e)->acquire(0);
+    CHECK(past.status().isInvalidArgument());
+}
+
+TEST_CASE("acquire skips plan entries it is not asked for") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 6, QuantizationMode::kFp4);
+    EngineOptions o = baseOptions(tc);
+    o.prefetchDepth = 3;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    checkStream(**e, tc, {0, 3, 5}, DType::kF32);
+    CHECK((*e)->acquire(2).status().isInvalidArgument());  // already passed in a single pass
+}
+
+TEST_CASE("a corrupt layer fails its acquire naming layer, tensor and file; others stream") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNf4);
+    auto idx = io::readLayerIndex(tc.files[2]);
+    REQUIRE(idx.isOk());
+    const auto& ext = idx->tensors[1].part(QuantPart::kPayload);
+    {
+        std::fstream f(tc.files[2], std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(static_cast<std::streamoff>(ext.offset + 17));
+        char c = 0;
+        f.seekg(static_cast<std::streamoff>(ext.offset + 17));
+        f.read(&c, 1);
+        c = static_cast<char>(c ^ 0x20);
+        f.seekp(static_cast<std::streamoff>(ext.offset + 17));
+        f.write(&c, 1);
+    }
+    EngineOptions o = baseOptions(tc);
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    checkStream(**e, tc, {0, 1}, DType::kF32);
+    auto bad = (*e)->acquire(2);
+    REQUIRE_FALSE(bad.isOk());
+    CHECK(bad.status().isCorruption());
+    const std::string msg = bad.status().message();
+    CHECK(msg.find("layer 2") != std::string::npos);
+    CHECK(msg.find("mlp.up_proj.weight") != std::string::npos);
+    CHECK(msg.find(tc.files[2]) != std::string::npos);
+    checkStream(**e, tc, {3}, DType::kF32);
+}
+
+TEST_CASE("checksum verification can be turned off") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNone);
+    EngineOptions o = baseOptions(tc);
+    o.verifyChecksums = false;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    checkStream(**e, tc, {0, 1}, DType::kF32);
+}
+
+TEST_CASE("injected EIO fails one layer; short reads and EAGAIN storms are invisible") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 5, QuantizationMode::kInt4);
+    SUBCASE("short reads, EAGAIN and EINTR storms") {
+        io::FaultPlan plan;
+        plan.shortReadProbability = 0.3;
+        plan.againProbability = 0.3;
+        plan.againBurst = 5;
+        plan.intrProbability = 0.2;
+        plan.seed = 7;
+        testing::setReadSchedulerFactoryForTesting(
+            [plan](const io::ReadSchedulerOptions& so) -> Result<std::unique_ptr<io::ReadScheduler>> {
+                auto s = io::FaultInjectingScheduler::create(so, plan);
+                if (!s.isOk()) return s.status();
+                return std::unique_ptr<io::ReadScheduler>(std::move(s).value());
+            });
+        EngineOptions o = baseOptions(tc);
+        o.chunkBytes = 8192;  // many chunks per layer
+        auto e = Engine::open(o);
+        REQUIRE(e.isOk());
+        checkStream(**e, tc, {0, 1, 2, 3, 4}, DType::kF32);
+    }
+    SUBCASE("EIO while one layer is read") {
+        // Depth 0: a layer is read only when acquired, so switching the plan between acquires
+        // targets exactly one layer.
+        io::FaultInjectingScheduler* injector = nullptr;
+        testing::setReadSchedulerFactoryForTesting(
+            [&injector](const io::ReadSchedulerOptions& so) -> Result<std::unique_ptr<io::ReadScheduler>> {
+                auto s = io::FaultInjectingScheduler::create(so, io::FaultPlan{});
+                if (!s.isOk()) return s.status();
+                injector = s->get();
+                return std::unique_ptr<io::ReadScheduler>(std::move(s).value());
+            });
+        EngineOptions o = baseOptions(tc);
+        o.prefetchDepth = 0;
+        auto e = Engine::open(o);
+        REQUIRE(e.isOk());
+        REQUIRE(injector != nullptr);
+        checkStream(**e, tc, {0, 1, 2}, DType::kF32);
+        io::FaultPlan eio;
+        eio.errorProbability = 1.0;
+        injector->setPlan(eio);
+        auto bad = (*e)->acquire(3);
+        REQUIRE_FALSE(bad.isOk());
+        CHECK(bad.status().isIOError());
+        CHECK(bad.status().message().find("layer 3") != std::string::npos);
+        CHECK(bad.status().message().find(tc.files[3]) != std::string::npos);
+        CHECK(injector->faultStats().errors > 0);
+        injector->setPlan(io::FaultPlan{});
+        checkStream(**e, tc, {4}, DType::kF32);
+    }
+    SUBCASE("a layer file truncated while the engine is open") {
+        auto idx = io::readLayerIndex(tc.files[3]);
+        REQUIRE(idx.isOk());
+        EngineOptions o = baseOptions(tc);
+        o.prefetchDepth = 0;  // layer 3 is read only when asked for
+        auto e = Engine::open(o);
+        REQUIRE(e.isOk());
+        REQUIRE(::truncate(tc.files[3].c_str(), static_cast<off_t>(idx->dataStart + 4096)) == 0);
+        checkStream(**e, tc, {0, 1, 2}, DType::kF32);
+        auto bad = (*e)->acquire(3);
+        REQUIRE_FALSE(bad.isOk());
+        CHECK(bad.status().message().find("layer 3") != std::string::npos);
+        CHECK(bad.status().message().find(tc.files[3]) != std::string::npos);
+        checkStream(**e, tc, {4}, DType::kF32);
+    }
+    testing::setReadSchedulerFactoryForTesting({});
+}
+
+TEST_CASE("a budget too small for one layer is an error at open, not a hang") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNone);
+    EngineOptions o = baseOptions(tc);
+    o.hostBudgetBytes = 100000;
+    auto e = Engine::open(o);
+    REQUIRE_FALSE(e.isOk());
+    CHECK(e.status().isInvalidArgument());
+    CHECK(e.status().message().find("cannot hold one layer") != std::string::npos);
+}
+
+TEST_CASE("holding every slot makes acquire fail instead of deadlocking") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNf4);
+    EngineOptions o = baseOptions(tc);
+    o.prefetchDepth = 1;  // two slots
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    auto a = (*e)->acquire(0);
+    auto b = (*e)->acquire(1);
+    REQUIRE(a.isOk());
+    REQUIRE(b.isOk());
+    auto c = (*e)->acquire(2);
+    CHECK(c.status().isResourceExhausted());
+    a->release();
+    auto d = (*e)->acquire(2);
+    CHECK(d.isOk());
+}
+
+TEST_CASE("bad options and missing caches are clear errors") {
+    TempDir tmp;
+    EngineOptions o;
+    o.cacheDir = tmp.path;
+    auto none = Engine::open(o);
+    CHECK(none.status().isNotFound());
+    TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNone);
+    o = baseOptions(tc);
+    o.device = "tpu";
+    CHECK(Engine::open(o).status().isInvalidArgument());
+    o = baseOptions(tc);
+    o.ioBackend = "spdk";
+    CHECK(Engine::open(o).status().isInvalidArgument());
+    o = baseOptions(tc);
+    o.computeDType = DType::kI8;
+    CHECK(Engine::open(o).status().isInvalidArgument());
+    o = baseOptions(tc);
+    o.order = LayerOrder::kExplicit;
+    o.plan = {0, 9};
+    CHECK(Engine::open(o).status().isInvalidArgument());
+    o = baseOptions(tc);
+    o.modelId = "other/model";
+    CHECK(Engine::open(o).status().isNotFound());
+    o = baseOptions(tc);
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    CHECK((*e)->acquire(7).status().isInvalidArgument());
+    std::filesystem::remove(tc.files[1]);
+    auto missing = Engine::open(o);
+    REQUIRE_FALSE(missing.isOk());
+    CHECK(missing.status().message().find("missing") != std::string::npos);
+}
+
+TEST_CASE("shutdown with reads in flight is clean") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 8, QuantizationMode::kInt8);
+    for (int i = 0; i < 10; ++i) {
+        EngineOptions o = baseOptions(tc);
+        o.prefetchDepth = 7;
+        o.order = LayerOrder::kCyclic;
+        auto e = Engine::open(o);
+        REQUIRE(e.isOk());
+        if (i % 2) {
+            auto l = (*e)->acquire(0);
+            CHECK(l.isOk());
+        }
+    }
+}
+
+TEST_CASE("the trace names every stage of every acquired layer") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
+    auto e = Engine::open(baseOptions(tc));
+    REQUIRE(e.isOk());
+    for (int64_t l = 0; l < 3; ++l) {
+        auto lease = (*e)->acquire(l);
+        REQUIRE(lease.isOk());
+    }
+    const std::string path = tmp.path + "/trace.json";
+    REQUIRE((*e)->writeTrace(path).isOk());
+    std::ifstream f(path);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    auto j = parseJson(text);
+    REQUIRE(j.isOk());
+    const Json* events = j->find("traceEvents");
+    REQUIRE(events != nullptr);
+    int reads = 0, dequants = 0, executes = 0;
+    for (const auto& ev : events->asArray()) {
+        const Json* tid = ev.find("tid");
+        const Json* ph = ev.find("ph");
+        if (ph->asString() != "X") continue;
+        if (tid->asInt64() == 1) ++reads;
+        if (tid->asInt64() == 3) ++dequants;
+        if (tid->asInt64() == 4) ++executes;
+    }
+    CHECK(reads == 3);
+    CHECK(dequants == 3);
+    CHECK(executes == 3);
+    for (const auto& t : (*e)->timings()) {
+        CHECK(t.readDoneNs >= t.readStartNs);
+        CHECK(t.dequantizedNs >= t.readDoneNs);
+        CHECK(t.acquiredNs >= t.dequantizedNs);
+        CHECK(t.releasedNs >= t.acquiredNs);
+    }
+}
