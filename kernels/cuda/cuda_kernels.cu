@@ -9,7 +9,7 @@
 
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/quant.cuh"
-#include "kernels/cuda/dynamic_map.h"
+#include "kernels/blocks.h"
 #include "kernels/cuda/quant_rules.h"
 
 namespace sli::cuda {

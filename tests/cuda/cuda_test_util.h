@@ -19,6 +19,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/quant_rules.h"
 #include "sli/json.h"
+#include "sli/kernels.h"
 #include "sli/quantized.h"
 
 namespace sli::cudatest {
@@ -104,6 +105,15 @@ inline std::vector<uint8_t> referenceDequantize(const QuantizedTensorView& v, DT
     return out;
 }
 
+// The CPU reference (sli::kernels::dequantize); empty on error (reported through `status`).
+inline std::vector<uint8_t> cpuDequantize(const QuantizedTensorView& v, DType dst, Status* status = nullptr) {
+    std::vector<uint8_t> out(static_cast<size_t>(v.info->numel()) * dtypeSize(dst));
+    Status s = sli::kernels::dequantize(v, dst, out);
+    if (!s.isOk()) out.clear();
+    if (status) *status = std::move(s);
+    return out;
+}
+
 // A scale-like float: mostly ordinary magnitudes, sometimes a special value.
 inline float randomScale(std::mt19937_64& rng) {
     const uint64_t r = rng();
@@ -128,8 +138,11 @@ inline void fillBytes(AlignedBuffer& b, std::mt19937_64& rng) {
 
 // A tensor whose parts are random (codes, payload bits) with scales from randomScale(): every
 // decode path, incl. NaN payloads, infinities and subnormals. Not a quantization of anything.
+// finiteOnly: no NaN / inf scales (NaN payloads differ between GPU and CPU arithmetic, which
+// a byte checksum would not forgive).
 inline QuantizedTensor randomTensor(QuantizationMode mode, std::vector<int64_t> shape,
-                                    int blocksize, bool doubleQuant, DType stored, uint64_t seed) {
+                                    int blocksize, bool doubleQuant, DType stored, uint64_t seed,
+                                    bool finiteOnly = false) {
     std::mt19937_64 rng(seed);
     QuantizedTensor t;
     t.info.name = std::string("random.") + modeName(mode);
@@ -150,9 +163,18 @@ inline QuantizedTensor randomTensor(QuantizationMode mode, std::vector<int64_t> 
                             p == QuantPart::kNestedAbsmax || p == QuantPart::kNestedQuantMap ||
                             p == QuantPart::kQuantMap;
         if (floats) {
-            for (size_t k = 0; k < bytes / 4; ++k) b.as<float>()[k] = randomScale(rng);
+            for (size_t k = 0; k < bytes / 4; ++k) {
+                float v = randomScale(rng);
+                if (finiteOnly && !rules::isFinite(v)) v = 1.0f;
+                b.as<float>()[k] = v;
+            }
         } else {
             fillBytes(b, rng);
+            if (finiteOnly && mode == QuantizationMode::kInt4 && p == QuantPart::kPayload) {
+                for (size_t k = 0; k + 18 <= bytes; k += 18) {
+                    if ((b.data()[k + 1] & 0x7c) == 0x7c) b.data()[k + 1] &= 0xbf;  // finite d
+                }
+            }
         }
     }
     return t;
@@ -247,6 +269,31 @@ inline int64_t firstMismatch(const std::vector<uint8_t>& a, const std::vector<ui
     if (a.size() != b.size()) return 0;
     for (size_t i = 0; i < a.size(); i += elemBytes) {
         if (std::memcmp(a.data() + i, b.data() + i, elemBytes) != 0) return static_cast<int64_t>(i / elemBytes);
+    }
+    return -1;
+}
+
+// Like firstMismatch for elements of dtype t, but two NaNs of any payload are equal: NaN
+// payloads are not portable (NVIDIA arithmetic returns the canonical NaN, x86 propagates the
+// operand's payload, F16C quiets signalling NaNs while the scalar conversion keeps them).
+inline bool isNanElem(const uint8_t* p, DType t) {
+    if (t == DType::kF32) {
+        uint32_t u;
+        std::memcpy(&u, p, 4);
+        return (u & 0x7fffffffu) > 0x7f800000u;
+    }
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return t == DType::kF16 ? (h & 0x7fffu) > 0x7c00u : (h & 0x7fffu) > 0x7f80u;
+}
+inline int64_t firstMismatchNanAware(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b,
+                                     DType t) {
+    const size_t w = dtypeSize(t);
+    if (a.size() != b.size()) return 0;
+    for (size_t i = 0; i < a.size(); i += w) {
+        if (std::memcmp(a.data() + i, b.data() + i, w) == 0) continue;
+        if (isNanElem(a.data() + i, t) && isNanElem(b.data() + i, t)) continue;
+        return static_cast<int64_t>(i / w);
     }
     return -1;
 }

@@ -17,8 +17,13 @@ void checkAgainstReference(const QuantizedTensor& t, size_t inMisalign, size_t o
         const auto got = deviceDequantize(d.view, dst, outMisalign, &s);
         REQUIRE_MESSAGE(s.isOk(), s.toString());
         const auto want = referenceDequantize(t.view(), dst);
-        const int64_t bad = firstMismatch(got, want, dtypeSize(dst));
-        CHECK_MESSAGE(bad == -1, "first mismatch at element " << bad);
+        const int64_t bad = firstMismatchNanAware(got, want, dst);
+        CHECK_MESSAGE(bad == -1, "first mismatch with the host rules at element " << bad);
+        Status cs;
+        const auto cpu = cpuDequantize(t.view(), dst, &cs);
+        REQUIRE_MESSAGE(cs.isOk(), cs.toString());
+        const int64_t badCpu = firstMismatchNanAware(got, cpu, dst);
+        CHECK_MESSAGE(badCpu == -1, "first mismatch with sli::kernels::dequantize at element " << badCpu);
     }
 }
 
@@ -58,15 +63,20 @@ std::vector<Case> allCases() {
     return cases;
 }
 
-TEST_CASE("dequantizes every mode bit-identically to the host reference") {
+// Random parts include NaN / inf / subnormal scales and NaN payload bits; every element must
+// match bit for bit, except that two NaNs match whatever their payloads (see
+// firstMismatchNanAware).
+TEST_CASE("dequantizes every mode bit-identically to the host rules and the CPU reference") {
     uint64_t seed = 1;
     for (const Case& c : allCases()) {
         const QuantizedTensor t = randomTensor(c.mode, c.shape, c.blocksize, c.doubleQuant, c.stored, seed++);
-        CAPTURE(modeName(c.mode));
+        const std::string modeStr = modeName(c.mode);
+        CAPTURE(modeStr);
         CAPTURE(shapeToString(c.shape));
         CAPTURE(c.blocksize);
         CAPTURE(c.doubleQuant);
-        CAPTURE(dtypeName(c.stored));
+        const std::string storedStr = dtypeName(c.stored);
+        CAPTURE(storedStr);
         checkAgainstReference(t, 0, 0);
     }
 }
@@ -75,7 +85,8 @@ TEST_CASE("dequantizes unaligned parts and outputs through the scalar path ident
     uint64_t seed = 1000;
     for (const Case& c : allCases()) {
         const QuantizedTensor t = randomTensor(c.mode, c.shape, c.blocksize, c.doubleQuant, c.stored, seed++);
-        CAPTURE(modeName(c.mode));
+        const std::string modeStr = modeName(c.mode);
+        CAPTURE(modeStr);
         CAPTURE(shapeToString(c.shape));
         CAPTURE(c.blocksize);
         checkAgainstReference(t, 1, 0);

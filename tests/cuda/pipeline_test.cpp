@@ -23,11 +23,11 @@ struct HostLayer {
 
 HostLayer makeLayer(uint64_t seed, DType dst) {
     HostLayer l;
-    l.tensors.push_back(randomTensor(QuantizationMode::kNf4, {128, 256}, 64, true, DType::kU8, seed));
-    l.tensors.push_back(randomTensor(QuantizationMode::kFp4, {33, 77}, 128, false, DType::kU8, seed + 1));
-    l.tensors.push_back(randomTensor(QuantizationMode::kInt8, {64, 200}, 0, false, DType::kI8, seed + 2));
-    l.tensors.push_back(randomTensor(QuantizationMode::kInt4, {32, 256}, 32, false, DType::kU8, seed + 3));
-    l.tensors.push_back(randomTensor(QuantizationMode::kNone, {50, 64}, 0, false, DType::kBF16, seed + 4));
+    l.tensors.push_back(randomTensor(QuantizationMode::kNf4, {128, 256}, 64, true, DType::kU8, seed, true));
+    l.tensors.push_back(randomTensor(QuantizationMode::kFp4, {33, 77}, 128, false, DType::kU8, seed + 1, true));
+    l.tensors.push_back(randomTensor(QuantizationMode::kInt8, {64, 200}, 0, false, DType::kI8, seed + 2, true));
+    l.tensors.push_back(randomTensor(QuantizationMode::kInt4, {32, 256}, 32, false, DType::kU8, seed + 3, true));
+    l.tensors.push_back(randomTensor(QuantizationMode::kNone, {50, 64}, 0, false, DType::kBF16, seed + 4, true));
     for (auto& t : l.tensors) {
         for (int p = 0; p < kQuantPartCount; ++p) {
             l.offsets[p].push_back(l.bytes);

@@ -4,7 +4,7 @@
 // device tests skip.
 #include <doctest/doctest.h>
 
-#include "kernels/cuda/dynamic_map.h"
+#include "kernels/blocks.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace sli::cudatest {
@@ -184,6 +184,98 @@ TEST_CASE("host rules reproduce LLM.int8, per-channel qint8 and Q4_0 golden dequ
     refQuantInt8(w, i8["CB"].dims[0], i8["CB"].dims[1], cb, scb);
     CHECK(firstMismatch(cb, i8["CB"].data, 1) == -1);
     CHECK(std::memcmp(scb.data(), i8["SCB"].data.data(), scb.size() * 4) == 0);
+}
+
+TEST_CASE("host rules equal sli::kernels::dequantize on random parts with special values") {
+    struct Case {
+        QuantizationMode mode;
+        std::vector<int64_t> shape;
+        int bs;
+        bool dq;
+        DType stored;
+    };
+    std::vector<Case> cases;
+    for (auto m : {QuantizationMode::kNf4, QuantizationMode::kFp4}) {
+        for (int bs : {32, 64, 256, 4096}) {
+            cases.push_back({m, {37, 123}, bs, false, DType::kU8});
+            cases.push_back({m, {300, 100}, bs, true, DType::kU8});
+        }
+    }
+    for (auto m : {QuantizationMode::kInt8, QuantizationMode::kInt8Dynamic}) {
+        cases.push_back({m, {29, 33}, 0, false, DType::kI8});
+        cases.push_back({m, {3, 7, 50}, 0, false, DType::kI8});
+    }
+    cases.push_back({QuantizationMode::kInt4, {7, 96}, 32, false, DType::kU8});
+    for (DType st : {DType::kF32, DType::kF16, DType::kBF16}) {
+        cases.push_back({QuantizationMode::kNone, {13, 17}, 0, false, st});
+    }
+    uint64_t seed = 500;
+    for (const Case& c : cases) {
+        const QuantizedTensor t = randomTensor(c.mode, c.shape, c.bs, c.dq, c.stored, seed++);
+        const std::string modeStr = modeName(c.mode);
+        CAPTURE(modeStr);
+        CAPTURE(c.bs);
+        CAPTURE(c.dq);
+        const std::string storedStr = dtypeName(c.stored);
+        CAPTURE(storedStr);
+        for (DType dst : {DType::kF32, DType::kF16, DType::kBF16}) {
+            const std::string dstStr = dtypeName(dst);
+            CAPTURE(dstStr);
+            Status s;
+            const auto cpu = cpuDequantize(t.view(), dst, &s);
+            REQUIRE_MESSAGE(s.isOk(), s.toString());
+            CHECK(firstMismatchNanAware(referenceDequantize(t.view(), dst), cpu, dst) == -1);
+        }
+    }
+}
+
+TEST_CASE("host quantization rules equal sli::kernels::quantize for NF4, FP4 and LLM.int8") {
+    std::mt19937_64 rng(77);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int64_t n : {int64_t{99}, int64_t{8192 + 33}}) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (auto& v : x) v = nd(rng);
+        for (int64_t i = 0; i < std::min<int64_t>(n, 64); ++i) x[i] = 0.0f;  // a zero block
+        x[70] = bitsFloat(0xbf591cd8u);  // on an NF4 midpoint after scaling by absmax
+        for (bool fp4 : {false, true}) {
+            for (int bs : {32, 64, 1024}) {
+                QuantizedTensor t;
+                t.info.name = "q";
+                t.info.shape = {n};
+                t.info.mode = fp4 ? QuantizationMode::kFp4 : QuantizationMode::kNf4;
+                t.info.storedDType = DType::kU8;
+                t.info.blocksize = bs;
+                t.info.doubleQuant = false;
+                const Status s = sli::kernels::quantize(x, t);
+                REQUIRE_MESSAGE(s.isOk(), s.toString());
+                std::vector<uint8_t> packed;
+                std::vector<float> absmax;
+                refQuant4(x, bs, fp4, packed, absmax);
+                CAPTURE(fp4);
+                CAPTURE(bs);
+                CHECK(firstMismatch(packed, std::vector<uint8_t>(t.part(QuantPart::kPayload).data(),
+                                                                 t.part(QuantPart::kPayload).data() + packed.size()), 1) == -1);
+                CHECK(std::memcmp(absmax.data(), t.part(QuantPart::kAbsmax).data(), absmax.size() * 4) == 0);
+            }
+        }
+    }
+    const int64_t rows = 9, cols = 77;
+    std::vector<float> w(static_cast<size_t>(rows * cols));
+    for (auto& v : w) v = nd(rng) * 100.0f;
+    std::fill(w.begin(), w.begin() + cols, 0.0f);  // a zero row
+    QuantizedTensor t;
+    t.info.name = "w8";
+    t.info.shape = {rows, cols};
+    t.info.mode = QuantizationMode::kInt8;
+    t.info.storedDType = DType::kI8;
+    const Status s = sli::kernels::quantize(w, t);
+    REQUIRE_MESSAGE(s.isOk(), s.toString());
+    std::vector<uint8_t> cb;
+    std::vector<float> scb;
+    refQuantInt8(w, rows, cols, cb, scb);
+    CHECK(firstMismatch(cb, std::vector<uint8_t>(t.part(QuantPart::kPayload).data(),
+                                                 t.part(QuantPart::kPayload).data() + cb.size()), 1) == -1);
+    CHECK(std::memcmp(scb.data(), t.part(QuantPart::kAbsmax).data(), scb.size() * 4) == 0);
 }
 
 }  // namespace
