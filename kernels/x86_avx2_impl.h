@@ -124,9 +124,10 @@ inline void put256(uint8_t* p, __m256i v) {
 }
 
 // Runs fn.template operator()<S>() with the store kind for `out`, fencing after streaming.
+// allowStream = false forces plain stores.
 template <typename Fn>
-inline void withStoreKind(const void* out, int64_t bytes, Fn&& fn) {
-    if (storeKindFor(out, bytes) == StoreKind::kStream) {
+inline void withStoreKind(const void* out, int64_t bytes, Fn&& fn, bool allowStream = true) {
+    if (allowStream && storeKindFor(out, bytes) == StoreKind::kStream) {
         fn.template operator()<StoreKind::kStream>();
         _mm_sfence();
     } else {
@@ -354,6 +355,15 @@ inline __m128i packNegBnb(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
     return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
 }
 
+// Software prefetch of the source `kPrefetchAhead` bytes ahead, one per line: quantization
+// reads its f32 source once, from memory; with the hardware prefetcher alone the compute and
+// the loads overlapped poorly here.
+constexpr int64_t kPrefetchAhead = 4096;
+inline void prefetchAhead(const float* x, int64_t count) {
+    const char* p = reinterpret_cast<const char*>(x) + kPrefetchAhead;
+    for (int64_t b = 0; b < count * 4; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
 // Lane j of the result = max over the 8 lanes of a[j] (no NaN in the inputs).
 inline __m256 hmax8x8(const __m256* a) {
     __m256 t[4];
@@ -392,6 +402,7 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
     for (int64_t g = 0; g < nblocks; g += group) {
         const int64_t nb = minI64(group, nblocks - g);
         const float* xg = src + g * blocksize;
+        prefetchAhead(xg, nb * blocksize);
         __m256 acc[8];
         for (int j = 0; j < 8; ++j) {
             acc[j] = j < nb ? absMaxLanes(xg + j * blocksize, blocksize) : _mm256_setzero_ps();
@@ -477,84 +488,162 @@ inline void dequantizeQ4_0(const block_q4_0* src, int64_t nblocks, DType dst, vo
 inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
     const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     auto* outBytes = reinterpret_cast<uint8_t*>(dst);
-    for (int64_t b = 0; b < nblocks; ++b) {
-        const float* x = src + b * kQk4_0;
-        __m256 v[4], a[4];
-        for (int k = 0; k < 4; ++k) {
-            v[k] = _mm256_loadu_ps(x + 8 * k);
-            a[k] = _mm256_and_ps(v[k], absMask);
+    // Groups of 8 blocks: one transposed reduction for their max |x|, one vdivps for 1 / d.
+    for (int64_t g = 0; g < nblocks; g += 8) {
+        const int64_t nb = minI64(8, nblocks - g);
+        const float* xg = src + g * kQk4_0;
+        prefetchAhead(xg, nb * kQk4_0);
+        __m256 acc[8];
+        for (int j = 0; j < 8; ++j) {
+            acc[j] = j < nb ? absMaxLanes(xg + j * kQk4_0, kQk4_0) : _mm256_setzero_ps();
         }
-        const __m256 acc = _mm256_max_ps(_mm256_max_ps(a[0], _mm256_setzero_ps()),
-                                         _mm256_max_ps(_mm256_max_ps(a[1], _mm256_setzero_ps()),
-                                                       _mm256_max_ps(_mm256_max_ps(a[2], _mm256_setzero_ps()),
-                                                                     _mm256_max_ps(a[3], _mm256_setzero_ps()))));
-        const float amax = hmax8(acc);
-        float max = 0.0f;  // an all-zero (or all-NaN) block keeps +0.0, as llama.cpp
-        if (amax > 0.0f) {
-            const __m256 am = _mm256_set1_ps(amax);
+        alignas(32) float amax[8];
+        _mm256_store_ps(amax, hmax8x8(acc));
+        // The signed value of the first element of largest magnitude (NaN never matches); an
+        // all-zero (or all-NaN) block keeps +0.0, as llama.cpp.
+        alignas(32) float max[8] = {};
+        for (int64_t j = 0; j < nb; ++j) {
+            const float* x = xg + j * kQk4_0;
+            const __m256 am = _mm256_broadcast_ss(amax + j);
             uint32_t mask = 0;
             for (int k = 0; k < 4; ++k) {
-                mask |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a[k], am, _CMP_EQ_OQ)))
+                const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absMask);
+                mask |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, am, _CMP_EQ_OQ)))
                         << (8 * k);
             }
-            max = x[__builtin_ctz(mask)];  // the first element of largest magnitude
+            const float first = x[mask != 0 ? __builtin_ctz(mask) : 0];
+            max[j] = amax[j] > 0.0f ? first : 0.0f;
         }
-        const float d = max / -8.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        const uint16_t dh = static_cast<uint16_t>(_cvtss_sh(d, kRne));
-        const __m256 vid = _mm256_set1_ps(id);
+        // d = max / -8 (the same rounding as max * -0.125: the exact quotients are equal);
+        // id = d ? 1 / d : 0.
+        const __m256 d = _mm256_mul_ps(_mm256_load_ps(max), _mm256_set1_ps(-0.125f));
+        alignas(32) float id[8];
+        _mm256_store_ps(id, _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d),
+                                          _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+        alignas(16) uint16_t dh[8];
+        _mm_store_si128(reinterpret_cast<__m128i*>(dh), _mm256_cvtps_ph(d, kRne));
         const __m256 half = _mm256_set1_ps(8.5f);
         const __m256 fifteen = _mm256_set1_ps(15.0f);
-        __m256i q[4];
-        for (int k = 0; k < 4; ++k) {
-            const __m256 t = _mm256_add_ps(_mm256_mul_ps(v[k], vid), half);
-            // min(15, t) keeps NaN (minps returns its second operand), truncation turns NaN
-            // into INT_MIN and the max with 0 makes it 0, as the reference.
-            const __m256i ti = _mm256_cvttps_epi32(_mm256_min_ps(fifteen, t));
-            q[k] = _mm256_max_epi32(ti, _mm256_setzero_si256());
+        for (int64_t j = 0; j < nb; ++j) {
+            const float* x = xg + j * kQk4_0;
+            const __m256 vid = _mm256_broadcast_ss(id + j);
+            __m256i q[4];
+            for (int k = 0; k < 4; ++k) {
+                const __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid), half);
+                // min(15, t) keeps NaN (minps returns its second operand), truncation turns
+                // NaN into INT_MIN and the max with 0 makes it 0, as the reference.
+                const __m256i ti = _mm256_cvttps_epi32(_mm256_min_ps(fifteen, t));
+                q[k] = _mm256_max_epi32(ti, _mm256_setzero_si256());
+            }
+            const __m256i lo = _mm256_or_si256(q[0], _mm256_slli_epi32(q[2], 4));  // j = 0..7
+            const __m256i hi = _mm256_or_si256(q[1], _mm256_slli_epi32(q[3], 4));  // j = 8..15
+            const __m256i p16 = _mm256_packus_epi32(lo, hi);  // [0-3 8-11 | 4-7 12-15]
+            __m128i p8 = _mm_packus_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
+            p8 = _mm_shuffle_epi8(p8, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15));
+            uint8_t* o = outBytes + (g + j) * static_cast<int64_t>(sizeof(block_q4_0));
+            std::memcpy(o, dh + j, 2);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), p8);
         }
-        const __m256i lo = _mm256_or_si256(q[0], _mm256_slli_epi32(q[2], 4));  // j = 0..7
-        const __m256i hi = _mm256_or_si256(q[1], _mm256_slli_epi32(q[3], 4));  // j = 8..15
-        const __m256i p16 = _mm256_packus_epi32(lo, hi);  // [0-3 8-11 | 4-7 12-15]
-        __m128i p8 = _mm_packus_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
-        p8 = _mm_shuffle_epi8(p8, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15));
-        uint8_t* o = outBytes + b * static_cast<int64_t>(sizeof(block_q4_0));
-        std::memcpy(o, &dh, 2);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), p8);
     }
 }
 
 // ---- INT8 / INT8_DYNAMIC ---------------------------------------------------------------------
 
-inline void dequantizeInt8(bool llmInt8, const int8_t* q, const float* scale, int64_t rows,
-                           int64_t cols, DType dst, void* out) {
-    const __m256 factor = _mm256_set1_ps(kInt8DequantFactor);
-    for (int64_t r = 0; r < rows; ++r) {
-        const __m256 s = _mm256_set1_ps(loadF32(scale, r));
-        const int8_t* row = q + r * cols;
-        const int64_t base = r * cols;
-        int64_t c = 0;
-        auto value = [&](__m128i bytes8) {
-            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes8)), s);
-            if (llmInt8) v = _mm256_mul_ps(v, factor);
-            return v;
+// 16 values (a = 0..7, b = 8..15) stored as D at o. kMayNaN = false skips the bf16 NaN fix-up
+// (the caller knows no value is NaN).
+template <DType D, StoreKind S, bool kMayNaN = true>
+inline void store16(uint8_t* o, __m256 a, __m256 b) {
+    if constexpr (D == DType::kF32) {
+        put256<S>(o, _mm256_castps_si256(a));
+        put256<S>(o + 32, _mm256_castps_si256(b));
+    } else if constexpr (D == DType::kF16) {
+        put256<S>(o, _mm256_set_m128i(_mm256_cvtps_ph(b, kRne), _mm256_cvtps_ph(a, kRne)));
+    } else if constexpr (kMayNaN) {
+        put256<S>(o, f32x16ToBf16(a, b));
+    } else {
+        const auto round = [](__m256 v) {  // RNE of a non-NaN float to its top 16 bits
+            const __m256i x = _mm256_castps_si256(v);
+            const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+            return _mm256_srli_epi32(
+                _mm256_add_epi32(x, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
         };
-        for (; c + 16 <= cols; c += 16) {
-            const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
-            store8(dst, out, base + c, value(b));
-            store8(dst, out, base + c + 8, value(_mm_srli_si128(b, 8)));
+        const __m256i p = _mm256_packus_epi32(round(a), round(b));
+        put256<S>(o, _mm256_permute4x64_epi64(p, _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+}
+
+inline bool isFiniteF32(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return (u & 0x7f800000u) != 0x7f800000u;
+}
+
+template <DType D, StoreKind S, bool kLlm, bool kMayNaN>
+inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint8_t* o) {
+    constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
+    const __m256 s = _mm256_set1_ps(scale);
+    const __m256 factor = _mm256_set1_ps(kInt8DequantFactor);
+    auto value = [&](__m128i bytes8) {
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes8)), s);
+        if constexpr (kLlm) v = _mm256_mul_ps(v, factor);
+        return v;
+    };
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
+        const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c + 16));
+        store16<D, S, kMayNaN>(o + c * kEsz, value(b0), value(_mm_srli_si128(b0, 8)));
+        store16<D, S, kMayNaN>(o + (c + 16) * kEsz, value(b1), value(_mm_srli_si128(b1, 8)));
+    }
+    for (; c < cols; c += 8) {
+        int8_t tmp[16] = {};
+        const int count = static_cast<int>(minI64(8, cols - c));
+        std::memcpy(tmp, row + c, static_cast<size_t>(count));
+        const __m256 v = value(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
+        if (count == 8) {
+            store8(D, o, c, v);
+        } else {
+            storePartial8(D, o, c, v, count);
         }
-        for (; c < cols; c += 8) {
-            int8_t tmp[16] = {};
-            const int count = static_cast<int>(minI64(8, cols - c));
-            std::memcpy(tmp, row + c, static_cast<size_t>(count));
-            const __m256 v = value(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
-            if (count == 8) {
-                store8(dst, out, base + c, v);
+    }
+}
+
+template <DType D, bool kLlm>
+inline void dequantizeInt8As(const int8_t* q, const float* scale, int64_t rows, int64_t cols,
+                             uint8_t* out) {
+    constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
+    // Streaming only when every row starts on a cache line.
+    const bool rowsAligned = (cols * kEsz) % 64 == 0;
+    withStoreKind(out, rows * cols * kEsz, [&]<StoreKind S>() {
+        for (int64_t r = 0; r < rows; ++r) {
+            const float sc = loadF32(scale, r);
+            // q * scale is NaN only for a NaN or infinite scale (q = 0 times Inf).
+            uint8_t* o = out + r * cols * kEsz;
+            if (isFiniteF32(sc)) {
+                dequantizeInt8Row<D, S, kLlm, false>(q + r * cols, sc, cols, o);
             } else {
-                storePartial8(dst, out, base + c, v, count);
+                dequantizeInt8Row<D, S, kLlm, true>(q + r * cols, sc, cols, o);
             }
         }
+    }, rowsAligned);
+}
+
+inline void dequantizeInt8(bool llmInt8, const int8_t* q, const float* scale, int64_t rows,
+                           int64_t cols, DType dst, void* out) {
+    auto* o = static_cast<uint8_t*>(out);
+    auto run = [&]<DType D>() {
+        if (llmInt8) {
+            dequantizeInt8As<D, true>(q, scale, rows, cols, o);
+        } else {
+            dequantizeInt8As<D, false>(q, scale, rows, cols, o);
+        }
+    };
+    if (dst == DType::kF16) {
+        run.template operator()<DType::kF16>();
+    } else if (dst == DType::kBF16) {
+        run.template operator()<DType::kBF16>();
+    } else {
+        run.template operator()<DType::kF32>();
     }
 }
 
@@ -623,19 +712,61 @@ inline void quantizeInt8Dynamic(const float* src, int64_t rows, int64_t cols, in
 
 // ---- NONE ------------------------------------------------------------------------------------
 
+template <DType From, DType To, StoreKind S>
+inline void convertRun(const uint8_t* src, int64_t n, uint8_t* out) {
+    constexpr int64_t kIsz = From == DType::kF32 ? 4 : 2;
+    constexpr int64_t kOsz = To == DType::kF32 ? 4 : 2;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        store16<To, S>(out + i * kOsz, load8(From, src, i), load8(From, src, i + 8));
+    }
+    for (; i + 8 <= n; i += 8) store8(To, out, i, load8(From, src, i));
+    if (i < n) {
+        alignas(32) uint8_t tmp[32] = {};
+        std::memcpy(tmp, src + i * kIsz, static_cast<size_t>(n - i) * kIsz);
+        storePartial8(To, out, i, load8(From, tmp, 0), static_cast<int>(n - i));
+    }
+}
+
+template <DType From, DType To>
+inline void convertAs(const uint8_t* src, int64_t n, uint8_t* out) {
+    constexpr int64_t kOsz = To == DType::kF32 ? 4 : 2;
+    withStoreKind(out, n * kOsz, [&]<StoreKind S>() { convertRun<From, To, S>(src, n, out); });
+}
+
 inline void convert(DType from, const void* src, int64_t n, DType to, void* out) {
-    if (from == to) {
-        std::memcpy(out, src, static_cast<size_t>(n) * (to == DType::kF32 ? 4 : 2));
+    const auto* s = static_cast<const uint8_t*>(src);
+    auto* o = static_cast<uint8_t*>(out);
+    if (from == to) {  // a copy; large line-aligned outputs stream past the caches
+        const int64_t bytes = n * (to == DType::kF32 ? 4 : 2);
+        if (storeKindFor(o, bytes) == StoreKind::kPlain) {
+            std::memcpy(o, s, static_cast<size_t>(bytes));
+            return;
+        }
+        int64_t i = 0;
+        for (; i + 64 <= bytes; i += 64) {
+            put256<StoreKind::kStream>(o + i, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+            put256<StoreKind::kStream>(o + i + 32, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32)));
+        }
+        _mm_sfence();
+        std::memcpy(o + i, s + i, static_cast<size_t>(bytes - i));
         return;
     }
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) store8(to, out, i, load8(from, src, i));
-    if (i < n) {
-        const size_t isz = from == DType::kF32 ? 4 : 2;
-        alignas(32) uint8_t tmp[32] = {};
-        std::memcpy(tmp, static_cast<const uint8_t*>(src) + i * static_cast<int64_t>(isz),
-                    static_cast<size_t>(n - i) * isz);
-        storePartial8(to, out, i, load8(from, tmp, 0), static_cast<int>(n - i));
+    auto to_ = [&]<DType F>() {
+        if (to == DType::kF16) {
+            convertAs<F, DType::kF16>(s, n, o);
+        } else if (to == DType::kBF16) {
+            convertAs<F, DType::kBF16>(s, n, o);
+        } else {
+            convertAs<F, DType::kF32>(s, n, o);
+        }
+    };
+    if (from == DType::kF16) {
+        to_.template operator()<DType::kF16>();
+    } else if (from == DType::kBF16) {
+        to_.template operator()<DType::kBF16>();
+    } else {
+        to_.template operator()<DType::kF32>();
     }
 }
 
