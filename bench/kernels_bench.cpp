@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu_kernels.h"
 #include "sli/kernels.h"
 
 using namespace sli;
@@ -103,6 +104,37 @@ void bmQuantize(benchmark::State& state, QuantizationMode mode, bool dq) {
     setCounters(state, outBytes);
 }
 
+// The quantization kernel alone (the CpuKernels entry that kernels::quantize dispatches to),
+// into preallocated outputs: kernels::quantize also allocates and first-touches its parts on
+// every call (page faults), which this leaves out.
+const kernels::CpuKernels& activeKernels() {
+    const std::string isa = kernels::activeIsa();
+    if (isa == "avx512" && kernels::avx512Kernels()) return *kernels::avx512Kernels();
+    if (isa == "avx2" && kernels::avx2Kernels()) return *kernels::avx2Kernels();
+    return kernels::referenceKernels();
+}
+
+void bmQuantizeKernel(benchmark::State& state, QuantizationMode mode) {
+    const kernels::CpuKernels& k = activeKernels();
+    const float* x = source().data();
+    AlignedBuffer payload = lineBuffer(static_cast<size_t>(kN));  // >= any 4-bit payload
+    AlignedBuffer stats = lineBuffer(static_cast<size_t>(kN / 64 * 4));
+    size_t outBytes = 0;
+    for (auto _ : state) {
+        if (mode == QuantizationMode::kInt4) {
+            k.quantizeQ4_0(x, kN / 32, payload.as<kernels::block_q4_0>());
+            outBytes = static_cast<size_t>(kN / 32) * sizeof(kernels::block_q4_0);
+        } else {
+            const auto cb = mode == QuantizationMode::kFp4 ? kernels::Codebook4::kFp4 : kernels::Codebook4::kNf4;
+            k.quantize4bit(cb, x, kN, 64, payload.data(), stats.as<float>());
+            outBytes = static_cast<size_t>(kN / 2 + kN / 64 * 4);
+        }
+        benchmark::DoNotOptimize(payload.data());
+        benchmark::ClobberMemory();
+    }
+    setCounters(state, outBytes);
+}
+
 void bmMemcpy(benchmark::State& state, size_t bytes) {
     AlignedBuffer a = lineBuffer(bytes), b = lineBuffer(bytes);
     std::memset(a.data(), 1, bytes);
@@ -182,6 +214,11 @@ void registerAll() {
         benchmark::RegisterBenchmark(("memset/" + sz).c_str(), bmMemset, bytes)->UseRealTime();
         benchmark::RegisterBenchmark(("quantize/" + std::string(m.name) + "/" + isa).c_str(), bmQuantize, m.mode, m.dq)
             ->UseRealTime();
+    }
+    for (const Mode& m : modes) {
+        if (m.dq || !(modeIs4bit(m.mode) || m.mode == QuantizationMode::kInt4)) continue;
+        benchmark::RegisterBenchmark(("quantize_kernel/" + std::string(m.name) + "/" + isa).c_str(),
+                                     bmQuantizeKernel, m.mode)->UseRealTime();
     }
 }
 
