@@ -14,11 +14,14 @@
 //
 // Memory is fixed at open(): slots x (pinned read buffer of the largest layer's data region +
 // output arena of the largest layer's full-precision tensors) + per-worker scratch.
+// Pass-through tensors (mode none, stored uncompressed in the output dtype) are verified and
+// handed out straight from the pinned read buffer: no copy, no arena space.
 #include "sli/engine.h"
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -70,6 +73,10 @@ struct LayerSource {
     io::LayerFileIndex index;
     io::DirectReadFile file;
     std::vector<uint64_t> outOffsets;  // per tensor, into the output arena
+    std::vector<DType> outDTypes;      // per tensor: the compute dtype, or an integer tensor's own
+    // Per tensor: offset of its bytes in the read buffer when it is handed out in place
+    // (pass-through), else -1.
+    std::vector<int64_t> inPlace;
     uint64_t outBytes = 0;
 };
 
@@ -192,9 +199,22 @@ Status Engine::Impl::openLayers() {
         SLI_ASSIGN_OR_RETURN(src.index, io::readLayerIndex(src.file.fd(), path));
         uint64_t off = 0;
         for (const auto& t : src.index.tensors) {
-            src.outOffsets.push_back(off);
+            // Integer / bool tensors (position ids, masks) are handed out as stored.
+            const bool raw = t.info.mode == QuantizationMode::kNone && !dtypeIsFloat(t.info.storedDType);
+            const DType dt = raw ? t.info.storedDType : outDType;
             const int64_t n = t.info.numel();
-            off = alignUp(off + static_cast<uint64_t>(n) * dtypeSize(outDType), kArenaAlign);
+            const uint64_t bytes = static_cast<uint64_t>(n) * dtypeSize(dt);
+            // Pass-through: stored uncompressed exactly as handed out.
+            const io::Extent& payload = t.part(QuantPart::kPayload);
+            bool passThrough = t.info.mode == QuantizationMode::kNone && t.info.storedDType == dt &&
+                               payload.compression == io::Compression::kNone &&
+                               payload.storedBytes == bytes && payload.rawBytes == bytes &&
+                               payload.offset >= src.index.dataStart && bytes > 0;
+            for (int p = 1; p < kQuantPartCount; ++p) passThrough = passThrough && t.parts[p].empty();
+            src.inPlace.push_back(passThrough ? static_cast<int64_t>(payload.offset - src.index.dataStart) : -1);
+            src.outOffsets.push_back(off);
+            src.outDTypes.push_back(dt);
+            if (!passThrough) off = alignUp(off + bytes, kArenaAlign);
         }
         src.outBytes = off;
         maxDataBytes = std::max(maxDataBytes, src.index.dataBytes());
@@ -292,9 +312,11 @@ Result<Layer*> Engine::Impl::layerView(int s, int64_t layer) {
     Layer view(src.name);
     for (size_t t = 0; t < src.index.tensors.size(); ++t) {
         const auto& info = src.index.tensors[t].info;
+        uint8_t* data = src.inPlace[t] >= 0
+                            ? reinterpret_cast<uint8_t*>(slot.buffer.data()) + src.inPlace[t]
+                            : slot.arena.data() + src.outOffsets[t];
         SLI_ASSIGN_OR_RETURN(Tensor tensor,
-                             Tensor::borrowed(info.name, info.shape, outDType,
-                                              slot.arena.data() + src.outOffsets[t]));
+                             Tensor::borrowed(info.name, info.shape, src.outDTypes[t], data));
         SLI_RETURN_IF_ERROR(view.add(std::move(tensor)));
     }
     return &slot.views.emplace(layer, std::move(view)).first->second;
@@ -463,18 +485,28 @@ void Engine::Impl::workerLoop(int /*id*/) {
             t1 = nowNs(origin);
             if (!view.isOk()) {
                 st = view.status();
-            } else {
-                const uint64_t outBytes =
-                    static_cast<uint64_t>(entry.info.numel()) * dtypeSize(outDType);
+            } else if (src.inPlace[task.tensor] < 0) {
+                const DType dt = src.outDTypes[task.tensor];
+                const uint64_t outBytes = static_cast<uint64_t>(entry.info.numel()) * dtypeSize(dt);
                 std::span<uint8_t> out(slot.arena.data() + src.outOffsets[task.tensor], outBytes);
-                st = kernels::dequantize(*view, outDType, out, 1);
+                if (dt == outDType) {
+                    st = kernels::dequantize(*view, outDType, out, 1);
+                } else {
+                    const auto payload = view->part(QuantPart::kPayload);
+                    if (payload.size() != outBytes) {
+                        st = Status::corruption("tensor " + entry.info.name + ": payload size");
+                    } else {
+                        std::memcpy(out.data(), payload.data(), outBytes);
+                    }
+                }
             }
         }
         const int64_t t2 = nowNs(origin);
         std::lock_guard<std::mutex> lock(mu);
         stats.verifySeconds += (t1 - t0) / 1e9;
         slot.timing.verifiedNs = std::max(slot.timing.verifiedNs, t1);
-        slot.timing.bytesProduced += static_cast<uint64_t>(entry.info.numel()) * dtypeSize(outDType);
+        slot.timing.bytesProduced +=
+            static_cast<uint64_t>(entry.info.numel()) * dtypeSize(src.outDTypes[task.tensor]);
         (void)t2;
         if (!st.isOk() && slot.error.isOk()) {
             slot.error = st.withContext("layer " + std::to_string(slot.layer) + " (" + src.name +

@@ -236,6 +236,33 @@ TEST_CASE("injected EIO fails one layer; short reads and EAGAIN storms are invis
     testing::setReadSchedulerFactoryForTesting({});
 }
 
+TEST_CASE("hands out tensors stored in the output dtype in place, bit-identical, without arena") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNone, DType::kF32);
+    std::vector<std::string> backends = {"pread"};
+    if (ioUringUsable()) backends.push_back("io_uring");
+    for (const auto& backend : backends) {
+        for (int depth : {0, 1, 3}) {
+            CAPTURE(backend);
+            CAPTURE(depth);
+            EngineOptions o = baseOptions(tc);
+            o.ioBackend = backend;
+            o.prefetchDepth = depth;
+            auto e = Engine::open(o);
+            REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+            CHECK((*e)->stats().hostOutputBytes == 0);  // every tensor is a pass-through
+            checkStream(**e, tc, {0, 1, 2, 3}, DType::kF32);
+        }
+    }
+    // A conversion (f32 stored, f16 wanted) still goes through the arena.
+    EngineOptions o = baseOptions(tc);
+    o.computeDType = DType::kF16;
+    auto e = Engine::open(o);
+    REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+    CHECK((*e)->stats().hostOutputBytes > 0);
+    checkStream(**e, tc, {0, 1, 2, 3}, DType::kF16);
+}
+
 TEST_CASE("a budget too small for one layer is an error at open, not a hang") {
     TempDir tmp;
     TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNone);

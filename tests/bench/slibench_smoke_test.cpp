@@ -1,0 +1,153 @@
+// Smoke tests of the slibench binary (path in $SLIBENCH): a --tiny run succeeds and writes the
+// stable JSON keys; bad work directories, devices, budgets and flags fail with clear messages.
+#include <doctest/doctest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "sli/json.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char tmpl[] = "/tmp/sli-slibench-XXXXXX";
+        path = ::mkdtemp(tmpl);
+    }
+    ~TempDir() { fs::remove_all(path); }
+};
+
+struct RunOutput {
+    int status = -1;
+    std::string err;
+};
+
+// Runs slibench with `args`; stdout discarded, stderr captured.
+RunOutput slibench(const std::string& args, const std::string& dir) {
+    const char* bin = std::getenv("SLIBENCH");
+    REQUIRE_MESSAGE(bin != nullptr, "SLIBENCH is not set (run through meson test)");
+    const std::string errPath = dir + "/stderr.txt";
+    const std::string cmd = std::string(bin) + " " + args + " >/dev/null 2>" + errPath;
+    const int st = std::system(cmd.c_str());
+    RunOutput out;
+    out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    std::ifstream f(errPath);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    out.err = ss.str();
+    return out;
+}
+
+sli::Json readJson(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    auto j = sli::parseJson(ss.str());
+    REQUIRE_MESSAGE(j.isOk(), j.status().toString());
+    return std::move(j).value();
+}
+
+void requireKeys(const sli::Json& obj, std::initializer_list<const char*> keys,
+                 const std::string& where) {
+    REQUIRE(obj.isObject());
+    for (const char* k : keys) {
+        const std::string msg = where + " lacks \"" + k + "\"";
+        CHECK_MESSAGE(obj.find(k) != nullptr, msg);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("a tiny run exits 0 and writes JSON with the stable keys") {
+    TempDir tmp;
+    const std::string json = tmp.path + "/out.json";
+    const std::string trace = tmp.path + "/trace.json";
+    auto r = slibench("--tiny --mode none,nf4 --workdir " + tmp.path + "/work --json " + json +
+                          " --trace " + trace,
+                      tmp.path);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    const sli::Json j = readJson(json);
+    requireKeys(j, {"machine", "runs", "quantize", "limits", "acceptance"}, "top level");
+    requireKeys(*j.find("machine"), {"cpu_model", "cores", "kernel", "io_uring_used", "cuda_used"},
+                "machine");
+    const sli::Json& runs = *j.find("runs");
+    REQUIRE(runs.isArray());
+    // none and nf4, cold and warm, at least one backend each; plus the budget-1/8 run.
+    CHECK(runs.asArray().size() >= 5);
+    for (const sli::Json& run : runs.asArray()) {
+        requireKeys(run,
+                    {"name", "mode", "backend", "device", "cold", "bytes_read", "wall_s",
+                     "read_gbps", "output_gbps", "layers_per_s", "stage_s", "overlap",
+                     "baseline_wall_s", "speedup_vs_baseline", "limit", "read_vs_limit",
+                     "peak_rss_bytes", "pinned_bytes"},
+                    "run");
+        requireKeys(*run.find("stage_s"), {"read", "verify", "dequant", "h2d", "execute"}, "stage_s");
+        requireKeys(*run.find("limit"), {"raw_read_gbps", "memcpy_gbps"}, "limit");
+        CHECK(run.find("bytes_read")->asUint64().value_or(0) > 0);
+        CHECK(run.find("wall_s")->asDouble() > 0);
+    }
+    // The trace is JSON too.
+    const sli::Json t = readJson(trace);
+    CHECK((t.isObject() || t.isArray()));
+}
+
+TEST_CASE("a damaged cache is rebuilt on the next run") {
+    TempDir tmp;
+    const std::string work = tmp.path + "/work";
+    auto r = slibench("--tiny --mode int4 --backend pread --workdir " + work, tmp.path);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    std::string victim;
+    for (const auto& e : fs::recursive_directory_iterator(work + "/caches")) {
+        if (e.path().filename() == "layer-00003.slc") victim = e.path().string();
+    }
+    REQUIRE(!victim.empty());
+    fs::resize_file(victim, 100);
+    r = slibench("--tiny --mode int4 --backend pread --workdir " + work, tmp.path);
+    INFO(r.err);
+    CHECK(r.status == 0);
+    CHECK(fs::file_size(victim) > 4096);
+}
+
+TEST_CASE("an unwritable work directory fails with a message naming it") {
+    TempDir tmp;
+    const std::string file = tmp.path + "/plain-file";
+    std::ofstream(file) << "x";
+    auto r = slibench("--tiny --workdir " + file + "/work", tmp.path);
+    CHECK(r.status == 1);
+    CHECK(r.err.find("work directory") != std::string::npos);
+    CHECK(r.err.find(file) != std::string::npos);
+}
+
+TEST_CASE("a cuda device the engine does not support is a clear error") {
+    TempDir tmp;
+    auto r = slibench("--tiny --device cuda:0 --workdir " + tmp.path + "/work", tmp.path);
+    CHECK(r.status == 1);
+    CHECK(r.err.find("cuda:0") != std::string::npos);
+}
+
+TEST_CASE("a budget too small for one layer fails at open with the sizes") {
+    TempDir tmp;
+    auto r = slibench("--tiny --mode none --budget 8K --workdir " + tmp.path + "/work", tmp.path);
+    CHECK(r.status == 1);
+    CHECK(r.err.find("cannot hold one layer") != std::string::npos);
+}
+
+TEST_CASE("bad flags are usage errors") {
+    TempDir tmp;
+    CHECK(slibench("--no-such-flag", tmp.path).status == 2);
+    CHECK(slibench("--mode nf5", tmp.path).status == 2);
+    CHECK(slibench("--depth -1", tmp.path).status == 2);
+    CHECK(slibench("--chunk 1000", tmp.path).status == 2);
+    auto h = slibench("--help", tmp.path);
+    CHECK(h.status == 0);
+}
