@@ -58,8 +58,8 @@ Status transposedWeight(const Layer& layer, const std::string& name, int64_t out
 // y[t][o] = b[o] + sum_i x[t][i] * wt[i][o] for t in [t0, t1). Four rows at a time share each
 // weight row; the inner loop has no reduction, so it vectorizes without reassociation and the
 // result does not depend on how rows are split between threads.
-void linearRows(const float* x, const float* wt, const float* b, float* y, int64_t t0,
-                int64_t t1, int64_t in, int64_t out) {
+void linearRows(const float* x, const float* wt, const float* b, float* y, int64_t t0, int64_t t1,
+                int64_t in, int64_t out) {
     int64_t t = t0;
     for (; t + 4 <= t1; t += 4) {
         float* y0 = y + t * out;
@@ -108,8 +108,8 @@ void linear(const float* x, const float* wt, const float* b, float* y, int64_t r
 }
 
 // x[t] = LayerNorm(x[t] (+ residual[t])) * gamma + beta, statistics in double.
-void layerNorm(float* x, const float* residual, const float* gamma, const float* beta,
-               int64_t rows, int64_t h, double eps) {
+void layerNorm(float* x, const float* residual, const float* gamma, const float* beta, int64_t rows,
+               int64_t h, double eps) {
     for (int64_t t = 0; t < rows; ++t) {
         float* r = x + t * h;
         if (residual != nullptr) {
@@ -229,8 +229,8 @@ Status BertEncoder::embed(Pass& p, const Layer& layer, const std::string& pre) {
         return Status::invalidArgument("tensor " + pre +
                                        "token_type_embeddings.weight is missing or misshapen");
     }
-    SLI_ASSIGN_OR_RETURN(const float* type, floatsOf(layer, pre + "token_type_embeddings.weight",
-                                                     typeT->shape(), s3));
+    SLI_ASSIGN_OR_RETURN(const float* type,
+                         floatsOf(layer, pre + "token_type_embeddings.weight", typeT->shape(), s3));
     SLI_ASSIGN_OR_RETURN(const float* g, floatsOf(layer, pre + "LayerNorm.weight", {h}, s4));
     SLI_ASSIGN_OR_RETURN(const float* b, floatsOf(layer, pre + "LayerNorm.bias", {h}, s5));
     p.x.assign(static_cast<size_t>(p.tokens * h), 0.0f);
@@ -390,10 +390,10 @@ Result<EncoderOutput> BertEncoder::run(const TokenBatch& batch, LayerSource& sou
         }));
     }
     if (!p.embedded || p.nextLayer != config_.numLayers) {
-        return Status::invalidArgument(
-            "the layers ended after " + std::to_string(p.nextLayer) + " of " +
-            std::to_string(config_.numLayers) + " encoder layers" +
-            (p.embedded ? "" : " and without the embeddings"));
+        return Status::invalidArgument("the layers ended after " + std::to_string(p.nextLayer) +
+                                       " of " + std::to_string(config_.numLayers) +
+                                       " encoder layers" +
+                                       (p.embedded ? "" : " and without the embeddings"));
     }
 
     // Mean pooling over each sequence's tokens, then L2 normalization.

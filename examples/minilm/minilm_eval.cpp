@@ -64,11 +64,16 @@ int main(int argc, char** argv) {
         }
         if (i + 1 >= argc) return usage(a + " needs a value");
         const std::string v = argv[++i];
-        if (a == "--model") modelDir = v;
-        else if (a == "--reference") refDir = v;
-        else if (a == "--cache") cacheRoot = v;
-        else if (a == "--modes") modesArg = v;
-        else if (a == "--json") jsonPath = v;
+        if (a == "--model")
+            modelDir = v;
+        else if (a == "--reference")
+            refDir = v;
+        else if (a == "--cache")
+            cacheRoot = v;
+        else if (a == "--modes")
+            modesArg = v;
+        else if (a == "--json")
+            jsonPath = v;
         else if (a == "--threads") {
             char* end = nullptr;
             const long t = std::strtol(v.c_str(), &end, 10);
@@ -79,8 +84,10 @@ int main(int argc, char** argv) {
         }
     }
     if (!std::filesystem::exists(modelDir + "/model.safetensors")) {
-        std::fprintf(stderr, "minilm_eval: %s/model.safetensors is absent; run "
-                             "scripts/fetch_minilm.sh\n", modelDir.c_str());
+        std::fprintf(stderr,
+                     "minilm_eval: %s/model.safetensors is absent; run "
+                     "scripts/fetch_minilm.sh\n",
+                     modelDir.c_str());
         return 77;
     }
     std::vector<ModeSpec> modes;
@@ -124,9 +131,10 @@ int main(int argc, char** argv) {
     EngineOptions engineOptions;
     engineOptions.workerThreads = threads;
 
-    std::printf("all-MiniLM-L6-v2, %zu sentences (%lld tokens), layers streamed by sli::Engine "
-                "(computeDType f32)\n",
-                ref->sentences.size(), static_cast<long long>(ref->tokens.totalTokens()));
+    std::printf(
+        "all-MiniLM-L6-v2, %zu sentences (%lld tokens), layers streamed by sli::Engine "
+        "(computeDType f32)\n",
+        ref->sentences.size(), static_cast<long long>(ref->tokens.totalTokens()));
     EncoderOutput baseline;
     Json rows = Json::array();
     std::printf("\n%-13s %-30s %7s %6s %10s %10s %7s  %s\n", "mode", "", "cache", "bits/w",
@@ -156,17 +164,18 @@ int main(int argc, char** argv) {
             Retention r = compareOutputs(refOut, baseline);
             double worst = 0;
             for (size_t i = 0; i < refOut.embeddings.size(); ++i) {
-                worst = std::max(worst, double(std::fabs(refOut.embeddings[i] -
-                                                         baseline.embeddings[i])));
+                worst = std::max(worst,
+                                 double(std::fabs(refOut.embeddings[i] - baseline.embeddings[i])));
             }
-            std::printf("%-13s %-30s %7s %6s %10.7f %10.7f %6.0f%%  fp32 cache vs "
-                        "sentence-transformers: 1 - min cos %.1e, max |diff| %.1e\n",
-                        "reference", "sentence-transformers, torch", "-", "-", r.meanCosine,
-                        r.minCosine, 100 * r.nnAgreement, 1 - r.minCosine, worst);
+            std::printf(
+                "%-13s %-30s %7s %6s %10.7f %10.7f %6.0f%%  fp32 cache vs "
+                "sentence-transformers: 1 - min cos %.1e, max |diff| %.1e\n",
+                "reference", "sentence-transformers, torch", "-", "-", r.meanCosine, r.minCosine,
+                100 * r.nnAgreement, 1 - r.minCosine, worst);
         }
         Retention r = compareOutputs(baseline, *out);
-        const double bits = 8.0 * static_cast<double>(cache->cacheBytes) /
-                            static_cast<double>(cache->weights);
+        const double bits =
+            8.0 * static_cast<double>(cache->cacheBytes) / static_cast<double>(cache->weights);
         std::string errs;
         Json perLayer = Json::array();
         for (double e : r.stageRelL2) {
@@ -176,8 +185,8 @@ int main(int argc, char** argv) {
             perLayer.push(Json::number(e));
         }
         std::printf("%-13s %-30s %5.1fMB %6.2f %10.7f %10.7f %6.0f%%  %s\n", m.name.c_str(),
-                    m.description.c_str(), cache->cacheBytes / 1e6, bits, r.meanCosine,
-                    r.minCosine, 100 * r.nnAgreement, errs.c_str());
+                    m.description.c_str(), cache->cacheBytes / 1e6, bits, r.meanCosine, r.minCosine,
+                    100 * r.nnAgreement, errs.c_str());
         std::fflush(stdout);
         Json row = Json::object();
         row.set("mode", Json::string(m.name));
@@ -192,9 +201,10 @@ int main(int argc, char** argv) {
         row.set("run_seconds", Json::number(runSec));
         rows.push(std::move(row));
     }
-    std::printf("\ncache: layer files on disk; bits/w: cache bytes x 8 / weights (all 22.7M, of "
-                "which the word embeddings, 11.7M, norms and biases stay in the compute dtype, "
-                "f16, by default)\n");
+    std::printf(
+        "\ncache: layer files on disk; bits/w: cache bytes x 8 / weights (all 22.7M, of "
+        "which the word embeddings, 11.7M, norms and biases stay in the compute dtype, "
+        "f16, by default)\n");
     if (!jsonPath.empty()) {
         std::ofstream f(jsonPath);
         f << rows.dump() << "\n";

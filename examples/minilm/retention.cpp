@@ -49,7 +49,8 @@ Result<Reference> loadReference(const std::string& dir) {
     if (dim == nullptr || !dim->asInt64() || sentences == nullptr || !sentences->isArray() ||
         ids == nullptr || !ids->isArray() || file == nullptr || !file->isString() ||
         ids->asArray().size() != sentences->asArray().size()) {
-        return Status::invalidArgument(jsonPath + ": needs dim, sentences, token_ids (one list "
+        return Status::invalidArgument(jsonPath +
+                                       ": needs dim, sentences, token_ids (one list "
                                        "per sentence) and embeddings_file");
     }
     r.dim = *dim->asInt64();

@@ -46,7 +46,7 @@ std::vector<ModeSpec> standardModes();
 Result<ModeSpec> findMode(const std::string& name);
 
 struct CacheInfo {
-    std::string root;     // what Engine / LayerCache open
+    std::string root;  // what Engine / LayerCache open
     std::string modelId;
     int64_t layers = 0;
     uint64_t cacheBytes = 0;
@@ -67,7 +67,7 @@ Result<std::vector<Layer>> loadDequantized(const CacheInfo& cache, DType dtype, 
 
 struct Retention {
     double meanCosine = 0, minCosine = 0;
-    double nnAgreement = 0;  // share of sentences whose nearest neighbour is the baseline's
+    double nnAgreement = 0;          // share of sentences whose nearest neighbour is the baseline's
     std::vector<double> stageRelL2;  // ||h - h_base|| / ||h_base|| per stage
 };
 double cosine(const float* a, const float* b, int64_t n);

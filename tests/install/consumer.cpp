@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
         return 1;
     }
     double err = 0;
-    for (int64_t i = 0; i < want.numel(); ++i) err = std::max(err, double(std::fabs(want.at(i) - w[i])));
+    for (int64_t i = 0; i < want.numel(); ++i)
+        err = std::max(err, double(std::fabs(want.at(i) - w[i])));
     std::printf("consumer: sli OK (NF4 layer streamed back, max abs error %.4f)\n", err);
     return err < 0.01 ? 0 : 1;
 }

@@ -66,7 +66,8 @@ Weights tinyWeights(const BertConfig& c, uint32_t seed = 7) {
 // Cache-like grouping: embeddings, one layer per block, the pooler last.
 std::vector<Layer> toLayers(const Weights& w, const BertConfig& c, DType dtype = DType::kF32) {
     std::vector<std::string> groups = {"embeddings."};
-    for (int64_t l = 0; l < c.numLayers; ++l) groups.push_back("encoder.layer." + std::to_string(l) + ".");
+    for (int64_t l = 0; l < c.numLayers; ++l)
+        groups.push_back("encoder.layer." + std::to_string(l) + ".");
     groups.push_back("pooler.");
     std::vector<Layer> layers;
     for (const auto& g : groups) {
@@ -125,7 +126,8 @@ std::vector<double> naiveForward(const Weights& w, const BertConfig& c, const To
         }
     for (int64_t l = 0; l < c.numLayers; ++l) {
         const std::string p = "encoder.layer." + std::to_string(l) + ".";
-        Mat q = lin(x, p + "attention.self.query", h, h), k = lin(x, p + "attention.self.key", h, h),
+        Mat q = lin(x, p + "attention.self.query", h, h),
+            k = lin(x, p + "attention.self.key", h, h),
             v = lin(x, p + "attention.self.value", h, h);
         Mat ctx(B * L, std::vector<double>(h, 0.0));
         for (size_t b = 0; b < B; ++b)
@@ -135,13 +137,16 @@ std::vector<double> naiveForward(const Weights& w, const BertConfig& c, const To
                     double mx = -INFINITY, sum = 0;
                     for (size_t j = 0; j < L; ++j) {
                         double dot = 0;
-                        for (int64_t e = 0; e < d; ++e) dot += q[b * L + i][hd * d + e] * k[b * L + j][hd * d + e];
-                        s[j] = dot / std::sqrt(double(d)) + (j < batch.ids[b].size() ? 0.0 : -INFINITY);
+                        for (int64_t e = 0; e < d; ++e)
+                            dot += q[b * L + i][hd * d + e] * k[b * L + j][hd * d + e];
+                        s[j] = dot / std::sqrt(double(d)) +
+                               (j < batch.ids[b].size() ? 0.0 : -INFINITY);
                         mx = std::max(mx, s[j]);
                     }
                     for (auto& e : s) sum += (e = std::exp(e - mx));
                     for (size_t j = 0; j < L; ++j)
-                        for (int64_t e = 0; e < d; ++e) ctx[b * L + i][hd * d + e] += s[j] / sum * v[b * L + j][hd * d + e];
+                        for (int64_t e = 0; e < d; ++e)
+                            ctx[b * L + i][hd * d + e] += s[j] / sum * v[b * L + j][hd * d + e];
                 }
         Mat a = lin(ctx, p + "attention.output.dense", h, h);
         for (size_t t = 0; t < x.size(); ++t) {
@@ -191,7 +196,8 @@ TEST_CASE("matches a double-precision padded and masked implementation of the sa
     const auto want = naiveForward(w, c, tinyBatch());
     REQUIRE(out->embeddings.size() == want.size());
     double worst = 0;
-    for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(out->embeddings[i] - want[i]));
+    for (size_t i = 0; i < want.size(); ++i)
+        worst = std::max(worst, std::fabs(out->embeddings[i] - want[i]));
     CHECK(worst < 2e-6);
 }
 
@@ -283,7 +289,8 @@ TEST_CASE("rejects bad input with a message naming what is wrong") {
         MemoryLayerSource s2(l2);
         auto e = enc.run(tinyBatch(), s2);
         CHECK(e.status().isInvalidArgument());
-        CHECK(e.status().message().find("encoder.layer.1.attention.self.key.bias") != std::string::npos);
+        CHECK(e.status().message().find("encoder.layer.1.attention.self.key.bias") !=
+              std::string::npos);
     }
     // A misshapen tensor.
     {
@@ -301,11 +308,13 @@ TEST_CASE("rejects bad input with a message naming what is wrong") {
         swapped.push_back(std::move(layers[2]));
         swapped.push_back(std::move(layers[1]));
         MemoryLayerSource s2(swapped);
-        CHECK(enc.run(tinyBatch(), s2).status().message().find("out of order") != std::string::npos);
+        CHECK(enc.run(tinyBatch(), s2).status().message().find("out of order") !=
+              std::string::npos);
         swapped.resize(2);
         swapped.erase(swapped.begin() + 1);
         MemoryLayerSource s3(swapped);
-        CHECK(enc.run(tinyBatch(), s3).status().message().find("after 0 of 2") != std::string::npos);
+        CHECK(enc.run(tinyBatch(), s3).status().message().find("after 0 of 2") !=
+              std::string::npos);
     }
 }
 

@@ -24,8 +24,10 @@ inline std::string referenceDir() { return testDataDir() + "/golden/minilm"; }
 // is its own meson test, so this skips exactly the tests that need the real checkpoint.
 inline void requireWeights() {
     if (!std::filesystem::exists(modelDir() + "/model.safetensors")) {
-        std::printf("SKIP: %s/model.safetensors is absent; run scripts/fetch_minilm.sh to fetch "
-                    "the real all-MiniLM-L6-v2 weights\n", modelDir().c_str());
+        std::printf(
+            "SKIP: %s/model.safetensors is absent; run scripts/fetch_minilm.sh to fetch "
+            "the real all-MiniLM-L6-v2 weights\n",
+            modelDir().c_str());
         std::fflush(stdout);
         std::exit(77);
     }

@@ -48,8 +48,7 @@ TEST_CASE("the reference data is the one the weights were made with") {
     testutil::requireWeights();
     auto ref = loadReference(testutil::referenceDir());
     REQUIRE(ref.isOk());
-    CHECK(ref->weightsSha256 ==
-          "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db");
+    CHECK(ref->weightsSha256 == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db");
     // [CLS] ... [SEP] around every sentence.
     for (const auto& ids : ref->tokens.ids) {
         REQUIRE(ids.size() >= 3);

@@ -21,6 +21,7 @@ struct Floor {
 //   nf4           0.9735 / 0.9628, 100%, 0.23        nf4_nodq     0.9735 / 0.9626, 100%, 0.23
 //   fp4           0.9502 / 0.9345, 100%, 0.31        int4         0.9712 / 0.9631, 100%, 0.23
 //   mixed         0.9845 / 0.9743, 100%, 0.18
+// clang-format off
 constexpr Floor kFloors[] = {
     {"none_f16", 0.99999, 0.99999, 1.0, 3e-3},
     {"int8", 0.999, 0.998, 1.0, 0.06},
@@ -31,6 +32,7 @@ constexpr Floor kFloors[] = {
     {"int4", 0.96, 0.94, 0.9, 0.35},
     {"mixed", 0.975, 0.96, 0.9, 0.3},
 };
+// clang-format on
 
 }  // namespace
 

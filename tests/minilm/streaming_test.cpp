@@ -58,8 +58,7 @@ TEST_CASE("a budget smaller than the model streams many cyclic passes bitwise li
     MESSAGE("host budget " << o.hostBudgetBytes << " bytes (" << st.slots << " slots, pinned "
                            << st.pinnedBytes << ", output " << st.hostOutputBytes
                            << ") for a model of " << f32Bytes << " bytes in f32, " << f16Bytes
-                           << " in f16; " << engine->numLayers() << " layers, io "
-                           << st.ioBackend);
+                           << " in f16; " << engine->numLayers() << " layers, io " << st.ioBackend);
     CHECK(o.hostBudgetBytes < f32Bytes);
     CHECK(st.pinnedBytes + st.hostOutputBytes <= o.hostBudgetBytes);
 
