@@ -121,6 +121,7 @@ TEST_CASE("the engine path decodes views that point into the caller's buffer") {
         CHECK(payload.data() < region.data() + region.size());
         for (int p = 0; p < kQuantPartCount; ++p) {
             REQUIRE(v->parts[p].size() == layer.tensors[t].parts[p].size());
+            if (v->parts[p].empty()) continue;  // empty parts have no storage
             CHECK(std::memcmp(v->parts[p].data(), layer.tensors[t].parts[p].data(),
                               v->parts[p].size()) == 0);
         }

@@ -199,6 +199,7 @@ TEST_CASE("splitting over threads changes no bit") {
             REQUIRE(quantize(src, b, 4).isOk());
             for (int p = 0; p < kQuantPartCount; ++p) {
                 REQUIRE(a.parts[p].size() == b.parts[p].size());
+                if (a.parts[p].size() == 0) continue;  // empty parts have no storage
                 CHECK(std::memcmp(a.parts[p].data(), b.parts[p].data(), a.parts[p].size()) == 0);
             }
             for (DType t : {DType::kF16, DType::kBF16, DType::kF32}) {

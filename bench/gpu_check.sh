@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The one-shot GPU check (issue 6): run on a lent H100 / H200 machine in a single call; it
+# must finish in under 5 minutes. It
+#   1. unpacks the Debian -dev packages carried in .debs/ (made here by
+#      scripts/prepare_gpu_debs.sh) into a private prefix when the system lacks them,
+#   2. configures and builds a release build with CUDA for sm_90 (only the CUDA targets),
+#   3. runs the CUDA test suite (meson test --suite cuda),
+#   4. runs bench/cuda_bench (H2D, dequant-kernel and pipeline ratios),
+# and writes everything under $OUT (default ./gpu-check-out): gpu_check.log, nvidia-smi.txt,
+# meson-testlog.txt, cuda_bench.txt, cuda_bench.json, summary.txt.
+#
+# Usage on the device machine, from the repository root:   bash bench/gpu_check.sh
+# Environment: OUT, GPU_ARCHS (default 90), JOBS (default nproc), BENCH_ARGS (extra flags for
+# cuda_bench, e.g. "--layers 8"), FORCE_PREFIX=1 (use .debs/ even when the system has the
+# packages; for checking the script on a CPU machine). Exit status: 0 when the tests passed and the bench ran.
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-$ROOT/gpu-check-out}"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+START=$(date +%s)
+step() { echo "=== [$(( $(date +%s) - START ))s] $*"; }
+GPU_ARCHS="${GPU_ARCHS:-90}"
+JOBS="${JOBS:-$(nproc)}"
+BUILD="$ROOT/build-gpu-check"
+status=0
+
+step "machine"
+uname -a
+(nvidia-smi || true) | tee "$OUT/nvidia-smi.txt"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export PATH="$CUDA_HOME/bin:$PATH"
+nvcc --version | tail -2
+meson --version
+ninja --version
+
+step "dependencies"
+need_prefix="${FORCE_PREFIX:-0}"
+command -v pkg-config >/dev/null || need_prefix=1
+for pc in libzstd libxxhash; do
+  pkg-config --exists "$pc" 2>/dev/null || need_prefix=1
+done
+[ -f /usr/include/boost/version.hpp ] || need_prefix=1
+[ -f /usr/include/doctest/doctest.h ] || need_prefix=1
+pkg-config --exists benchmark 2>/dev/null || need_prefix=1
+if [ "$need_prefix" = 1 ]; then
+  if ! ls "$ROOT"/.debs/*.deb >/dev/null 2>&1; then
+    echo "missing -dev packages and no .debs/ carried (run scripts/prepare_gpu_debs.sh here first)"
+    exit 2
+  fi
+  PREFIX="$ROOT/.gpu-prefix"
+  rm -rf "$PREFIX"
+  mkdir -p "$PREFIX"
+  for deb in "$ROOT"/.debs/*.deb; do
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$deb" "$PREFIX"
+    else  # no dpkg: a .deb is an ar archive holding data.tar.*
+      tmp=$(mktemp -d)
+      (cd "$tmp" && ar x "$deb" && tar -xf data.tar.* -C "$PREFIX")
+      rm -rf "$tmp"
+    fi
+  done
+  LIBDIR="$PREFIX/usr/lib/x86_64-linux-gnu"
+  # The .pc files say prefix=/usr: point them at the private prefix.
+  for pc in "$LIBDIR"/pkgconfig/*.pc; do
+    sed -i "s|^prefix=/usr\$|prefix=$PREFIX/usr|; s|^prefix=/usr/|prefix=$PREFIX/usr/|" "$pc"
+  done
+  # doctest ships only CMake config files: give meson a pkg-config file.
+  mkdir -p "$PREFIX/pkgconfig"
+  cat > "$PREFIX/pkgconfig/doctest.pc" <<PC
+prefix=$PREFIX/usr
+includedir=\${prefix}/include
+Name: doctest
+Description: doctest (unpacked from doctest-dev)
+Version: 2.4.9
+Cflags: -I\${includedir}
+PC
+  export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$PREFIX/pkgconfig:${PKG_CONFIG_PATH:-}"
+  export CPATH="$PREFIX/usr/include:${CPATH:-}"
+  export LIBRARY_PATH="$LIBDIR:${LIBRARY_PATH:-}"
+  export LD_LIBRARY_PATH="$LIBDIR:${LD_LIBRARY_PATH:-}"
+  if ! command -v pkg-config >/dev/null; then
+    export PKG_CONFIG="$PREFIX/usr/bin/pkgconf"
+    export PATH="$PATH:$PREFIX/usr/bin"
+    ln -sf pkgconf "$PREFIX/usr/bin/pkg-config" 2>/dev/null
+  fi
+  export BOOST_ROOT="$PREFIX/usr"
+  export CMAKE_PREFIX_PATH="$PREFIX/usr:${CMAKE_PREFIX_PATH:-}"
+  echo "using the unpacked prefix $PREFIX"
+fi
+
+step "configure (release, CUDA, sm_$GPU_ARCHS)"
+rm -rf "$BUILD"
+if ! meson setup "$BUILD" --buildtype=release -Dcuda=enabled -Dgpu_archs="$GPU_ARCHS" \
+    -Dio_uring=disabled -Dtests=true -Dbench=true -Dprefer_static=true --wrap-mode=nodownload; then
+  cp "$BUILD/meson-logs/meson-log.txt" "$OUT/" 2>/dev/null
+  echo "configure failed"
+  exit 3
+fi
+
+step "build the CUDA targets"
+if ! ninja -C "$BUILD" -j "$JOBS" tests/cuda/test_cuda tests/cuda/test_cuda_rules bench/cuda_bench; then
+  echo "build failed"
+  exit 4
+fi
+
+step "CUDA tests"
+if ! timeout 150 meson test -C "$BUILD" --suite cuda --no-rebuild --print-errorlogs; then
+  status=1
+  echo "CUDA tests FAILED"
+fi
+cp "$BUILD/meson-logs/testlog.txt" "$OUT/meson-testlog.txt" 2>/dev/null
+
+step "GPU benchmark"
+# shellcheck disable=SC2086
+timeout 90 "$BUILD/bench/cuda_bench" --json "$OUT/cuda_bench.json" ${BENCH_ARGS:-} | tee "$OUT/cuda_bench.txt"
+bench_rc=${PIPESTATUS[0]}
+if [ "$bench_rc" = 77 ]; then
+  status=1
+  echo "cuda_bench: no CUDA device"
+elif [ "$bench_rc" != 0 ]; then
+  status=1
+  echo "cuda_bench FAILED (exit $bench_rc)"
+fi
+
+step "summary"
+{
+  echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+  echo "tests: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')"
+  grep -E 'ratio|wall' "$OUT/cuda_bench.txt" 2>/dev/null
+  echo "status: $status   elapsed: $(( $(date +%s) - START ))s"
+} | tee "$OUT/summary.txt"
+exit $status
