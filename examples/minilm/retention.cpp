@@ -83,16 +83,16 @@ Result<Reference> loadReference(const std::string& dir) {
 std::vector<ModeSpec> standardModes() {
     using M = QuantizationMode;
     std::vector<ModeSpec> v;
-    v.push_back({"fp32", configOf(M::kNone, DType::kF32), std::nullopt, "NONE, f32 (baseline)"});
-    v.push_back({"none_f16", configOf(M::kNone), std::nullopt, "NONE, f16"});
-    v.push_back({"int8", configOf(M::kInt8), std::nullopt, "INT8 (LLM.int8 weights)"});
-    v.push_back({"int8_dynamic", configOf(M::kInt8Dynamic), std::nullopt, "INT8_DYNAMIC"});
-    v.push_back({"nf4", configOf(M::kNf4), std::nullopt, "NF4, bs 64, double quant"});
-    v.push_back({"nf4_nodq", configOf(M::kNf4, DType::kF16, false), std::nullopt,
+    v.push_back({"fp32", configOf(M::kNone, DType::kF32), false, "NONE, f32 (baseline)"});
+    v.push_back({"none_f16", configOf(M::kNone), false, "NONE, f16"});
+    v.push_back({"int8", configOf(M::kInt8), false, "INT8 (LLM.int8 weights)"});
+    v.push_back({"int8_dynamic", configOf(M::kInt8Dynamic), false, "INT8_DYNAMIC"});
+    v.push_back({"nf4", configOf(M::kNf4), false, "NF4, bs 64, double quant"});
+    v.push_back({"nf4_nodq", configOf(M::kNf4, DType::kF16, false), false,
                  "NF4, bs 64, no double quant"});
-    v.push_back({"fp4", configOf(M::kFp4), std::nullopt, "FP4, bs 64, double quant"});
-    v.push_back({"int4", configOf(M::kInt4), std::nullopt, "INT4 (Q4_0)"});
-    v.push_back({"mixed", configOf(M::kNf4), M::kInt8, "NF4 + INT8 attention (mixed)"});
+    v.push_back({"fp4", configOf(M::kFp4), false, "FP4, bs 64, double quant"});
+    v.push_back({"int4", configOf(M::kInt4), false, "INT4 (Q4_0)"});
+    v.push_back({"mixed", getNf4Config(), true, "mixed preset (NF4, attn INT8)"});
     return v;
 }
 
@@ -112,7 +112,7 @@ Result<CacheInfo> buildCache(const std::string& modelDir, const std::string& cac
     opt.cacheRoot = cacheRoot + "/" + mode.name;
     opt.modelId = "all-MiniLM-L6-v2";
     opt.config = mode.config;
-    opt.attentionMode = mode.attentionMode;
+    if (mode.mixedPreset) useAdaptivePolicy(opt, getMixedPrecisionConfig(threads));
     opt.threads = threads;
     auto sum = ingestCheckpoint(opt);
     if (!sum.isOk()) return sum.status().withContext("mode " + mode.name);

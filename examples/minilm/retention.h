@@ -6,7 +6,8 @@
 // tests/golden/make_minilm_reference.py. Weights: tests/data/minilm/ (scripts/fetch_minilm.sh).
 //
 // Caches: buildCache() runs the same ingestion as `sli quantize` (default skips: embeddings and
-// norms kept in the compute dtype) into CACHE_ROOT/<mode name>/, reusing a complete cache.
+// norms kept in the compute dtype; the mixed preset through useAdaptivePolicy) into
+// CACHE_ROOT/<mode name>/, reusing a complete cache.
 //
 // Blocking: everything runs on the calling thread (plus kernel / matmul threads). Errors:
 // Status naming the file, mode or layer.
@@ -37,11 +38,12 @@ Result<Reference> loadReference(const std::string& dir);
 struct ModeSpec {
     std::string name;  // "nf4", "nf4_nodq", "mixed", ...
     QuantizationConfig config;
-    std::optional<QuantizationMode> attentionMode;  // the mixed preset's INT8 attention
+    bool mixedPreset = false;  // getMixedPrecisionConfig(), as `sli quantize --preset mixed`
     std::string description;
 };
 // fp32 (the baseline: NONE, f32), then NONE f16, INT8, INT8_DYNAMIC, NF4 (double quant),
-// NF4 without double quant, FP4, INT4, and mixed (NF4 with INT8 attention).
+// NF4 without double quant, FP4, INT4, and mixed (the seed's get_mixed_precision_config():
+// NF4 base and FFN, INT8 attention; what `sli quantize --preset mixed` writes).
 std::vector<ModeSpec> standardModes();
 Result<ModeSpec> findMode(const std::string& name);
 
