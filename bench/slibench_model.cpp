@@ -9,10 +9,13 @@
 #include <thread>
 
 #include "io/cache_format.h"
+#include "engine/ingest.h"
 #include "io/cache_manifest.h"
+#include "sli/cache.h"
 #include "sli/dtype.h"
 #include "sli/kernels.h"
 #include "sli/quantized.h"
+#include "sli/quantizer.h"
 #include "sli/safetensors.h"
 #include "sli/tensor.h"
 
@@ -94,52 +97,6 @@ Result<SafetensorsModel> validateModel(const std::string& path, const ModelShape
     }
     if (count != m.tensors().size()) return Status::corruption(path + ": unexpected tensors");
     return m;
-}
-
-Status quantizeTensor(const SafetensorsModel& model, const TensorSpec& spec,
-                      const QuantizationConfig& cfg, int threads, std::vector<uint8_t>& raw,
-                      std::vector<float>& f32, QuantizedTensor& out, double* kernelSeconds) {
-    const auto* e = model.find(spec.name);
-    if (e == nullptr) return Status::notFound(model.source() + ": tensor " + spec.name + " missing");
-    raw.resize(e->info->nbytes());
-    SLI_RETURN_IF_ERROR(model.readTensor(*e, raw));
-    const auto t0 = std::chrono::steady_clock::now();
-    int64_t n = 1;
-    for (auto d : spec.shape) n *= d;
-    f32.resize(static_cast<size_t>(n));
-    SLI_RETURN_IF_ERROR(convertToF32(DType::kBF16, raw.data(), n, f32.data()));
-    const bool quantized = spec.shape.size() >= 2 && cfg.mode != QuantizationMode::kNone;
-    const QuantizationMode mode = quantized ? cfg.mode : QuantizationMode::kNone;
-    out = QuantizedTensor();
-    out.info.name = spec.name;
-    out.info.shape = spec.shape;
-    out.info.mode = mode;
-    out.info.computeDType = cfg.computeDType;
-    out.info.sourceDType = DType::kBF16;
-    switch (mode) {
-        case QuantizationMode::kNone: out.info.storedDType = cfg.computeDType; break;
-        case QuantizationMode::kInt8:
-        case QuantizationMode::kInt8Dynamic:
-            out.info.storedDType = DType::kI8;
-            if (mode == QuantizationMode::kInt8) {
-                out.info.llmInt8Threshold = static_cast<float>(cfg.llmInt8Threshold);
-            }
-            break;
-        case QuantizationMode::kNf4:
-        case QuantizationMode::kFp4:
-            out.info.storedDType = cfg.quantStorageDType;
-            out.info.blocksize = cfg.blocksize;
-            out.info.doubleQuant = cfg.doubleQuant;
-            out.info.nestedBlocksize = cfg.doubleQuant ? 256 : 0;
-            break;
-        case QuantizationMode::kInt4:
-            out.info.storedDType = DType::kU8;
-            out.info.blocksize = 32;
-            break;
-    }
-    Status s = kernels::quantize(f32, out, threads);
-    if (kernelSeconds) *kernelSeconds += secondsSince(t0);
-    return s.isOk() ? s : s.withContext("quantizing " + spec.name);
 }
 
 }  // namespace
@@ -275,12 +232,14 @@ Result<CacheBuild> ensureCache(const std::string& workdir, const GeneratedModel&
     CacheBuild cb;
     cb.mode = mode;
     cb.sourceBytes = model.bytes;
-    cb.dir = io::cacheDirFor(workdir + "/caches", model.modelId, cfg.fingerprint());
+    const std::string root = workdir + "/caches";
+    cb.dir = io::cacheDirFor(root, model.modelId, LayerCache::fingerprint(cfg));
 
     // Reuse: manifest from this source and config, every layer present with a valid index.
     auto scan = [&]() -> Status {
         SLI_ASSIGN_OR_RETURN(io::CacheManifest m, io::readManifest(cb.dir));
-        if (m.sourceFingerprint != model.fingerprint || m.configFingerprint != cfg.fingerprint()) {
+        if (m.sourceFingerprint != model.fingerprint || m.configFingerprint != cfg.fingerprint() ||
+            !m.policyJson.empty()) {
             return Status::invalidArgument("made from another source or configuration");
         }
         cb.files.clear();
@@ -304,85 +263,57 @@ Result<CacheBuild> ensureCache(const std::string& workdir, const GeneratedModel&
         }
         if (progress) progress("cache " + cb.dir + " is incomplete (" + s.message() + "): rebuilding");
     }
+    // Start from nothing, so the ingestion below quantizes and writes every layer and its
+    // time is the whole pipeline's (read, quantize, write), never a partial rerun's.
     fs::remove_all(cb.dir, ec);
-    fs::create_directories(cb.dir, ec);
-    if (ec) return Status::ioError("cannot create cache directory " + cb.dir + ": " + ec.message());
+    if (ec) return Status::ioError("cannot remove cache directory " + cb.dir + ": " + ec.message());
 
-    const auto t0 = std::chrono::steady_clock::now();
-    SLI_ASSIGN_OR_RETURN(SafetensorsModel src, SafetensorsModel::open(model.path));
-    int64_t layers = 0;
-    while (src.find("model.layers." + std::to_string(layers) + ".input_layernorm.weight")) ++layers;
-    ModelShape shape;  // recover the shape from the checkpoint's tensors
-    {
-        const auto* q = src.find("model.layers.0.self_attn.q_proj.weight");
-        const auto* k = src.find("model.layers.0.self_attn.k_proj.weight");
-        const auto* g = src.find("model.layers.0.mlp.gate_proj.weight");
-        if (!q || !k || !g || layers == 0) {
-            return Status::invalidArgument(model.path + " is not a slibench model");
-        }
-        shape.hidden = q->info->shape[0];
-        shape.intermediate = g->info->shape[0];
-        shape.heads = 1;
-        shape.kvHeads = 1;
-        shape.layers = layers;
-    }
-    io::CacheManifest m;
-    m.modelId = model.modelId;
-    m.configJson = cfg.toJsonString();
-    m.configFingerprint = cfg.fingerprint();
-    m.source = model.path;
-    m.sourceFingerprint = model.fingerprint;
-    for (int64_t l = 0; l < layers; ++l) {
-        m.layers.push_back({l, "model.layers." + std::to_string(l), io::layerFileName(l),
-                            static_cast<uint32_t>(layerTensors(shape, l).size())});
-    }
-    SLI_RETURN_IF_ERROR(io::writeManifest(cb.dir, m));
-    const io::LayerFileMeta meta{m.modelId, m.configJson, m.sourceFingerprint};
-    io::LayerWriteOptions wo;
-    wo.compressStatistics = cfg.compressStatistics;
-    std::vector<uint8_t> raw;
-    std::vector<float> f32;
-    for (int64_t l = 0; l < layers; ++l) {
-        QuantizedLayer ql;
-        ql.index = l;
-        ql.name = m.layers[static_cast<size_t>(l)].name;
-        for (const auto& spec : layerTensors(shape, l)) {
-            // The k/v shapes come from the checkpoint (the head split is not needed here).
-            TensorSpec s = spec;
-            s.shape = src.find(spec.name) ? src.find(spec.name)->info->shape : spec.shape;
-            QuantizedTensor q;
-            SLI_RETURN_IF_ERROR(quantizeTensor(src, s, cfg, threads, raw, f32, q, &cb.kernelSeconds));
-            ql.tensors.push_back(std::move(q));
-        }
-        const std::string path = cb.dir + "/" + m.layers[static_cast<size_t>(l)].file;
-        SLI_RETURN_IF_ERROR(io::writeLayerFile(path, ql, meta, wo));
-        if (progress) {
+    // sli's own machinery: what `sli quantize --preset <mode>` runs.
+    IngestOptions in;
+    in.input = model.path;
+    in.cacheRoot = root;
+    in.modelId = model.modelId;
+    in.config = cfg;
+    in.threads = threads;
+    if (progress) {
+        in.progress = [&](const IngestProgress& p) {
             progress(std::string("quantizing to ") + modeName(mode) + ": layer " +
-                     std::to_string(l + 1) + "/" + std::to_string(layers));
-        }
+                     std::to_string(p.layersDone) + "/" + std::to_string(p.layersTotal));
+        };
     }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto sum = ingestCheckpoint(in);
     cb.buildSeconds = secondsSince(t0);
+    if (!sum.isOk()) return sum.status().withContext("quantizing " + model.path);
+    if (sum->cacheDir != cb.dir) {
+        return Status::internal("ingestion wrote " + sum->cacheDir + ", expected " + cb.dir);
+    }
+    if (sum->layersWritten != sum->layers) {
+        return Status::internal("ingestion reused layers of a removed cache " + cb.dir);
+    }
     SLI_RETURN_IF_ERROR(scan());
     return cb;
 }
 
 Result<QuantizeSample> sampleQuantize(const GeneratedModel& model, QuantizationMode mode,
                                       int layers, int threads) {
-    const QuantizationConfig cfg = configForMode(mode);
+    const LayerQuantizer quantizer(configForMode(mode), threads);
     SLI_ASSIGN_OR_RETURN(SafetensorsModel src, SafetensorsModel::open(model.path));
     QuantizeSample qs;
-    std::vector<uint8_t> raw;
-    std::vector<float> f32;
     ModelShape shape;
     for (int64_t l = 0; l < layers; ++l) {
         for (const auto& spec : layerTensors(shape, l)) {
             const auto* e = src.find(spec.name);
             if (e == nullptr) break;
-            TensorSpec s{spec.name, e->info->shape};
-            QuantizedTensor q;
-            double sec = 0;
-            SLI_RETURN_IF_ERROR(quantizeTensor(src, s, cfg, threads, raw, f32, q, &sec));
-            qs.seconds += sec;
+            SLI_ASSIGN_OR_RETURN(AlignedBuffer raw, AlignedBuffer::allocate(e->info->nbytes(), false));
+            SLI_RETURN_IF_ERROR(src.readTensor(*e, raw.bytes()));
+            // Timed: bf16 -> f32 widening and the quantize kernel (LayerQuantizer does both).
+            const TensorView view{e->info->name, e->info->shape, e->info->dtype, raw.data(),
+                                  raw.size()};
+            const auto t0 = std::chrono::steady_clock::now();
+            auto q = quantizer.quantizeTensor(view);
+            qs.seconds += secondsSince(t0);
+            if (!q.isOk()) return q.status();
             qs.sourceBytes += e->info->nbytes();
         }
     }

@@ -68,8 +68,8 @@ struct CacheBuild {
     uint64_t fileBytes = 0;          // bytes of the layer files
     uint64_t params = 0;             // weights in the cache
     bool reused = false;
-    double buildSeconds = 0;         // whole pipeline (read, quantize, write); 0 when reused
-    double kernelSeconds = 0;        // of which bf16->f32 conversion + quantize kernel
+    double buildSeconds = 0;         // ingestCheckpoint wall time (read, quantize, write,
+                                     // fsync); 0 when reused
     uint64_t sourceBytes = 0;
     double bitsPerWeight() const {
         return params ? 8.0 * static_cast<double>(fileBytes) / static_cast<double>(params) : 0;
@@ -77,12 +77,13 @@ struct CacheBuild {
 };
 
 // WORKDIR/caches/<model dir>/<config fingerprint>/ for `mode`: reused when complete and made
-// from this model, rebuilt otherwise. 2-D tensors take `mode`, norms stay bf16.
+// from this model, otherwise removed and rebuilt from scratch by the ingestion pipeline
+// (engine/ingest.h, what `sli quantize` runs). 2-D tensors take `mode`, norms stay bf16.
 Result<CacheBuild> ensureCache(const std::string& workdir, const GeneratedModel& model,
                                QuantizationMode mode, int threads, const ProgressFn& progress);
 
-// Quantize throughput of the kernels on the first `layers` layers of the model, in memory
-// (read, bf16 -> f32, quantize; no write): source GB/s.
+// Quantize throughput of LayerQuantizer on the first `layers` layers of the model, in memory:
+// bf16 -> f32 and the quantize kernel are timed (not the read, no write); source GB/s.
 struct QuantizeSample {
     uint64_t sourceBytes = 0;
     double seconds = 0;

@@ -7,6 +7,7 @@
 #include <map>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "io/cache_format.h"
 #include "io/cache_manifest.h"
@@ -24,64 +25,32 @@ bool endsWith(std::string_view s, std::string_view suf) {
     return s.size() >= suf.size() && s.substr(s.size() - suf.size()) == suf;
 }
 
-std::vector<std::string> splitDots(std::string_view s) {
-    std::vector<std::string> out;
-    size_t b = 0;
-    while (true) {
-        const size_t d = s.find('.', b);
-        out.emplace_back(s.substr(b, d == std::string_view::npos ? s.npos : d - b));
-        if (d == std::string_view::npos) break;
-        b = d + 1;
-    }
-    return out;
-}
-
-// Block of a tensor name: ("model.layers", 3) for "model.layers.3.mlp.up_proj.weight".
-// TODO(quantizer): replace with sli::groupIntoLayers (include/sli/architecture.h) once merged.
-bool blockOf(std::string_view name, std::string* prefix, int64_t* number) {
-    static const std::unordered_set<std::string> kContainers = {"layers", "h", "layer", "blocks",
-                                                                "block"};
-    const auto parts = splitDots(name);
-    for (size_t i = 1; i + 1 < parts.size(); ++i) {
-        const std::string& p = parts[i];
-        if (p.empty() || p.size() > 9 || !std::all_of(p.begin(), p.end(), ::isdigit)) continue;
-        if (kContainers.count(parts[i - 1]) == 0) continue;
-        std::string pre;
-        for (size_t k = 0; k <= i; ++k) pre += (k ? "." : "") + parts[k];
-        *prefix = pre;
-        *number = std::stoll(p);
-        return true;
+// GPT-2's Conv1D modules store their weight [in, out] (see the header comment).
+bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims) {
+    if (arch != Architecture::kGpt2 || dims != 2 || !endsWith(name, ".weight")) return false;
+    const TensorPlacement p = classifyTensor(name, arch);
+    if (!p.recognized || p.position != LayerPosition::kBlock) return false;
+    const std::string_view module = name.substr(0, name.size() - std::strlen(".weight"));
+    for (std::string_view m : {".attn.c_attn", ".attn.c_proj", ".attn.q_attn", ".mlp.c_fc",
+                               ".mlp.c_proj"}) {
+        if (endsWith(module, m)) return true;
     }
     return false;
 }
 
-std::string lower(std::string_view s) {
-    std::string r(s);
-    for (auto& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return r;
-}
-
-bool isPreBlock(std::string_view name) {
-    const std::string l = lower(name);
-    return l.find("embed") != std::string::npos || l.find("wte") != std::string::npos ||
-           l.find("wpe") != std::string::npos;
-}
-
-// Embeddings, heads and norms stay unquantized by default.
-bool isDefaultSkip(std::string_view name) {
-    const std::string l = lower(name);
-    for (const char* k : {"embed", "wte.", "wpe.", "lm_head", "pooler", "norm", "ln_"}) {
-        if (l.find(k) != std::string::npos) return true;
+// [rows, cols] -> [cols, rows], elements of `esz` bytes.
+void transposeBytes(const uint8_t* in, int64_t rows, int64_t cols, size_t esz, uint8_t* out) {
+    constexpr int64_t kTile = 32;
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+        for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+            const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
+            for (int64_t r = r0; r < r1; ++r) {
+                for (int64_t c = c0; c < c1; ++c) {
+                    std::memcpy(out + (c * rows + r) * esz, in + (r * cols + c) * esz, esz);
+                }
+            }
+        }
     }
-    return false;
-}
-
-bool isAttention(std::string_view name) {
-    const std::string l = lower(name);
-    for (const char* k : {"attn", "attention", "query", "key", "value", "qkv"}) {
-        if (l.find(k) != std::string::npos) return true;
-    }
-    return false;
 }
 
 bool isFloatSource(DType d) {
@@ -106,88 +75,47 @@ Status readPart(const SafetensorsModel& model, const SafetensorsModel::Entry* e,
     return model.readTensor(*e, out.bytes());
 }
 
-// Converts `n` source elements to `dst` in chunks (source alignment never assumed: the bytes
-// come from a pread into an aligned buffer).
-Status convertBytes(DType src, const uint8_t* in, int64_t n, DType dst, uint8_t* out) {
-    constexpr int64_t kChunk = 1 << 16;
-    std::vector<float> tmp(static_cast<size_t>(std::min(n, kChunk)));
-    for (int64_t b = 0; b < n; b += kChunk) {
-        const int64_t m = std::min(kChunk, n - b);
-        SLI_RETURN_IF_ERROR(convertToF32(src, in + b * dtypeSize(src), m, tmp.data()));
-        SLI_RETURN_IF_ERROR(convertFromF32(tmp.data(), m, dst, out + b * dtypeSize(dst)));
-    }
-    return Status();
-}
-
-struct Policy {
-    const QuantizationConfig& config;
-    std::optional<QuantizationMode> attentionMode;
-    bool defaultSkips;
+// How plain tensors are quantized: the adaptive quantizer for the detected architecture.
+struct TensorPolicy {
+    Architecture arch = Architecture::kUnknown;
+    AdaptiveQuantizer quantizer;
+    DType computeDType = DType::kF16;
 };
 
 Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const CheckpointTensor& t,
-                                      const Policy& policy, int threads) {
+                                      const std::string& layerName, const TensorPolicy& policy) {
     const SafetensorsTensorInfo& src = *t.main->info;
-    const QuantizationConfig& cfg = policy.config;
-    QuantizedTensor qt;
-    qt.info.name = t.name;
-    qt.info.shape = src.shape;
-    qt.info.sourceDType = src.dtype;
-    qt.info.computeDType = cfg.computeDType;
     SLI_ASSIGN_OR_RETURN(AlignedBuffer raw, AlignedBuffer::allocate(src.nbytes(), false));
     SLI_RETURN_IF_ERROR(model.readTensor(*t.main, raw.bytes()));
-    const int64_t n = static_cast<int64_t>(src.nbytes() / std::max<size_t>(1, dtypeSize(src.dtype)));
-
-    QuantizationMode mode = cfg.mode;
-    if (policy.attentionMode && isAttention(t.name)) mode = *policy.attentionMode;
-    if (!isFloatSource(src.dtype) || src.shape.size() < 2 || n == 0 || cfg.isSkipped(t.name) ||
-        (policy.defaultSkips && isDefaultSkip(t.name))) {
-        mode = QuantizationMode::kNone;
-    }
-    if (mode == QuantizationMode::kInt4 && (n / src.shape[0]) % 32 != 0) {
-        SLI_WARN("engine", "tensor %s: rows of %lld elements are not a multiple of 32; kept "
-                 "unquantized instead of int4", t.name.c_str(),
-                 static_cast<long long>(n / src.shape[0]));
-        mode = QuantizationMode::kNone;
-    }
-    qt.info.mode = mode;
-    if (mode == QuantizationMode::kNone) {
-        if (!isFloatSource(src.dtype) || src.dtype == cfg.computeDType) {
-            qt.info.storedDType = src.dtype;  // verbatim
-            qt.part(QuantPart::kPayload) = std::move(raw);
-        } else {
-            qt.info.storedDType = cfg.computeDType;
-            SLI_ASSIGN_OR_RETURN(auto out, AlignedBuffer::allocate(n * dtypeSize(cfg.computeDType), false));
-            SLI_RETURN_IF_ERROR(convertBytes(src.dtype, raw.data(), n, cfg.computeDType, out.data()));
-            qt.part(QuantPart::kPayload) = std::move(out);
-        }
+    if (src.dtype == DType::kF8E4M3 || src.dtype == DType::kF8E5M2) {
+        // No exact f32 widening for the quantizer: kept as stored.
+        QuantizedTensor qt;
+        qt.info.name = t.name;
+        qt.info.shape = src.shape;
+        qt.info.sourceDType = src.dtype;
+        qt.info.storedDType = src.dtype;
+        qt.info.computeDType = policy.computeDType;
+        qt.info.mode = QuantizationMode::kNone;
+        qt.part(QuantPart::kPayload) = std::move(raw);
         return qt;
     }
-    std::vector<float> f32(static_cast<size_t>(n));
-    SLI_RETURN_IF_ERROR(convertToF32(src.dtype, raw.data(), n, f32.data()));
-    raw = AlignedBuffer();
-    switch (mode) {
-        case QuantizationMode::kNf4:
-        case QuantizationMode::kFp4:
-            qt.info.storedDType = cfg.quantStorageDType;
-            qt.info.blocksize = cfg.blocksize;
-            qt.info.doubleQuant = cfg.doubleQuant;
-            qt.info.nestedBlocksize = cfg.doubleQuant ? 256 : 0;
-            break;
-        case QuantizationMode::kInt8:
-            qt.info.storedDType = DType::kI8;
-            qt.info.llmInt8Threshold = static_cast<float>(cfg.llmInt8Threshold);
-            break;
-        case QuantizationMode::kInt8Dynamic: qt.info.storedDType = DType::kI8; break;
-        case QuantizationMode::kInt4:
-            qt.info.storedDType = DType::kU8;
-            qt.info.blocksize = 32;
-            break;
-        case QuantizationMode::kNone: break;
+    std::vector<int64_t> shape = src.shape;
+    const std::string fullName = tensorFullName(layerName, t.name);
+    const TensorView view{t.name, shape, src.dtype, raw.data(), raw.size()};
+    if (isGpt2Conv1DWeight(policy.arch, t.name, shape.size()) &&
+        policy.quantizer.modeFor(view, fullName) != QuantizationMode::kNone) {
+        SLI_ASSIGN_OR_RETURN(AlignedBuffer tr, AlignedBuffer::allocate(raw.size(), false));
+        transposeBytes(raw.data(), shape[0], shape[1], dtypeSize(src.dtype), tr.data());
+        raw = std::move(tr);
+        std::swap(shape[0], shape[1]);
     }
-    Status st = kernels::quantize(f32, qt, threads);
-    if (!st.isOk()) return st.withContext("quantizing tensor " + t.name);
-    return qt;
+    // A one-tensor layer over the source bytes: the quantizer sees the group name and the full
+    // tensor name exactly as for a whole layer, while memory stays at one tensor.
+    SLI_ASSIGN_OR_RETURN(Tensor borrowed, Tensor::borrowed(t.name, shape, src.dtype, raw.data()));
+    Layer one(layerName);
+    SLI_RETURN_IF_ERROR(one.add(std::move(borrowed)));
+    SLI_ASSIGN_OR_RETURN(QuantizedLayer q, policy.quantizer.quantizeLayer(one, layerName));
+    return std::move(q.tensors.front());
 }
 
 }  // namespace
@@ -353,46 +281,73 @@ Result<QuantizedTensor> importBnbTensor(const SafetensorsModel& model, const Che
     return qt;
 }
 
-std::vector<LayerPlan> planLayers(const std::vector<CheckpointTensor>& tensors) {
-    std::vector<size_t> pre, post;
-    std::map<std::pair<std::string, int64_t>, std::vector<size_t>> blocks;
-    std::map<std::string, size_t> prefixOrder;
+Result<std::vector<LayerPlan>> planLayers(const std::vector<CheckpointTensor>& tensors,
+                                          Architecture arch) {
+    std::vector<std::string> names;
+    names.reserve(tensors.size());
+    std::unordered_map<std::string, size_t> indexOf;
     for (size_t i = 0; i < tensors.size(); ++i) {
-        std::string prefix;
-        int64_t num = 0;
-        if (blockOf(tensors[i].name, &prefix, &num)) {
-            const std::string container = prefix.substr(0, prefix.rfind('.'));
-            prefixOrder.try_emplace(container, prefixOrder.size());
-            blocks[{container, num}].push_back(i);
-        } else if (isPreBlock(tensors[i].name)) {
-            pre.push_back(i);
-        } else {
-            post.push_back(i);
-        }
+        names.push_back(tensors[i].name);
+        indexOf.emplace(tensors[i].name, i);
     }
+    SLI_ASSIGN_OR_RETURN(auto groups, groupIntoLayers(names, arch));
     std::vector<LayerPlan> plan;
-    if (!pre.empty()) plan.push_back({"pre", 0, pre});
-    std::vector<std::pair<std::pair<size_t, int64_t>, std::string>> order;
-    for (const auto& [key, idx] : blocks) {
-        order.push_back({{prefixOrder[key.first], key.second}, key.first});
+    plan.reserve(groups.size());
+    for (auto& g : groups) {
+        LayerPlan lp;
+        lp.name = std::move(g.name);
+        lp.index = g.index;
+        for (const auto& n : g.tensorNames) lp.tensors.push_back(indexOf.at(n));
+        plan.push_back(std::move(lp));
     }
-    std::sort(order.begin(), order.end());
-    for (const auto& [k, container] : order) {
-        plan.push_back({container + "." + std::to_string(k.second), 0, blocks[{container, k.second}]});
-    }
-    if (!post.empty()) plan.push_back({"post", 0, post});
-    for (size_t i = 0; i < plan.size(); ++i) plan[i].index = static_cast<int64_t>(i);
     return plan;
+}
+
+void useAdaptivePolicy(IngestOptions& options, const AdaptiveQuantizer& quantizer) {
+    options.config = quantizer.baseConfig();
+    options.attentionConfig = quantizer.attentionConfig();
+    options.ffnConfig = quantizer.ffnConfig();
+}
+
+std::string ingestPolicyJson(const IngestOptions& o) {
+    const bool adaptive = o.attentionConfig.has_value() || o.ffnConfig.has_value();
+    if (!adaptive && o.defaultSkips) return {};
+    Json j = Json::object();
+    if (adaptive) {
+        j.set("attention", o.attentionConfig.value_or(o.config).toJson());
+        j.set("ffn", o.ffnConfig.value_or(o.config).toJson());
+    }
+    j.set("default_skips", Json::boolean(o.defaultSkips));
+    return j.dump();
 }
 
 Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     const auto t0 = std::chrono::steady_clock::now();
-    SLI_RETURN_IF_ERROR(opt.config.validate());
+    SLI_RETURN_IF_ERROR(opt.config.validate().withContext("quantization config"));
+    if (opt.attentionConfig) {
+        SLI_RETURN_IF_ERROR(opt.attentionConfig->validate().withContext("attention quantization config"));
+    }
+    if (opt.ffnConfig) {
+        SLI_RETURN_IF_ERROR(opt.ffnConfig->validate().withContext("ffn quantization config"));
+    }
     SLI_ASSIGN_OR_RETURN(SafetensorsModel model, SafetensorsModel::open(opt.input));
     SLI_ASSIGN_OR_RETURN(auto tensors, collectCheckpointTensors(model));
-    const auto plan = planLayers(tensors);
+    std::vector<std::string> names;
+    for (const auto& t : tensors) names.push_back(t.name);
+    const Architecture arch = detectArchitecture(names);
+    auto planned = planLayers(tensors, arch);
+    if (!planned.isOk()) return planned.status().withContext(model.source());
+    const std::vector<LayerPlan> plan = std::move(planned).value();
+    const std::string policyJson = ingestPolicyJson(opt);
+    TensorPolicy policy{arch,
+                        AdaptiveQuantizer(opt.config, opt.attentionConfig.value_or(opt.config),
+                                          opt.ffnConfig.value_or(opt.config), opt.threads),
+                        opt.config.computeDType};
+    policy.quantizer.setArchitecture(arch);
+    policy.quantizer.setKeepRegistryDefaults(opt.defaultSkips);
 
     IngestSummary sum;
+    sum.architecture = arch;
     sum.modelId = opt.modelId;
     if (sum.modelId.empty()) {
         std::string base = io::isDirectory(opt.input) ? io::baseName(opt.input) : io::baseName(io::dirName(opt.input));
@@ -400,7 +355,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         sum.modelId = base;
     }
     SLI_ASSIGN_OR_RETURN(auto cache, LayerCache::open(opt.cacheRoot));
-    sum.cacheDir = cache->directoryFor(sum.modelId, opt.config);
+    sum.cacheDir = cache->directoryFor(sum.modelId, opt.config, policyJson);
     SLI_RETURN_IF_ERROR(io::makeDirs(sum.cacheDir));
     io::removeStaleTempFiles(sum.cacheDir);
 
@@ -408,7 +363,9 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     io::CacheManifest manifest;
     manifest.modelId = sum.modelId;
     manifest.configJson = opt.config.toJsonString();
-    manifest.configFingerprint = opt.config.fingerprint();
+    manifest.configFingerprint = LayerCache::fingerprint(opt.config, policyJson);
+    manifest.policyJson = policyJson;
+    manifest.architecture = architectureName(arch);
     manifest.source = opt.input;
     manifest.sourceFingerprint = model.fingerprint();
     for (const auto& lp : plan) {
@@ -434,8 +391,6 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     for (const auto& t : tensors) prog.sourceBytesTotal += t.sourceBytes();
     sum.sourceBytes = prog.sourceBytesTotal;
     sum.layers = plan.size();
-    const Policy policy{opt.config, opt.attentionMode, opt.defaultSkips};
-
     for (const auto& lp : plan) {
         const std::string path = io::joinPath(sum.cacheDir, io::layerFileName(lp.index));
         uint64_t layerSource = 0;
@@ -462,7 +417,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                 const CheckpointTensor& ct = tensors[ti];
                 Result<QuantizedTensor> qt =
                     ct.kind == CheckpointTensor::Kind::kPlain
-                        ? quantizePlain(model, ct, policy, opt.threads)
+                        ? quantizePlain(model, ct, lp.name, policy)
                         : importBnbTensor(model, ct, opt.config);
                 if (!qt.isOk()) {
                     return qt.status().withContext("layer " + std::to_string(lp.index) + " (" + lp.name + ")");
@@ -477,6 +432,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
             wo.compressPayload = opt.compressPayload;
             wo.sourceFingerprint = model.fingerprint();
             wo.source = opt.input;
+            wo.policyJson = policyJson;
             SLI_RETURN_IF_ERROR(cache->cacheLayer(sum.modelId, lp.index, layer, opt.config, wo));
             ++sum.layersWritten;
         }

@@ -1,18 +1,39 @@
 // Ingestion: a safetensors checkpoint (one file, a directory, or a sharded index) in, a layer
 // cache out. What `sli quantize` runs.
 //
-// Tensors are grouped into layers in execution order (pre-block tensors such as embeddings,
-// then blocks in numeric order, then post-block tensors such as the final norm and lm_head);
-// each layer is read, quantized per the config and written (atomically) to
-// ROOT/<model>/<config fingerprint>/ before the next is read, so memory stays bounded by about
-// one layer (its source bytes, an f32 copy of one tensor, and its quantized form). A manifest
-// listing every expected layer is written first. Layers already present and complete for the
-// same source are reused, so rerunning an interrupted command finishes it.
+// Tensors are grouped into layers by the architecture registry (sli/architecture.h:
+// detectArchitecture, then groupIntoLayers with that family's rules) in execution order: the
+// pre-layer tensors (embeddings) as one group "pre" first, then the blocks in numeric order
+// (named as the registry names them, e.g. "model.layers.3"), then the post-layer tensors
+// (final norm, lm_head, pooler) as one group "post" last; a group's cache layer index is its
+// position in that order (0 = "pre" when there is one). Each layer is read, quantized and
+// written (atomically) to ROOT/<model>/<fingerprint>/ before the next is read, so memory stays
+// bounded by about one layer (its source bytes, an f32 copy of one tensor, and its quantized
+// form). A manifest listing every expected layer is written first. Layers already present and
+// complete for the same source are reused, so rerunning an interrupted command finishes it.
 //
-// Which tensors are quantized: floating-point tensors with two or more dimensions, unless
-// skipped by config.llmInt8SkipModules or (with defaultSkips) by being an embedding, head or
-// norm. Kept tensors are stored as mode NONE in the compute dtype (integer tensors verbatim).
-// INT4 tensors whose rows are not a multiple of 32 are kept too (one warning each).
+// Which tensors are quantized, and how: every plain tensor goes through an AdaptiveQuantizer
+// (sli/quantizer.h) set to the detected architecture. Attention tensors use attentionConfig,
+// FFN tensors ffnConfig (each defaulting to `config`), everything else `config`; the
+// LayerQuantizer rules then keep 0-D / 1-D, integer (verbatim) and skipped tensors
+// (config.llmInt8SkipModules, i.e. `--skip`) unquantized. With defaultSkips, the tensors the
+// registry keeps unquantized for a known architecture (embeddings, heads such as lm_head /
+// pooler, norms, buffers) stay mode NONE too; --skip adds to them. A checkpoint of no known
+// architecture has no default skips. INT4 tensors whose rows are not a multiple of 32 are kept
+// (one warning each). f8 tensors are kept verbatim.
+//
+// GPT-2 Conv1D weights (transformer.h.N.{attn.c_attn, attn.c_proj, attn.q_attn, mlp.c_fc,
+// mlp.c_proj}.weight) are stored [in, out]. Like Hugging Face's bitsandbytes integration,
+// ingestion transposes each one that gets quantized to [out, in] first, so rows are output
+// channels (what INT8's per-row absmax and the exported bitsandbytes layout mean); the cache
+// then records, and the engine hands out, shape [out, in]. Such weights kept unquantized
+// (mode NONE) stay [in, out] as stored.
+//
+// The cache directory's fingerprint is the config's, unless a policy beyond the config applies
+// (an adaptive attention / FFN config, or defaultSkips off): then ingestPolicyJson() is
+// recorded in the manifest and folded into the fingerprint (LayerCache::fingerprint), so a
+// "mixed" cache and a plain nf4 one never share a directory. The manifest also records the
+// detected architecture.
 //
 // Hugging Face bitsandbytes checkpoints are recognized (4-bit: P.weight + .absmax + .quant_map
 // [+ .nested_absmax + .nested_quant_map] + .quant_state.bitsandbytes__nf4|fp4; 8-bit: int8
@@ -29,8 +50,10 @@
 #include <string>
 #include <vector>
 
+#include "sli/architecture.h"
 #include "sli/config.h"
 #include "sli/quantized.h"
+#include "sli/quantizer.h"
 #include "sli/safetensors.h"
 #include "sli/status.h"
 
@@ -51,17 +74,28 @@ struct IngestOptions {
     std::string cacheRoot;  // ROOT
     std::string modelId;    // default: the input's directory / file stem
     QuantizationConfig config;
-    // Attention tensors get this mode instead (the "mixed" preset); nullopt: config.mode.
-    std::optional<QuantizationMode> attentionMode;
+    // The adaptive policy (the "mixed" preset, see useAdaptivePolicy): attention / FFN tensors
+    // use these configs; unset: `config`.
+    std::optional<QuantizationConfig> attentionConfig;
+    std::optional<QuantizationConfig> ffnConfig;
     bool defaultSkips = true;
     bool compressPayload = false;
     int threads = 1;
     std::function<void(const IngestProgress&)> progress;  // called after each layer
 };
 
+// Takes base, attention and FFN configs from `quantizer` (e.g. getMixedPrecisionConfig(): base
+// NF4, attention INT8, FFN NF4).
+void useAdaptivePolicy(IngestOptions& options, const AdaptiveQuantizer& quantizer);
+// The policy beyond `options.config` as compact JSON, {"attention": {config}, "ffn": {config},
+// "default_skips": bool} (the config keys only when adaptive); "" when there is none (no
+// adaptive configs, default skips on).
+std::string ingestPolicyJson(const IngestOptions& options);
+
 struct IngestSummary {
     std::string cacheDir;
     std::string modelId;
+    Architecture architecture = Architecture::kUnknown;  // what the registry detected
     size_t layers = 0;
     size_t layersWritten = 0;
     size_t layersReused = 0;
@@ -101,11 +135,13 @@ Result<QuantizedTensor> importBnbTensor(const SafetensorsModel& model, const Che
                                         const QuantizationConfig& config);
 
 struct LayerPlan {
-    std::string name;
-    int64_t index = 0;
-    std::vector<size_t> tensors;  // indices into the CheckpointTensor list
+    std::string name;   // "pre", the block's name (e.g. "model.layers.3"), or "post"
+    int64_t index = 0;  // cache layer index = position in execution order
+    std::vector<size_t> tensors;  // indices into the CheckpointTensor list, checkpoint order
 };
-// Execution-ordered layer groups (pre, blocks, post).
-std::vector<LayerPlan> planLayers(const std::vector<CheckpointTensor>& tensors);
+// Execution-ordered layer groups (pre, blocks, post) from groupIntoLayers(); kUnknown: the
+// architecture is detected from the names. InvalidArgument for an empty or duplicate name.
+Result<std::vector<LayerPlan>> planLayers(const std::vector<CheckpointTensor>& tensors,
+                                          Architecture arch = Architecture::kUnknown);
 
 }  // namespace sli

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <list>
 #include <map>
 #include <mutex>
@@ -246,14 +247,33 @@ QuantizationConfig LayerCache::configForMode(QuantizationMode mode) {
 
 const std::string& LayerCache::root() const noexcept { return impl_->root; }
 
-std::string LayerCache::directoryFor(std::string_view modelId,
-                                     const QuantizationConfig& config) const {
-    return io::cacheDirFor(impl_->root, modelId, config.fingerprint());
+std::string LayerCache::fingerprint(const QuantizationConfig& config, std::string_view policyJson) {
+    if (policyJson.empty()) return config.fingerprint();
+    // FNV-1a 64, as QuantizationConfig::fingerprint, over "config JSON \n policy JSON".
+    uint64_t h = 0xcbf29ce484222325ull;
+    auto mix = [&h](std::string_view s) {
+        for (unsigned char c : s) {
+            h ^= c;
+            h *= 0x100000001b3ull;
+        }
+    };
+    mix(config.toJsonString());
+    mix("\n");
+    mix(policyJson);
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+    return buf;
+}
+
+std::string LayerCache::directoryFor(std::string_view modelId, const QuantizationConfig& config,
+                                     std::string_view policyJson) const {
+    return io::cacheDirFor(impl_->root, modelId, fingerprint(config, policyJson));
 }
 
 std::string LayerCache::layerPath(std::string_view modelId, int64_t layerIndex,
-                                  const QuantizationConfig& config) const {
-    return io::joinPath(directoryFor(modelId, config), io::layerFileName(layerIndex));
+                                  const QuantizationConfig& config,
+                                  std::string_view policyJson) const {
+    return io::joinPath(directoryFor(modelId, config, policyJson), io::layerFileName(layerIndex));
 }
 
 Status LayerCache::cacheLayer(std::string_view modelId, int64_t layerIndex,
@@ -270,7 +290,7 @@ Status LayerCache::cacheLayer(std::string_view modelId, int64_t layerIndex,
                                        std::string(modelId));
     }
     SLI_RETURN_IF_ERROR(config.validate());
-    const std::string dir = directoryFor(modelId, config);
+    const std::string dir = directoryFor(modelId, config, options.policyJson);
     const std::string path = io::joinPath(dir, io::layerFileName(layerIndex));
     SLI_RETURN_IF_ERROR(io::makeDirs(dir));
     io::removeStaleTempFiles(dir);
@@ -310,7 +330,8 @@ Status LayerCache::cacheLayer(std::string_view modelId, int64_t layerIndex,
         } else {
             m.modelId = std::string(modelId);
             m.configJson = config.toJsonString();
-            m.configFingerprint = config.fingerprint();
+            m.configFingerprint = fingerprint(config, options.policyJson);
+            m.policyJson = options.policyJson;
             m.source = options.source;
             m.sourceFingerprint = options.sourceFingerprint;
         }
@@ -347,8 +368,9 @@ Result<QuantizedLayer> LayerCache::getLayer(std::string_view modelId, int64_t la
 }
 
 Result<QuantizedLayer> LayerCache::getLayer(std::string_view modelId, int64_t layerIndex,
-                                            const QuantizationConfig& config) {
-    return impl_->load(layerPath(modelId, layerIndex, config), modelId, layerIndex);
+                                            const QuantizationConfig& config,
+                                            std::string_view policyJson) {
+    return impl_->load(layerPath(modelId, layerIndex, config, policyJson), modelId, layerIndex);
 }
 
 bool LayerCache::contains(std::string_view modelId, int64_t layerIndex) const {
@@ -360,8 +382,8 @@ bool LayerCache::contains(std::string_view modelId, int64_t layerIndex) const {
 }
 
 bool LayerCache::contains(std::string_view modelId, int64_t layerIndex,
-                          const QuantizationConfig& config) const {
-    return io::pathExists(layerPath(modelId, layerIndex, config));
+                          const QuantizationConfig& config, std::string_view policyJson) const {
+    return io::pathExists(layerPath(modelId, layerIndex, config, policyJson));
 }
 
 Status LayerCache::evict(std::string_view modelId, int64_t layerIndex) {

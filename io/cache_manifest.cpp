@@ -20,6 +20,11 @@ std::string CacheManifest::toJson() const {
     j.set("config_fingerprint", Json::string(configFingerprint));
     j.set("source", Json::string(source));
     j.set("source_fingerprint", Json::string(sourceFingerprint));
+    if (!policyJson.empty()) {
+        auto pol = parseJson(policyJson);
+        j.set("policy", pol.isOk() ? std::move(*pol) : Json::string(policyJson));
+    }
+    if (!architecture.empty()) j.set("architecture", Json::string(architecture));
     Json arr = Json::array();
     for (const auto& l : layers) {
         Json e = Json::object();
@@ -58,6 +63,14 @@ Result<CacheManifest> CacheManifest::parse(std::string_view text, std::string_vi
     const Json* cfg = j->find("config");
     if (cfg == nullptr) return bad("missing config");
     m.configJson = cfg->isString() ? cfg->asString() : cfg->dump();
+    if (const Json* pol = j->find("policy"); pol != nullptr && !pol->isNull()) {
+        if (!pol->isObject()) return bad("policy is not a JSON object");
+        m.policyJson = pol->dump();
+    }
+    if (const Json* arch = j->find("architecture"); arch != nullptr && !arch->isNull()) {
+        if (!arch->isString()) return bad("architecture is not a string");
+        m.architecture = arch->asString();
+    }
     const Json* layers = j->find("layers");
     if (layers == nullptr || !layers->isArray()) return bad("missing layers");
     for (const Json& e : layers->asArray()) {

@@ -7,9 +7,13 @@
 //                      layer-00000.slc ... one file per layer (docs/cache-format.md)
 // <model dir> is the model id with "/" spelled "--" and other unsafe bytes as "_". The
 // manifest is JSON: {"format": 1, "model_id", "config" (QuantizationConfig JSON),
-// "config_fingerprint", "source", "source_fingerprint", "layers": [{"index", "name", "file",
-// "tensors"}]}. A layer listed but absent is *missing* (never written, interrupted, or
-// evicted), not corrupt.
+// "config_fingerprint", "source", "source_fingerprint", ["policy",] ["architecture",]
+// "layers": [{"index", "name", "file", "tensors"}]}. "policy" (optional) is the JSON object
+// of a per-tensor policy beyond the config (the adaptive "mixed" preset, default skips off);
+// when present, <config fingerprint> is LayerCache::fingerprint(config, policy), so such a
+// cache never shares a directory with a plain one. "architecture" (optional) is the model
+// family the architecture registry detected. A layer listed but absent is *missing* (never
+// written, interrupted, or evicted), not corrupt.
 //
 // Blocking: file I/O. Thread safety: functions are reentrant; concurrent writers of one
 // manifest must hold the directory's exclusive LOCK. Errors: Status naming the path.
@@ -41,6 +45,8 @@ struct CacheManifest {
     std::string configFingerprint;
     std::string source;
     std::string sourceFingerprint;
+    std::string policyJson;    // empty: every tensor follows the config alone
+    std::string architecture;  // e.g. "llama"; empty when not recorded
     std::vector<ManifestLayer> layers;  // sorted by index
 
     std::string toJson() const;

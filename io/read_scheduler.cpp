@@ -442,11 +442,15 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
         SLI_RETURN_IF_ERROR(sched->registerFile(f.fd(), p));
         files.push_back(std::move(f));
     }
-    // Requests are one chunk each into a small ring of reused slots: contents are discarded.
-    const uint32_t slots = std::min<uint32_t>(queueDepth, 16);
+    // Requests are one chunk each; every request in flight owns its own buffer slot (reused
+    // once its completion is reaped), so no two reads ever write the same memory at once.
+    // The contents are discarded.
+    const uint32_t slots = queueDepth;
     SLI_ASSIGN_OR_RETURN(auto buf, AlignedBuffer::allocate(static_cast<size_t>(slots) * chunkBytes));
     const MemoryRegion region{buf.data(), buf.size()};
     (void)sched->registerBuffers(std::span(&region, 1));
+    std::vector<uint32_t> freeSlots(slots);
+    for (uint32_t i = 0; i < slots; ++i) freeSlots[i] = slots - 1 - i;
 
     RawReadResult out;
     out.chunkBytes = chunkBytes;
@@ -454,24 +458,25 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
     out.backend = sched->backendName();
     std::vector<ReadCompletion> done(queueDepth);
     const auto t0 = Clock::now();
-    uint64_t tag = 0;
     size_t fileIdx = 0;
     uint64_t offset = 0;
     while (true) {
         // Keep queueDepth requests outstanding.
-        while (sched->pending() < queueDepth && fileIdx < files.size()) {
+        while (!freeSlots.empty() && fileIdx < files.size()) {
             const DirectReadFile& f = files[fileIdx];
             if (offset >= f.size()) {
                 ++fileIdx;
                 offset = 0;
                 continue;
             }
+            const uint32_t slot = freeSlots.back();
+            freeSlots.pop_back();
             ReadRequest r;
             r.fd = f.fd();
             r.offset = offset;
             r.length = chunkBytes;
-            r.dst = buf.data() + (tag % slots) * static_cast<uint64_t>(chunkBytes);
-            r.tag = tag++;
+            r.dst = buf.data() + static_cast<uint64_t>(slot) * chunkBytes;
+            r.tag = slot;
             r.flags = kReadAllowEof;
             SLI_RETURN_IF_ERROR(sched->submit(r));
             offset += chunkBytes;
@@ -481,6 +486,7 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
         for (size_t i = 0; i < n; ++i) {
             if (!done[i].ok()) return done[i].status;
             out.bytes += static_cast<uint64_t>(done[i].result);
+            freeSlots.push_back(static_cast<uint32_t>(done[i].tag));
         }
     }
     out.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

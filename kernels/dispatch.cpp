@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <new>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -297,17 +299,28 @@ Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> 
             const auto* nested =
                 reinterpret_cast<const float*>(src.part(QuantPart::kNestedAbsmax).data());
             const float offset = info.nestedOffset;
+            // The absmax of a thread's whole range is rebuilt first (4 bytes per block, 1/16
+            // of an f16 output at blocksize 32), so that one kernel call covers the range and
+            // a large output gets the kernel's streaming stores.
+            Status st;
+            std::mutex stMu;
             parallelFor(nb, nt, [&](int64_t b0, int64_t b1) {
-                float absmax[kNestedBlocksize];
-                for (int64_t g = b0; g < b1; g += kNestedBlocksize) {
-                    const int64_t ge = std::min<int64_t>(b1, g + kNestedBlocksize);
-                    reconstructAbsmax(absmaxBytes, nested, map, offset, g, ge - g, absmax);
-                    const int64_t begin = g * bs;
-                    const int64_t end = std::min<int64_t>(n, ge * bs);
-                    k.dequantize4bit(cb, payload + begin / 2, absmax, end - begin, bs, dst,
-                                     o + begin * osz);
+                std::vector<float> absmax;
+                try {
+                    absmax.resize(static_cast<size_t>(b1 - b0));
+                } catch (const std::bad_alloc&) {
+                    std::lock_guard<std::mutex> lock(stMu);
+                    st = Status::resourceExhausted(tensorLabel(info) + ": absmax scratch of " +
+                                                   std::to_string(b1 - b0) + " blocks");
+                    return;
                 }
+                reconstructAbsmax(absmaxBytes, nested, map, offset, b0, b1 - b0, absmax.data());
+                const int64_t begin = b0 * bs;
+                const int64_t end = std::min<int64_t>(n, b1 * bs);
+                k.dequantize4bit(cb, payload + begin / 2, absmax.data(), end - begin, bs, dst,
+                                 o + begin * osz);
             });
+            SLI_RETURN_IF_ERROR(st);
             break;
         }
         case QuantizationMode::kInt8:

@@ -30,6 +30,7 @@
 #include "sli/config.h"
 #include "sli/json.h"
 #include "sli/kernels.h"
+#include "sli/quantizer.h"
 #include "sli/safetensors.h"
 #include "sli_build_config.h"
 
@@ -86,20 +87,28 @@ const char* kQuantizeHelp =
     "Options:\n"
     "  --cache DIR                  cache root (required)\n"
     "  --mode M                     none|int8|int8_dynamic|nf4|fp4|int4\n"
-    "  --preset P                   int8|nf4|fp4 (mixed: not available yet)\n"
+    "  --preset P                   int8|nf4|fp4|mixed (mixed: attention int8, FFN and\n"
+    "                               the rest nf4, per the adaptive quantizer)\n"
     "  --config FILE.json           QuantizationConfig JSON\n"
     "  --blocksize N                4-bit block size (power of two, 32..4096)\n"
     "  --double-quant | --no-double-quant\n"
     "  --compute-dtype D            f16|bf16|f32\n"
-    "  --skip NAME                  keep NAME unquantized (repeatable)\n"
-    "  --no-default-skips           quantize embeddings / heads / norms too\n"
+    "  --skip NAME                  keep NAME unquantized (repeatable; adds to the\n"
+    "                               default skips)\n"
+    "  --no-default-skips           quantize embeddings / heads / norms too (by default a\n"
+    "                               known architecture keeps them unquantized)\n"
     "  --compress-payload           zstd payloads as well as statistics\n"
     "  --model-id ID                default: the input's directory name\n"
     "  --threads N                  kernel threads (default 1; 0 = all cores)\n"
     "  --quiet                      no progress line\n"
     "  --help\n"
     "\n"
-    "--preset or --config set the mode; --mode and the other flags override them.\n";
+    "--preset or --config set the mode; --mode and the other flags override them\n"
+    "(with --preset mixed, --mode and --config do not apply; the other flags apply to\n"
+    "the attention, FFN and base configs alike).\n"
+    "Layers are grouped by the architecture registry (Llama/Mistral/Qwen2, GPT-2, BERT,\n"
+    "OPT): embeddings first, blocks in order, final norm / heads last. GPT-2 Conv1D\n"
+    "weights that get quantized are transposed to [out, in] first, as Hugging Face does.\n";
 
 const char* kInspectHelp =
     "usage: sli inspect DIR [--json]\n"
@@ -220,13 +229,18 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     if (a.positional.size() != 1) return usageError("quantize takes exactly one INPUT", "quantize");
     if (!a.value("--cache")) return usageError("quantize needs --cache DIR", "quantize");
     QuantizationConfig cfg;
+    std::optional<AdaptiveQuantizer> adaptive;
     if (auto p = a.value("--preset")) {
         if (*p == "int8") cfg = getInt8Config();
         else if (*p == "nf4") cfg = getNf4Config();
         else if (*p == "fp4") cfg = getFp4Config();
         else if (*p == "mixed") {
-            return fail(Status::notSupported("--preset mixed needs the adaptive quantizer, which "
-                                             "this build does not include yet"));
+            if (a.has("--mode") || a.has("--config")) {
+                return usageError("--preset mixed sets a mode per tensor; --mode and --config "
+                                  "do not apply to it", "quantize");
+            }
+            adaptive = getMixedPrecisionConfig();
+            cfg = adaptive->baseConfig();
         } else {
             return usageError("unknown preset " + *p + " (int8, nf4, fp4, mixed)", "quantize");
         }
@@ -265,7 +279,29 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     if (auto it = a.values.find("--skip"); it != a.values.end()) {
         for (const auto& s : it->second) cfg.llmInt8SkipModules.push_back(s);
     }
+    // The flags given apply to each of the mixed preset's configs alike.
+    std::optional<QuantizationConfig> attnCfg, ffnCfg;
+    if (adaptive) {
+        auto overrideFlags = [&](QuantizationConfig c) {
+            if (a.has("--blocksize")) c.blocksize = cfg.blocksize;
+            if (a.has("--double-quant") || a.has("--no-double-quant")) c.doubleQuant = cfg.doubleQuant;
+            if (a.has("--compute-dtype")) c.computeDType = cfg.computeDType;
+            for (const auto& s : cfg.llmInt8SkipModules) {
+                if (std::find(c.llmInt8SkipModules.begin(), c.llmInt8SkipModules.end(), s) ==
+                    c.llmInt8SkipModules.end()) {
+                    c.llmInt8SkipModules.push_back(s);
+                }
+            }
+            return c;
+        };
+        attnCfg = overrideFlags(adaptive->attentionConfig());
+        ffnCfg = overrideFlags(adaptive->ffnConfig());
+    }
     if (Status st = cfg.validate(); !st.isOk()) return usageError(st.message(), "quantize");
+    for (const auto* c : {&attnCfg, &ffnCfg}) {
+        if (!c->has_value()) continue;
+        if (Status st = (*c)->validate(); !st.isOk()) return usageError(st.message(), "quantize");
+    }
     int threads = 1;
     if (auto t = a.value("--threads")) {
         char* end = nullptr;
@@ -281,6 +317,8 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     opt.cacheRoot = *a.value("--cache");
     opt.modelId = a.value("--model-id").value_or("");
     opt.config = cfg;
+    opt.attentionConfig = attnCfg;
+    opt.ffnConfig = ffnCfg;
     opt.defaultSkips = !a.has("--no-default-skips");
     opt.compressPayload = a.has("--compress-payload");
     opt.threads = threads;
@@ -303,7 +341,15 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     const double bpw = sum->weights ? 8.0 * sum->storedBytes / sum->weights : 0;
     std::printf("quantized %s -> %s\n", opt.input.c_str(), sum->cacheDir.c_str());
     std::printf("  model id       %s\n", sum->modelId.c_str());
-    std::printf("  mode           %s (compute %s)\n", modeName(cfg.mode), dtypeName(cfg.computeDType));
+    if (adaptive) {
+        std::printf("  mode           mixed: attention %s, ffn %s, other %s (compute %s)\n",
+                    modeName(attnCfg->mode), modeName(ffnCfg->mode), modeName(cfg.mode),
+                    dtypeName(cfg.computeDType));
+    } else {
+        std::printf("  mode           %s (compute %s)\n", modeName(cfg.mode), dtypeName(cfg.computeDType));
+    }
+    std::printf("  architecture   %s%s\n", architectureName(sum->architecture),
+                opt.defaultSkips ? "" : " (default skips off)");
     std::printf("  layers         %zu (%zu written, %zu already complete)\n", sum->layers,
                 sum->layersWritten, sum->layersReused);
     std::printf("  tensors        %zu (%zu imported from bitsandbytes as is)\n", sum->tensors,
@@ -365,10 +411,23 @@ int cmdInspect(const std::vector<std::string>& argv) {
         auto cfg = parseJson(c.manifest.configJson);
         jc.set("config", cfg.isOk() ? *cfg : Json::string(c.manifest.configJson));
         jc.set("source", Json::string(c.manifest.source));
+        if (!c.manifest.policyJson.empty()) {
+            auto pol = parseJson(c.manifest.policyJson);
+            jc.set("policy", pol.isOk() ? *pol : Json::string(c.manifest.policyJson));
+        }
+        if (!c.manifest.architecture.empty()) {
+            jc.set("architecture", Json::string(c.manifest.architecture));
+        }
         if (!json) {
-            std::printf("cache %s\n  model %s\n  config %s\n  source %s\n", c.dir.c_str(),
-                        c.manifest.modelId.c_str(), c.manifest.configJson.c_str(),
-                        c.manifest.source.c_str());
+            std::printf("cache %s\n  model %s\n  config %s\n", c.dir.c_str(),
+                        c.manifest.modelId.c_str(), c.manifest.configJson.c_str());
+            if (!c.manifest.policyJson.empty()) {
+                std::printf("  policy %s\n", c.manifest.policyJson.c_str());
+            }
+            if (!c.manifest.architecture.empty()) {
+                std::printf("  architecture %s\n", c.manifest.architecture.c_str());
+            }
+            std::printf("  source %s\n", c.manifest.source.c_str());
         }
         Json layers = Json::array();
         uint64_t totStored = 0, totRaw = 0, totFile = 0, totWeights = 0;

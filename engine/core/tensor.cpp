@@ -92,16 +92,23 @@ int64_t TensorView::numel() const {
     return r.isOk() ? *r : -1;
 }
 
-Result<Tensor> Tensor::zeros(std::string name, std::vector<int64_t> shape, DType dtype) {
+namespace {
+// Element count of `shape`, checked so that its byte size fits in size_t.
+Result<int64_t> checkedNumel(const std::string& name, const std::vector<int64_t>& shape, DType dtype) {
     SLI_ASSIGN_OR_RETURN(int64_t n, shapeNumel(shape, name));
-    const size_t item = dtypeSize(dtype);
-    if (n != 0 && static_cast<uint64_t>(n) > std::numeric_limits<size_t>::max() / item) {
+    if (n != 0 && static_cast<uint64_t>(n) > std::numeric_limits<size_t>::max() / dtypeSize(dtype)) {
         return Status::invalidArgument(name + ": byte size of shape " + shapeToString(shape) +
                                        " overflows");
     }
-    Tensor t;
-    auto buf = AlignedBuffer::allocate(static_cast<size_t>(n) * item, true);
+    return n;
+}
+}  // namespace
+
+Result<Tensor> Tensor::zeros(std::string name, std::vector<int64_t> shape, DType dtype) {
+    SLI_ASSIGN_OR_RETURN(int64_t n, checkedNumel(name, shape, dtype));
+    auto buf = AlignedBuffer::allocate(static_cast<size_t>(n) * dtypeSize(dtype), true);
     if (!buf.isOk()) return buf.status().withContext(name);
+    Tensor t;
     t.name_ = std::move(name);
     t.shape_ = std::move(shape);
     t.dtype_ = dtype;
@@ -112,18 +119,13 @@ Result<Tensor> Tensor::zeros(std::string name, std::vector<int64_t> shape, DType
 
 Result<Tensor> Tensor::borrowed(std::string name, std::vector<int64_t> shape, DType dtype,
                                 void* data) {
-    SLI_ASSIGN_OR_RETURN(int64_t n, shapeNumel(shape, name));
-    const size_t item = dtypeSize(dtype);
-    if (n != 0 && static_cast<uint64_t>(n) > std::numeric_limits<size_t>::max() / item) {
-        return Status::invalidArgument(name + ": byte size of shape " + shapeToString(shape) +
-                                       " overflows");
-    }
+    SLI_ASSIGN_OR_RETURN(int64_t n, checkedNumel(name, shape, dtype));
     Tensor t;
     t.name_ = std::move(name);
     t.shape_ = std::move(shape);
     t.dtype_ = dtype;
     t.numel_ = n;
-    t.storage_ = AlignedBuffer::borrow(data, static_cast<size_t>(n) * item);
+    t.storage_ = AlignedBuffer::borrow(data, static_cast<size_t>(n) * dtypeSize(dtype));
     return t;
 }
 

@@ -13,7 +13,10 @@
 //
 // Which configuration: the two-argument getLayer() / contains() look at the configuration
 // this object last wrote or read for that model, else at every configuration directory of the
-// model (the newest file wins). Pass a QuantizationConfig to pin one.
+// model (the newest file wins). Pass a QuantizationConfig to pin one, plus the policy JSON of
+// a cache made with a per-tensor policy beyond the config (the adaptive "mixed" preset, or
+// ingestion without default skips; see engine/ingest.h ingestPolicyJson): the directory is
+// named by fingerprint(config, policyJson), which is config.fingerprint() when there is none.
 //
 // Concurrency: a LayerCache is thread-safe (one internal mutex; file I/O for different layers
 // may overlap). Across processes, writers take an exclusive flock on the directory's LOCK
@@ -54,6 +57,9 @@ struct CacheWriteOptions {
     bool compressPayload = false;  // zstd payloads too (statistics follow config.compressStatistics)
     std::string sourceFingerprint;  // recorded in the file and manifest
     std::string source;             // recorded in a new manifest
+    // A per-tensor policy beyond the config (JSON object text; empty: none). Folded into the
+    // directory's fingerprint and recorded in a new manifest.
+    std::string policyJson;
 };
 
 class LayerCache {
@@ -74,10 +80,11 @@ public:
                       const QuantizationConfig& config, const CacheWriteOptions& options = {});
     Result<QuantizedLayer> getLayer(std::string_view modelId, int64_t layerIndex);
     Result<QuantizedLayer> getLayer(std::string_view modelId, int64_t layerIndex,
-                                    const QuantizationConfig& config);
+                                    const QuantizationConfig& config,
+                                    std::string_view policyJson = {});
     bool contains(std::string_view modelId, int64_t layerIndex) const;
-    bool contains(std::string_view modelId, int64_t layerIndex,
-                  const QuantizationConfig& config) const;
+    bool contains(std::string_view modelId, int64_t layerIndex, const QuantizationConfig& config,
+                  std::string_view policyJson = {}) const;
     // Removes the layer's file(s) (every configuration) and memory copy. OK when absent.
     Status evict(std::string_view modelId, int64_t layerIndex);
     // Drops the memory tier.
@@ -85,10 +92,15 @@ public:
     LayerCacheStats stats() const;
 
     const std::string& root() const noexcept;
-    // ROOT/<model>/<fingerprint> and the file of a layer in it.
-    std::string directoryFor(std::string_view modelId, const QuantizationConfig& config) const;
+    // ROOT/<model>/<fingerprint(config, policyJson)> and the file of a layer in it.
+    std::string directoryFor(std::string_view modelId, const QuantizationConfig& config,
+                             std::string_view policyJson = {}) const;
     std::string layerPath(std::string_view modelId, int64_t layerIndex,
-                          const QuantizationConfig& config) const;
+                          const QuantizationConfig& config, std::string_view policyJson = {}) const;
+    // The name of a configuration's directory: config.fingerprint() without a policy, else
+    // 16 hex digits of FNV-1a 64 over the config JSON, a newline and the policy JSON.
+    static std::string fingerprint(const QuantizationConfig& config,
+                                   std::string_view policyJson = {});
     // The default configuration cacheLayer(mode) uses.
     static QuantizationConfig configForMode(QuantizationMode mode);
 

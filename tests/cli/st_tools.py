@@ -8,8 +8,13 @@
                                                   the golden vectors (bytes bnb produced)
   st_tools.py flip FILE OFFSET                    xor one byte
   st_tools.py json-get FILE KEY...                print a value from a JSON document
+  st_tools.py synth OUT NAME=D0xD1... ...          an F32 checkpoint with those tensors
+                                                  (deterministic values, about +-0.05)
+  st_tools.py transposed A NAME B NAME2           tensor NAME of A transposed (2-D) has the
+                                                  shape of NAME2 in B (exit 1 otherwise)
 """
 import json
+import math
 import os
 import struct
 import sys
@@ -140,6 +145,26 @@ def main():
         for k in sys.argv[3:]:
             v = v[int(k)] if isinstance(v, list) else v[k]
         print(v)
+        return 0
+    if cmd == "synth":
+        t = []
+        for k, arg in enumerate(sys.argv[3:]):
+            name, dims = arg.split("=")
+            shape = [int(d) for d in dims.split("x")]
+            n = 1
+            for d in shape:
+                n *= d
+            vals = [math.sin((i * 7 + k * 131) * 0.37) * 0.05 for i in range(n)]
+            t.append((name, "F32", shape, struct.pack("<%df" % n, *vals)))
+        write_st(sys.argv[2], t)
+        return 0
+    if cmd == "transposed":
+        a, b = read_st(sys.argv[2]), read_st(sys.argv[4])
+        sa, sb = a[sys.argv[3]][1], b[sys.argv[5]][1]
+        if len(sa) != 2 or sb != [sa[1], sa[0]]:
+            print("%s %s is not the transpose of %s %s" % (sys.argv[5], sb, sys.argv[3], sa))
+            return 1
+        print("transposed: %s -> %s" % (sa, sb))
         return 0
     print(__doc__)
     return 2

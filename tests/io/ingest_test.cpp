@@ -8,7 +8,9 @@
 #include "io/cache_format.h"
 #include "io/file.h"
 #include "io_test_util.h"
+#include "io/cache_manifest.h"
 #include "sli/cache.h"
+#include "sli/quantizer.h"
 
 using namespace sli;
 using sli::testing::TempDir;
@@ -23,7 +25,11 @@ std::vector<std::string> planNames(const std::vector<std::string>& names) {
         ts.push_back(t);
     }
     std::vector<std::string> out;
-    for (const auto& lp : planLayers(ts)) {
+    auto plan = planLayers(ts);
+    REQUIRE(plan.isOk());
+    for (size_t k = 0; k < plan->size(); ++k) {
+        const LayerPlan& lp = (*plan)[k];
+        CHECK(lp.index == static_cast<int64_t>(k));  // layer index = execution order
         std::string s = lp.name + ":";
         for (size_t i : lp.tensors) s += " " + names[i];
         out.push_back(s);
@@ -31,9 +37,70 @@ std::vector<std::string> planNames(const std::vector<std::string>& names) {
     return out;
 }
 
+template <typename T>
+std::span<const uint8_t> bytesOf(const std::vector<T>& v) {
+    return {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(T)};
+}
+
+// Deterministic f32 values, about N(0, 0.05)-sized.
+std::vector<float> values(size_t n, uint32_t seed) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) {
+        v[i] = std::sin(static_cast<float>(i * 7 + seed * 131) * 0.37f) * 0.05f;
+    }
+    return v;
+}
+
+struct Ckpt {
+    std::vector<std::vector<float>> data;  // keeps the bytes alive
+    std::vector<SafetensorsInput> inputs;
+    void add(const std::string& name, std::vector<int64_t> shape) {
+        size_t n = 1;
+        for (auto d : shape) n *= static_cast<size_t>(d);
+        data.push_back(values(n, static_cast<uint32_t>(data.size() + 1)));
+        inputs.push_back({name, DType::kF32, std::move(shape), bytesOf(data.back())});
+    }
+    std::string write(const TempDir& dir, const std::string& file) const {
+        const std::string path = dir.file(file);
+        REQUIRE(writeSafetensors(path, inputs).isOk());
+        return path;
+    }
+};
+
+// A small Llama-shaped checkpoint: embeddings, `layers` blocks, final norm, lm_head.
+Ckpt llamaCkpt(int layers) {
+    Ckpt c;
+    c.add("model.embed_tokens.weight", {64, 64});
+    for (int l = 0; l < layers; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        c.add(p + "input_layernorm.weight", {64});
+        c.add(p + "self_attn.q_proj.weight", {64, 64});
+        c.add(p + "self_attn.k_proj.weight", {32, 64});
+        c.add(p + "mlp.up_proj.weight", {128, 64});
+        c.add(p + "mlp.down_proj.weight", {64, 128});
+    }
+    c.add("model.norm.weight", {64});
+    c.add("lm_head.weight", {64, 64});
+    return c;
+}
+
+bool kernelsMissing(const Status& st) {
+    if (st.isNotSupported()) {
+        MESSAGE("kernels not built: " << st.message());
+        return true;
+    }
+    return false;
+}
+
+QuantizationMode modeOf(const QuantizedLayer& l, const std::string& name) {
+    const QuantizedTensor* t = l.find(name);
+    REQUIRE(t != nullptr);
+    return t->info.mode;
+}
+
 }  // namespace
 
-TEST_CASE("tensors are grouped into execution-ordered layers") {
+TEST_CASE("tensors are grouped into execution-ordered layers by the architecture registry") {
     auto p = planNames({"lm_head.weight", "model.layers.10.mlp.up_proj.weight",
                         "model.layers.2.self_attn.q_proj.weight", "model.norm.weight",
                         "model.embed_tokens.weight", "model.layers.2.mlp.up_proj.weight"});
@@ -42,14 +109,33 @@ TEST_CASE("tensors are grouped into execution-ordered layers") {
     CHECK(p[1] == "model.layers.2: model.layers.2.self_attn.q_proj.weight model.layers.2.mlp.up_proj.weight");
     CHECK(p[2] == "model.layers.10: model.layers.10.mlp.up_proj.weight");
     CHECK(p[3] == "post: lm_head.weight model.norm.weight");
-    auto g = planNames({"transformer.wte.weight", "transformer.h.0.attn.c_attn.weight", "transformer.ln_f.weight"});
-    REQUIRE(g.size() == 3);
+    auto g = planNames({"transformer.wte.weight", "transformer.h.1.mlp.c_fc.weight",
+                        "transformer.h.0.attn.c_attn.weight", "transformer.wpe.weight",
+                        "transformer.ln_f.weight"});
+    REQUIRE(g.size() == 4);
+    CHECK(g[0] == "pre: transformer.wte.weight transformer.wpe.weight");
     CHECK(g[1] == "transformer.h.0: transformer.h.0.attn.c_attn.weight");
+    CHECK(g[2] == "transformer.h.1: transformer.h.1.mlp.c_fc.weight");
+    CHECK(g[3] == "post: transformer.ln_f.weight");
     auto b = planNames({"embeddings.word_embeddings.weight", "encoder.layer.1.output.dense.weight",
-                        "encoder.layer.0.output.dense.weight", "pooler.dense.weight"});
+                        "encoder.layer.0.output.dense.weight", "pooler.dense.weight",
+                        "embeddings.LayerNorm.weight"});
     REQUIRE(b.size() == 4);
+    CHECK(b[0] == "pre: embeddings.word_embeddings.weight embeddings.LayerNorm.weight");
     CHECK(b[1] == "encoder.layer.0: encoder.layer.0.output.dense.weight");
     CHECK(b[3] == "post: pooler.dense.weight");
+    // Only blocks: the first block is layer 0.
+    auto o = planNames({"model.layers.1.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"});
+    REQUIRE(o.size() == 2);
+    CHECK(o[0] == "model.layers.0: model.layers.0.mlp.up_proj.weight");
+}
+
+TEST_CASE("a duplicate tensor name is refused by the layer plan") {
+    std::vector<CheckpointTensor> ts(2);
+    ts[0].name = ts[1].name = "model.layers.0.mlp.up_proj.weight";
+    auto plan = planLayers(ts);
+    REQUIRE_FALSE(plan.isOk());
+    CHECK(plan.status().message().find("model.layers.0.mlp.up_proj.weight") != std::string::npos);
 }
 
 TEST_CASE("ingesting in mode none keeps the bytes and reuses complete layers on a rerun") {
@@ -91,39 +177,298 @@ TEST_CASE("ingesting in mode none keeps the bytes and reuses complete layers on 
     CHECK(again->layersWritten == 0);
 }
 
-TEST_CASE("quantized modes go through the kernels; embeddings and norms stay unquantized") {
+TEST_CASE("a Llama checkpoint keeps embeddings, norms and lm_head unquantized by default") {
     TempDir dir;
-    std::vector<float> w(64 * 64);
-    for (size_t i = 0; i < w.size(); ++i) w[i] = std::sin(static_cast<float>(i)) * 0.1f;
-    auto b = std::span(reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4);
-    const std::string ck = dir.file("m.safetensors");
-    REQUIRE(writeSafetensors(ck, {{"model.embed_tokens.weight", DType::kF32, {64, 64}, b},
-                                  {"model.layers.0.mlp.up_proj.weight", DType::kF32, {64, 64}, b}})
-                .isOk());
+    const Ckpt ck = llamaCkpt(2);
     IngestOptions opt;
-    opt.input = ck;
+    opt.input = ck.write(dir, "m.safetensors");
     opt.cacheRoot = dir.file("cache");
     opt.config = getNf4Config();
     auto sum = ingestCheckpoint(opt);
-    if (!sum.isOk() && sum.status().isNotSupported()) {
-        MESSAGE("kernels not built: " << sum.status().message());
-        return;
-    }
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
     REQUIRE(sum.isOk());
     CHECK(sum->modelId == io::baseName(dir.path()));
+    CHECK(sum->architecture == Architecture::kLlama);
+    CHECK(sum->layers == 4);
+    CHECK(sum->cacheDir == io::cacheDirFor(opt.cacheRoot, sum->modelId, opt.config.fingerprint()));
+    auto manifest = io::readManifest(sum->cacheDir);
+    REQUIRE(manifest.isOk());
+    CHECK(manifest->architecture == "llama");
+    CHECK(manifest->policyJson.empty());
+    REQUIRE(manifest->layers.size() == 4);
+    CHECK(manifest->layers[0].name == "pre");
+    CHECK(manifest->layers[1].name == "model.layers.0");
+    CHECK(manifest->layers[3].name == "post");
     auto cache = LayerCache::open(opt.cacheRoot);
+    REQUIRE(cache.isOk());
     auto pre = (*cache)->getLayer(sum->modelId, 0, opt.config);
     REQUIRE(pre.isOk());
-    CHECK(pre->tensors[0].info.mode == QuantizationMode::kNone);
+    CHECK(modeOf(*pre, "model.embed_tokens.weight") == QuantizationMode::kNone);
     auto blk = (*cache)->getLayer(sum->modelId, 1, opt.config);
     REQUIRE(blk.isOk());
-    CHECK(blk->tensors[0].info.mode == QuantizationMode::kNf4);
-    CHECK(blk->tensors[0].info.doubleQuant);
+    CHECK(modeOf(*blk, "model.layers.0.input_layernorm.weight") == QuantizationMode::kNone);
+    CHECK(modeOf(*blk, "model.layers.0.self_attn.q_proj.weight") == QuantizationMode::kNf4);
+    CHECK(modeOf(*blk, "model.layers.0.mlp.up_proj.weight") == QuantizationMode::kNf4);
+    CHECK(blk->find("model.layers.0.mlp.up_proj.weight")->info.doubleQuant);
+    auto post = (*cache)->getLayer(sum->modelId, 3, opt.config);
+    REQUIRE(post.isOk());
+    CHECK(modeOf(*post, "lm_head.weight") == QuantizationMode::kNone);
+    CHECK(modeOf(*post, "model.norm.weight") == QuantizationMode::kNone);
+    // The quantized bytes are the quantizer's for the same tensor.
+    const TensorView src{"model.layers.0.mlp.up_proj.weight", ck.inputs[4].shape, DType::kF32,
+                         ck.inputs[4].bytes.data(), ck.inputs[4].bytes.size()};
+    REQUIRE(src.name == ck.inputs[4].name);
+    auto want = LayerQuantizer(opt.config).quantizeTensor(src);
+    REQUIRE(want.isOk());
+    const QuantizedTensor* got = blk->find("model.layers.0.mlp.up_proj.weight");
+    for (int p = 0; p < kQuantPartCount; ++p) {
+        REQUIRE(got->parts[p].size() == want->parts[p].size());
+        CHECK(std::memcmp(got->parts[p].data(), want->parts[p].data(), got->parts[p].size()) == 0);
+    }
+}
+
+TEST_CASE("--skip adds to the default skips and --no-default-skips quantizes them too") {
+    TempDir dir;
+    const Ckpt ck = llamaCkpt(1);
+    IngestOptions opt;
+    opt.input = ck.write(dir, "m.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "m";
+    opt.config = getInt8Config();
+    opt.config.llmInt8SkipModules = {"model.layers.0.mlp"};  // what --skip appends to
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE(sum.isOk());
+    auto cache = LayerCache::open(opt.cacheRoot);
+    REQUIRE(cache.isOk());
+    auto blk = (*cache)->getLayer("m", 1, opt.config);
+    REQUIRE(blk.isOk());
+    CHECK(modeOf(*blk, "model.layers.0.self_attn.q_proj.weight") == QuantizationMode::kInt8);
+    CHECK(modeOf(*blk, "model.layers.0.mlp.up_proj.weight") == QuantizationMode::kNone);
+    CHECK(modeOf(*blk, "model.layers.0.mlp.down_proj.weight") == QuantizationMode::kNone);
+    CHECK(modeOf(*(*cache)->getLayer("m", 0, opt.config), "model.embed_tokens.weight") ==
+          QuantizationMode::kNone);
+
+    // Without default skips: a cache of its own beside the first, embeddings and lm_head
+    // quantized, the explicit skip still honoured.
+    opt.config.llmInt8SkipModules = {"model.layers.0.mlp"};
     opt.defaultSkips = false;
-    opt.cacheRoot = dir.file("cache2");
+    auto nds = ingestCheckpoint(opt);
+    REQUIRE(nds.isOk());
+    CHECK(nds->layersWritten == 3);  // nothing reused from the other policy
+    CHECK(nds->cacheDir != sum->cacheDir);
+    const std::string policy = ingestPolicyJson(opt);
+    CHECK(policy == R"({"default_skips": false})");
+    auto manifest = io::readManifest(nds->cacheDir);
+    REQUIRE(manifest.isOk());
+    CHECK(manifest->policyJson == policy);
+    CHECK(manifest->configFingerprint == LayerCache::fingerprint(opt.config, policy));
+    CHECK(manifest->configFingerprint != opt.config.fingerprint());
+    auto pre = (*cache)->getLayer("m", 0, opt.config, policy);
+    REQUIRE(pre.isOk());
+    CHECK(modeOf(*pre, "model.embed_tokens.weight") == QuantizationMode::kInt8);
+    auto blk2 = (*cache)->getLayer("m", 1, opt.config, policy);
+    REQUIRE(blk2.isOk());
+    CHECK(modeOf(*blk2, "model.layers.0.mlp.up_proj.weight") == QuantizationMode::kNone);
+    auto post = (*cache)->getLayer("m", 2, opt.config, policy);
+    REQUIRE(post.isOk());
+    CHECK(modeOf(*post, "lm_head.weight") == QuantizationMode::kInt8);
+    CHECK(modeOf(*post, "model.norm.weight") == QuantizationMode::kNone);  // 1-D
+}
+
+TEST_CASE("the mixed preset quantizes attention to int8 and FFN to nf4 in a cache of its own") {
+    TempDir dir;
+    const Ckpt ck = llamaCkpt(1);
+    IngestOptions opt;
+    opt.input = ck.write(dir, "m.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "m";
+    useAdaptivePolicy(opt, getMixedPrecisionConfig());
+    CHECK(opt.config == getNf4Config());
+    auto mixed = ingestCheckpoint(opt);
+    if (!mixed.isOk() && kernelsMissing(mixed.status())) return;
+    REQUIRE(mixed.isOk());
+    const std::string policy = ingestPolicyJson(opt);
+    CHECK(policy.find("\"attention\"") != std::string::npos);
+    CHECK(policy.find("\"int8\"") != std::string::npos);
+
+    IngestOptions plain = opt;
+    plain.attentionConfig.reset();
+    plain.ffnConfig.reset();
+    CHECK(ingestPolicyJson(plain).empty());
+    auto nf4 = ingestCheckpoint(plain);
+    REQUIRE(nf4.isOk());
+    CHECK(nf4->layersWritten == 3);
+    CHECK(nf4->cacheDir != mixed->cacheDir);
+
+    auto m = io::readManifest(mixed->cacheDir);
+    REQUIRE(m.isOk());
+    CHECK(m->policyJson == policy);
+    CHECK(m->configJson == getNf4Config().toJsonString());
+    auto cache = LayerCache::open(opt.cacheRoot);
+    REQUIRE(cache.isOk());
+    auto blk = (*cache)->getLayer("m", 1, opt.config, policy);
+    REQUIRE(blk.isOk());
+    CHECK(modeOf(*blk, "model.layers.0.self_attn.q_proj.weight") == QuantizationMode::kInt8);
+    CHECK(modeOf(*blk, "model.layers.0.self_attn.k_proj.weight") == QuantizationMode::kInt8);
+    CHECK(modeOf(*blk, "model.layers.0.mlp.up_proj.weight") == QuantizationMode::kNf4);
+    CHECK(modeOf(*blk, "model.layers.0.input_layernorm.weight") == QuantizationMode::kNone);
+    CHECK(modeOf(*(*cache)->getLayer("m", 0, opt.config, policy), "model.embed_tokens.weight") ==
+          QuantizationMode::kNone);
+    auto plainBlk = (*cache)->getLayer("m", 1, opt.config);
+    REQUIRE(plainBlk.isOk());
+    CHECK(modeOf(*plainBlk, "model.layers.0.self_attn.q_proj.weight") == QuantizationMode::kNf4);
+    // The tensors equal what the AdaptiveQuantizer makes of the same layer.
+    Layer layer("model.layers.0");
+    for (const auto& in : ck.inputs) {
+        if (in.name.rfind("model.layers.0.", 0) != 0) continue;
+        REQUIRE(layer.add(*Tensor::fromBytes(in.name, in.shape, in.dtype, in.bytes)).isOk());
+    }
+    auto want = getMixedPrecisionConfig().quantizeLayer(layer);
+    REQUIRE(want.isOk());
+    REQUIRE(want->tensors.size() == blk->tensors.size());
+    for (size_t i = 0; i < want->tensors.size(); ++i) {
+        CHECK(want->tensors[i].info.mode == blk->tensors[i].info.mode);
+        CHECK(std::memcmp(want->tensors[i].parts[0].data(), blk->tensors[i].parts[0].data(),
+                          want->tensors[i].parts[0].size()) == 0);
+    }
+    // A rerun of the mixed preset reuses its own layers.
+    auto again = ingestCheckpoint(opt);
+    REQUIRE(again.isOk());
+    CHECK(again->layersReused == 3);
+    CHECK(again->cacheDir == mixed->cacheDir);
+}
+
+TEST_CASE("GPT-2 Conv1D weights are transposed to [out, in] before they are quantized") {
+    TempDir dir;
+    Ckpt ck;
+    ck.add("transformer.wte.weight", {64, 32});
+    ck.add("transformer.wpe.weight", {16, 32});
+    ck.add("transformer.h.0.ln_1.weight", {32});
+    ck.add("transformer.h.0.attn.c_attn.weight", {32, 96});  // Conv1D: [in, out]
+    ck.add("transformer.h.0.attn.c_attn.bias", {96});
+    ck.add("transformer.h.0.mlp.c_fc.weight", {32, 128});
+    ck.add("transformer.h.0.mlp.c_proj.weight", {128, 32});
+    ck.add("transformer.ln_f.weight", {32});
+    IngestOptions opt;
+    opt.input = ck.write(dir, "gpt2.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "gpt2";
+    opt.config = getInt8Config();
+    opt.config.llmInt8SkipModules = {"transformer.h.0.mlp.c_proj"};
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE(sum.isOk());
+    CHECK(sum->architecture == Architecture::kGpt2);
+    REQUIRE(sum->layers == 3);
+    auto cache = LayerCache::open(opt.cacheRoot);
+    REQUIRE(cache.isOk());
+    auto pre = (*cache)->getLayer("gpt2", 0, opt.config);
+    REQUIRE(pre.isOk());
+    CHECK(pre->name == "pre");
+    CHECK(modeOf(*pre, "transformer.wte.weight") == QuantizationMode::kNone);
+    CHECK(modeOf(*pre, "transformer.wpe.weight") == QuantizationMode::kNone);
+    auto blk = (*cache)->getLayer("gpt2", 1, opt.config);
+    REQUIRE(blk.isOk());
+    CHECK(blk->name == "transformer.h.0");
+    const QuantizedTensor* attn = blk->find("transformer.h.0.attn.c_attn.weight");
+    REQUIRE(attn != nullptr);
+    CHECK(attn->info.mode == QuantizationMode::kInt8);
+    CHECK(attn->info.shape == std::vector<int64_t>{96, 32});
+    CHECK(blk->find("transformer.h.0.mlp.c_fc.weight")->info.shape == std::vector<int64_t>{128, 32});
+    // Kept unquantized: stays [in, out] as stored.
+    const QuantizedTensor* kept = blk->find("transformer.h.0.mlp.c_proj.weight");
+    CHECK(kept->info.mode == QuantizationMode::kNone);
+    CHECK(kept->info.shape == std::vector<int64_t>{128, 32});
+    // The int8 bytes are the quantizer's for the transposed source.
+    const std::vector<float>& w = ck.data[3];
+    std::vector<float> t(w.size());
+    for (int r = 0; r < 32; ++r) {
+        for (int c = 0; c < 96; ++c) t[static_cast<size_t>(c * 32 + r)] = w[static_cast<size_t>(r * 96 + c)];
+    }
+    const std::vector<int64_t> shape = {96, 32};
+    auto want = LayerQuantizer(opt.config).quantizeTensor(
+        {"transformer.h.0.attn.c_attn.weight", shape, DType::kF32, t.data(), t.size() * 4});
+    REQUIRE(want.isOk());
+    for (int p : {0, 1}) {
+        REQUIRE(attn->parts[p].size() == want->parts[p].size());
+        CHECK(std::memcmp(attn->parts[p].data(), want->parts[p].data(), attn->parts[p].size()) == 0);
+    }
+    auto post = (*cache)->getLayer("gpt2", 2, opt.config);
+    REQUIRE(post.isOk());
+    CHECK(modeOf(*post, "transformer.ln_f.weight") == QuantizationMode::kNone);
+
+    // Mode none: nothing is transposed.
+    opt.config = QuantizationConfig{};
+    opt.cacheRoot = dir.file("cache-none");
     REQUIRE(ingestCheckpoint(opt).isOk());
     auto c2 = LayerCache::open(opt.cacheRoot);
-    CHECK((*c2)->getLayer(sum->modelId, 0, opt.config)->tensors[0].info.mode == QuantizationMode::kNf4);
+    auto b2 = (*c2)->getLayer("gpt2", 1, opt.config);
+    REQUIRE(b2.isOk());
+    CHECK(b2->find("transformer.h.0.attn.c_attn.weight")->info.shape == std::vector<int64_t>{32, 96});
+}
+
+TEST_CASE("a BERT checkpoint keeps embeddings, LayerNorms and the pooler unquantized") {
+    TempDir dir;
+    Ckpt ck;
+    ck.add("embeddings.word_embeddings.weight", {64, 32});
+    ck.add("embeddings.LayerNorm.weight", {32});
+    for (int l = 0; l < 2; ++l) {
+        const std::string p = "encoder.layer." + std::to_string(l) + ".";
+        ck.add(p + "attention.self.query.weight", {32, 32});
+        ck.add(p + "attention.output.dense.weight", {32, 32});
+        ck.add(p + "attention.output.LayerNorm.weight", {32});
+        ck.add(p + "intermediate.dense.weight", {64, 32});
+        ck.add(p + "output.dense.weight", {32, 64});
+    }
+    ck.add("pooler.dense.weight", {32, 32});
+    IngestOptions opt;
+    opt.input = ck.write(dir, "bert.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "bert";
+    useAdaptivePolicy(opt, getMixedPrecisionConfig());
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE(sum.isOk());
+    CHECK(sum->architecture == Architecture::kBert);
+    REQUIRE(sum->layers == 4);
+    const std::string policy = ingestPolicyJson(opt);
+    auto cache = LayerCache::open(opt.cacheRoot);
+    REQUIRE(cache.isOk());
+    auto pre = (*cache)->getLayer("bert", 0, opt.config, policy);
+    REQUIRE(pre.isOk());
+    CHECK(modeOf(*pre, "embeddings.word_embeddings.weight") == QuantizationMode::kNone);
+    auto l1 = (*cache)->getLayer("bert", 2, opt.config, policy);
+    REQUIRE(l1.isOk());
+    CHECK(l1->name == "encoder.layer.1");
+    CHECK(modeOf(*l1, "encoder.layer.1.attention.self.query.weight") == QuantizationMode::kInt8);
+    CHECK(modeOf(*l1, "encoder.layer.1.attention.output.dense.weight") == QuantizationMode::kInt8);
+    CHECK(modeOf(*l1, "encoder.layer.1.intermediate.dense.weight") == QuantizationMode::kNf4);
+    CHECK(modeOf(*l1, "encoder.layer.1.output.dense.weight") == QuantizationMode::kNf4);
+    auto post = (*cache)->getLayer("bert", 3, opt.config, policy);
+    REQUIRE(post.isOk());
+    CHECK(modeOf(*post, "pooler.dense.weight") == QuantizationMode::kNone);
+}
+
+TEST_CASE("a checkpoint of no known architecture has no default skips") {
+    TempDir dir;
+    Ckpt ck;
+    ck.add("tok_embed.weight", {64, 64});
+    ck.add("blocks.0.proj.weight", {64, 64});
+    ck.add("head.weight", {64, 64});
+    IngestOptions opt;
+    opt.input = ck.write(dir, "x.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "x";
+    opt.config = getNf4Config();
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE(sum.isOk());
+    CHECK(sum->architecture == Architecture::kUnknown);
+    REQUIRE(sum->layers == 3);
+    auto cache = LayerCache::open(opt.cacheRoot);
+    CHECK(modeOf(*(*cache)->getLayer("x", 0, opt.config), "tok_embed.weight") == QuantizationMode::kNf4);
+    CHECK(modeOf(*(*cache)->getLayer("x", 2, opt.config), "head.weight") == QuantizationMode::kNf4);
 }
 
 TEST_CASE("an incomplete bitsandbytes set is refused naming the tensor") {

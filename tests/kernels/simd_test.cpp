@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -110,6 +112,73 @@ TEST_CASE("large outputs (streaming stores) match the reference") {
             ref.dequantizeQ4_0(q.data(), n / 32, t, a.data());
             k.dequantizeQ4_0(q.data(), n / 32, t, b.data());
             CHECK(a == b);
+        }
+    });
+}
+
+// A zero-filled buffer whose data() starts `skew` bytes past a 64-byte boundary.
+struct LineBuffer {
+    std::vector<uint8_t> storage;
+    uint8_t* p;
+    size_t bytes;
+    LineBuffer(size_t n, size_t skew) : storage(n + 128, 0), bytes(n) {
+        const auto a = reinterpret_cast<uintptr_t>(storage.data());
+        p = storage.data() + ((64 - a % 64) % 64) + skew;
+    }
+    // Same contents as `o` and nothing written outside [p, p + bytes).
+    bool same(const LineBuffer& o) const {
+        for (const uint8_t* q = storage.data(); q < p; ++q) {
+            if (*q != 0) return false;
+        }
+        for (const uint8_t* q = p + bytes; q < storage.data() + storage.size(); ++q) {
+            if (*q != 0) return false;
+        }
+        return std::memcmp(p, o.p, bytes) == 0;
+    }
+};
+
+TEST_CASE("large line-aligned outputs (non-temporal stores) match the reference for every mode") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        const int64_t rows = 1152, cols = 4096;  // 4.7M values: 9 MiB of f16, past the threshold
+        const int64_t n = rows * cols;
+        auto x = randomValues(n, 33);
+        x[5] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<uint8_t> packed(static_cast<size_t>(n / 2));
+        std::vector<float> absmax(static_cast<size_t>(n / 64));
+        ref.quantize4bit(Codebook4::kNf4, x.data(), n, 64, packed.data(), absmax.data());
+        std::vector<block_q4_0> q(static_cast<size_t>(n / 32));
+        ref.quantizeQ4_0(x.data(), n / 32, q.data());
+        std::vector<int8_t> i8(static_cast<size_t>(n));
+        std::vector<float> scale(static_cast<size_t>(rows));
+        ref.quantizeInt8Dynamic(x.data(), rows, cols, i8.data(), scale.data());
+        scale[3] = std::numeric_limits<float>::infinity();  // a row of NaN / Inf products
+        for (size_t skew : {size_t{0}, size_t{32}, size_t{16}, size_t{2}}) {
+            CAPTURE(skew);
+            for (DType t : kOutTypes) {
+                CAPTURE(dtypeName(t));
+                const size_t bytes = static_cast<size_t>(n) * esz(t);
+                LineBuffer a(bytes, skew), b(bytes, skew);
+                ref.dequantize4bit(Codebook4::kNf4, packed.data(), absmax.data(), n, 64, t, a.p);
+                k.dequantize4bit(Codebook4::kNf4, packed.data(), absmax.data(), n, 64, t, b.p);
+                CHECK(b.same(a));
+                ref.dequantizeQ4_0(q.data(), n / 32, t, a.p);
+                k.dequantizeQ4_0(q.data(), n / 32, t, b.p);
+                CHECK(b.same(a));
+                for (bool llm : {false, true}) {
+                    ref.dequantizeInt8(llm, i8.data(), scale.data(), rows, cols, t, a.p);
+                    k.dequantizeInt8(llm, i8.data(), scale.data(), rows, cols, t, b.p);
+                    CHECK(b.same(a));
+                }
+                for (DType from : kOutTypes) {
+                    CAPTURE(dtypeName(from));
+                    std::vector<uint8_t> src(static_cast<size_t>(n) * esz(from));
+                    ref.convert(DType::kF32, x.data(), n, from, src.data());
+                    ref.convert(from, src.data(), n, t, a.p);
+                    k.convert(from, src.data(), n, t, b.p);
+                    CHECK(b.same(a));
+                }
+            }
         }
     });
 }

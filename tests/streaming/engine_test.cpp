@@ -11,6 +11,7 @@
 #include "engine_test_util.h"
 #include "io/fault_injecting_scheduler.h"
 #include "sli/engine.h"
+#include "sli/quantizer.h"
 
 using namespace sli;
 using namespace sli::testutil;
@@ -375,5 +376,112 @@ TEST_CASE("the trace names every stage of every acquired layer") {
         CHECK(t.dequantizedNs >= t.readDoneNs);
         CHECK(t.acquiredNs >= t.dequantizedNs);
         CHECK(t.releasedNs >= t.acquiredNs);
+    }
+}
+
+namespace {
+
+template <typename T>
+std::vector<uint8_t> rawBytes(const std::vector<T>& v) {
+    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+    return std::vector<uint8_t>(p, p + v.size() * sizeof(T));
+}
+
+struct IntegerLayer {
+    std::vector<uint8_t> positionIds, mask, flags;  // I64 [1, 4096], I32 [3, 5], BOOL [7]
+};
+
+}  // namespace
+
+TEST_CASE("integer tensors (position ids, masks) are handed out as stored, in place or copied") {
+    std::vector<std::string> backends = {"pread"};
+    if (ioUringUsable()) backends.push_back("io_uring");
+    for (bool compressPayload : {false, true}) {
+        TempDir tmp;
+        QuantizationConfig cfg = getNf4Config();
+        cfg.computeDType = DType::kF16;
+        std::mt19937 rng(7);
+        std::vector<QuantizedLayer> layers;
+        std::vector<IntegerLayer> ints;
+        for (int l = 0; l < 3; ++l) {
+            IntegerLayer il;
+            std::vector<int64_t> pos(4096);
+            for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int64_t>(i) + l;
+            std::vector<int32_t> mask(15);
+            for (size_t i = 0; i < mask.size(); ++i) mask[i] = (i + l) % 3 == 0 ? -1 : 1;
+            std::vector<uint8_t> flags = {1, 0, 1, 1, 0, static_cast<uint8_t>(l % 2), 1};
+            il.positionIds = rawBytes(pos);
+            il.mask = rawBytes(mask);
+            il.flags = flags;
+            QuantizedLayer ql;
+            ql.index = l;
+            ql.name = "model.layers." + std::to_string(l);
+            const std::string p = ql.name + ".";
+            ql.tensors.push_back(makeTensor(p + "self_attn.q_proj.weight", {64, 64},
+                                            QuantizationMode::kNf4, cfg, rng));
+            ql.tensors.push_back(makeStoredTensor(p + "position_ids", {1, 4096}, DType::kI64,
+                                                  il.positionIds, cfg.computeDType));
+            ql.tensors.push_back(makeStoredTensor(p + "attention_mask", {3, 5}, DType::kI32,
+                                                  il.mask, cfg.computeDType));
+            ql.tensors.push_back(makeStoredTensor(p + "flags", {7}, DType::kBool, il.flags,
+                                                  cfg.computeDType));
+            layers.push_back(std::move(ql));
+            ints.push_back(std::move(il));
+        }
+        io::LayerWriteOptions wo;
+        wo.compressPayload = compressPayload;
+        TestCache tc = writeCache(tmp.path, "toy/ints", cfg, layers, wo);
+        // Which hand-off path the I64 tensor takes: zstd payloads are decoded and copied,
+        // uncompressed ones are handed out in place from the read buffer.
+        auto idx = io::readLayerIndex(tc.files[0]);
+        REQUIRE(idx.isOk());
+        CHECK((idx->tensors[1].part(QuantPart::kPayload).compression == io::Compression::kZstd) ==
+              compressPayload);
+
+        for (const auto& backend : backends) {
+            for (DType outDType : {DType::kBool, DType::kF32}) {  // kBool: the cache's dtype
+                for (int depth : {0, 2}) {
+                    CAPTURE(compressPayload);
+                    CAPTURE(backend);
+                    CAPTURE(dtypeName(outDType));
+                    CAPTURE(depth);
+                    EngineOptions o = baseOptions(tc);
+                    o.ioBackend = backend;
+                    o.prefetchDepth = depth;
+                    o.computeDType = outDType;
+                    o.order = LayerOrder::kCyclic;
+                    auto e = Engine::open(o);
+                    REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+                    const DType floatOut = outDType == DType::kBool ? DType::kF16 : outDType;
+                    for (int64_t l : {0, 1, 2, 0, 1, 2}) {
+                        auto want = LayerQuantizer::dequantizeLayer(
+                            layers[static_cast<size_t>(l)], floatOut);
+                        REQUIRE(want.isOk());
+                        auto lease = (*e)->acquire(l);
+                        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+                        const Layer& got = lease->tensors();
+                        REQUIRE(got.size() == 4);
+                        CHECK(got[0].dtype() == floatOut);
+                        const IntegerLayer& il = ints[static_cast<size_t>(l)];
+                        const std::pair<DType, const std::vector<uint8_t>*> stored[] = {
+                            {DType::kI64, &il.positionIds}, {DType::kI32, &il.mask},
+                            {DType::kBool, &il.flags}};
+                        for (size_t k = 1; k < 4; ++k) {
+                            CAPTURE(got[k].name());
+                            CHECK(got[k].dtype() == stored[k - 1].first);
+                            CHECK(got[k].shape() == layers[static_cast<size_t>(l)].tensors[k].info.shape);
+                            const auto& bytes = *stored[k - 1].second;
+                            REQUIRE(got[k].nbytes() == bytes.size());
+                            CHECK(std::memcmp(got[k].data(), bytes.data(), bytes.size()) == 0);
+                        }
+                        // Everything, floats included, equals dequantizeLayer of the layer.
+                        for (size_t k = 0; k < 4; ++k) {
+                            REQUIRE(got[k].nbytes() == (*want)[k].nbytes());
+                            CHECK(std::memcmp(got[k].data(), (*want)[k].data(), got[k].nbytes()) == 0);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -5,7 +5,10 @@
 
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
+#include <span>
+#include <stdexcept>
 #include <random>
 #include <string>
 #include <vector>
@@ -95,6 +98,55 @@ inline TestCache makeCache(const std::string& root, int layers, QuantizationMode
         Status s = io::writeLayerFile(tc.dir + "/" + file, ql, meta);
         if (!s.isOk()) throw std::runtime_error(s.toString());
         m.layers.push_back({l, ql.name, file, static_cast<uint32_t>(ql.tensors.size())});
+        tc.files.push_back(tc.dir + "/" + file);
+    }
+    Status s = io::writeManifest(tc.dir, m);
+    if (!s.isOk()) throw std::runtime_error(s.toString());
+    return tc;
+}
+
+// A tensor kept as stored (mode NONE) from raw bytes, no kernels involved: integer buffers
+// such as position_ids or attention masks (handed out verbatim), or floats in `dtype`.
+inline QuantizedTensor makeStoredTensor(const std::string& name, std::vector<int64_t> shape,
+                                        DType dtype, std::span<const uint8_t> bytes,
+                                        DType compute) {
+    QuantizedTensor q;
+    q.info.name = name;
+    q.info.shape = std::move(shape);
+    q.info.mode = QuantizationMode::kNone;
+    q.info.storedDType = dtype;
+    q.info.sourceDType = dtype;
+    q.info.computeDType = dtypeIsFloat(dtype) ? compute : dtype;
+    auto buf = AlignedBuffer::allocate(bytes.size(), false);
+    if (!buf.isOk()) throw std::runtime_error(buf.status().toString());
+    if (!bytes.empty()) std::memcpy(buf->data(), bytes.data(), bytes.size());
+    q.part(QuantPart::kPayload) = std::move(buf).value();
+    Status s = q.validate();
+    if (!s.isOk()) throw std::runtime_error(s.toString());
+    return q;
+}
+
+// Writes `layers` (index i at position i) and their manifest as a cache under `root`.
+inline TestCache writeCache(const std::string& root, const std::string& modelId,
+                            const QuantizationConfig& config, const std::vector<QuantizedLayer>& layers,
+                            const io::LayerWriteOptions& options = {}) {
+    TestCache tc;
+    tc.root = root;
+    tc.config = config;
+    tc.dir = io::cacheDirFor(root, modelId, config.fingerprint());
+    std::filesystem::create_directories(tc.dir);
+    io::CacheManifest m;
+    m.modelId = modelId;
+    m.configJson = config.toJsonString();
+    m.configFingerprint = config.fingerprint();
+    m.source = "synthetic";
+    m.sourceFingerprint = "0123456789abcdef";
+    for (const auto& ql : layers) {
+        const std::string file = io::layerFileName(ql.index);
+        io::LayerFileMeta meta{modelId, m.configJson, m.sourceFingerprint};
+        Status s = io::writeLayerFile(tc.dir + "/" + file, ql, meta, options);
+        if (!s.isOk()) throw std::runtime_error(s.toString());
+        m.layers.push_back({ql.index, ql.name, file, static_cast<uint32_t>(ql.tensors.size())});
         tc.files.push_back(tc.dir + "/" + file);
     }
     Status s = io::writeManifest(tc.dir, m);

@@ -1,0 +1,81 @@
+// sli::Processor: see include/sli/processor.h.
+#include "sli/processor.h"
+
+#include "engine/ingest.h"
+#include "io/file.h"
+#include "sli/quantizer.h"
+
+namespace sli {
+
+namespace {
+
+// Fills the quantization side of `ingest` from the options' preset or config.
+Status chooseConfig(const ProcessorOptions& o, IngestOptions& ingest) {
+    if (!o.preset.empty() && o.config) {
+        return Status::invalidArgument("processor options: give a preset (\"" + o.preset +
+                                       "\") or a config, not both");
+    }
+    if (o.config) {
+        SLI_RETURN_IF_ERROR(o.config->validate().withContext("processor options: config"));
+        ingest.config = *o.config;
+        return Status();
+    }
+    if (o.preset.empty() || o.preset == "none") {
+        ingest.config = QuantizationConfig{};
+        return Status();
+    }
+    if (o.preset == "mixed") {
+        useAdaptivePolicy(ingest, getMixedPrecisionConfig(o.quantizeThreads));
+        return Status();
+    }
+    auto c = QuantizationRegistry::global().get(o.preset);
+    if (!c.isOk()) {
+        return Status::invalidArgument("processor options: unknown preset \"" + o.preset +
+                                       "\" (none, mixed, or a registered config): " +
+                                       c.status().message());
+    }
+    ingest.config = *c;
+    return Status();
+}
+
+}  // namespace
+
+Processor::~Processor() = default;
+
+Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
+    if (o.modelPath.empty()) return Status::invalidArgument("processor options: no model path");
+    if (o.cacheRoot.empty()) return Status::invalidArgument("processor options: no cache root");
+    if (!io::pathExists(o.modelPath)) {
+        return Status::notFound("model " + o.modelPath + " does not exist");
+    }
+    IngestOptions ingest;
+    ingest.input = o.modelPath;
+    ingest.cacheRoot = o.cacheRoot;
+    ingest.modelId = o.modelId;
+    ingest.defaultSkips = o.defaultSkips;
+    ingest.threads = o.quantizeThreads;
+    SLI_RETURN_IF_ERROR(chooseConfig(o, ingest));
+
+    // Complete layers are reused (index read only); missing ones are quantized and written.
+    auto sum = ingestCheckpoint(ingest);
+    if (!sum.isOk()) return sum.status().withContext("preparing the layer cache of " + o.modelPath);
+
+    std::unique_ptr<Processor> p(new Processor());
+    p->config_ = ingest.config;
+    p->build_.cacheDir = sum->cacheDir;
+    p->build_.modelId = sum->modelId;
+    p->build_.layers = sum->layers;
+    p->build_.layersWritten = sum->layersWritten;
+    p->build_.layersReused = sum->layersReused;
+    p->build_.seconds = sum->seconds;
+
+    EngineOptions eo = o.engine;
+    eo.cacheDir = sum->cacheDir;  // exactly this configuration's directory
+    eo.modelId = sum->modelId;
+    auto engine = Engine::open(eo);
+    if (!engine.isOk()) return engine.status().withContext("streaming " + sum->cacheDir);
+    p->engine_ = std::move(engine).value();
+    return p;
+}
+
+}  // namespace sli

@@ -1,0 +1,98 @@
+// sli::Processor: the seed's SLI processor. One object that takes a model (a safetensors
+// checkpoint: one file, a sharded index, or a directory) and a quantization configuration,
+// makes sure its layer cache is complete, and streams the layers through sli::Engine.
+//
+//   sli::ProcessorOptions o;
+//   o.modelPath = "/models/llama-7b";          // safetensors file, index json or directory
+//   o.cacheRoot = "/var/cache/sli";
+//   o.preset = "nf4";                          // or o.config = QuantizationConfig{...}
+//   auto p = sli::Processor::open(o);          // Result<std::unique_ptr<Processor>>
+//   for (int64_t i = 0; i < (*p)->numLayers(); ++i) {
+//       auto lease = (*p)->acquire(i);         // full-precision tensors of layer i
+//       ...
+//   }
+//
+// open() runs the ingestion pipeline (engine/ingest.h, what `sli quantize` runs) on the model:
+// layers already complete in the cache for the same source and configuration are reused as
+// they are (read their index only, nothing quantized again); missing layers (first use, an
+// interrupted earlier run, a file removed or evicted) are quantized and written atomically.
+// Then it opens an Engine on exactly that cache directory; numLayers / layerNames / acquire
+// pass through to it, and engine() exposes it for everything else (stats, trace). Layer
+// indices are the cache's: execution order, "pre" (embeddings) first when there is one.
+//
+// Configuration: `preset` names one of "none", "int8", "nf4", "fp4" (the seed's
+// get_*_config), "mixed" (getMixedPrecisionConfig: attention INT8, FFN NF4, the rest NF4)
+// or any config registered in QuantizationRegistry::global(); or `config` gives one
+// explicitly; neither means mode NONE (the compute dtype only). The architecture registry's
+// default skips (embeddings, heads, norms stay unquantized) apply unless defaultSkips is off.
+//
+// Ownership: the Processor owns its Engine; leases must be released before it is destroyed.
+// Blocking: open() does file I/O and quantizes on the calling thread (plus quantizeThreads
+// kernel threads); acquire() blocks as Engine::acquire does. Thread safety: as Engine (one
+// executor thread calls acquire; leases may be released from any thread).
+// Errors: open() returns InvalidArgument for bad options (no model path or cache root, an
+// unknown preset, both a preset and a config, an invalid config) naming the option, NotFound
+// for a model path that does not exist, and the ingestion / engine errors (naming the file,
+// layer and tensor) otherwise.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sli/config.h"
+#include "sli/engine.h"
+#include "sli/status.h"
+
+namespace sli {
+
+struct ProcessorOptions {
+    std::string modelPath;  // .safetensors file, model.safetensors.index.json, or directory
+    std::string modelId;    // default: the model's directory (or file) name, as `sli quantize`
+    std::string cacheRoot;  // the cache root (what `sli quantize --cache` is given)
+    std::string preset;     // see the header comment; empty: `config`
+    std::optional<QuantizationConfig> config;
+    bool defaultSkips = true;  // keep the registry's embeddings / heads / norms unquantized
+    int quantizeThreads = 1;   // kernel threads while quantizing missing layers (0 = all)
+    // Streaming options; cacheDir and modelId are filled in by the processor.
+    EngineOptions engine;
+};
+
+// What open() did to the cache.
+struct ProcessorBuild {
+    std::string cacheDir;  // the model / configuration directory the engine streams
+    std::string modelId;
+    size_t layers = 0;
+    size_t layersWritten = 0;  // quantized and written by this open()
+    size_t layersReused = 0;   // already complete: not quantized again
+    double seconds = 0;        // time spent bringing the cache up to date
+};
+
+class Processor {
+public:
+    static Result<std::unique_ptr<Processor>> open(const ProcessorOptions& options);
+    ~Processor();
+    Processor(const Processor&) = delete;
+    Processor& operator=(const Processor&) = delete;
+
+    const ProcessorBuild& build() const noexcept { return build_; }
+    // The base configuration of the cache (the mixed preset's attention / FFN configs are in
+    // its manifest's policy).
+    const QuantizationConfig& config() const noexcept { return config_; }
+    Engine& engine() noexcept { return *engine_; }
+
+    int64_t numLayers() const noexcept { return engine_->numLayers(); }
+    const std::vector<std::string>& layerNames() const noexcept { return engine_->layerNames(); }
+    DType computeDType() const noexcept { return engine_->computeDType(); }
+    Result<Lease> acquire(int64_t layer) { return engine_->acquire(layer); }
+
+private:
+    Processor() = default;
+    ProcessorBuild build_;
+    QuantizationConfig config_;
+    std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace sli

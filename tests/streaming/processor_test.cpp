@@ -1,0 +1,263 @@
+// sli::Processor: cache built on first use, reused after, repaired when a layer goes missing,
+// tensors equal to dequantizeLayer of the cached layers, and clear errors for bad options.
+#include "sli/processor.h"
+
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "engine_test_util.h"
+#include "io/cache_format.h"
+#include "sli/quantizer.h"
+#include "sli/safetensors.h"
+
+using namespace sli;
+using namespace sli::testutil;
+
+namespace {
+
+// A Llama-shaped f32 checkpoint with two blocks.
+struct Checkpoint {
+    std::vector<std::vector<float>> data;
+    std::string path;
+    explicit Checkpoint(const std::string& dir) {
+        std::vector<SafetensorsInput> in;
+        auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+            size_t n = 1;
+            for (auto d : shape) n *= static_cast<size_t>(d);
+            data.emplace_back(n);
+            for (size_t i = 0; i < n; ++i) {
+                data.back()[i] = std::sin(static_cast<float>(i * 13 + data.size() * 977) * 0.11f) * 0.04f;
+            }
+            in.push_back({name, DType::kF32, std::move(shape),
+                          {reinterpret_cast<const uint8_t*>(data.back().data()), n * 4}});
+        };
+        add("model.embed_tokens.weight", {128, 64});
+        for (int l = 0; l < 2; ++l) {
+            const std::string p = "model.layers." + std::to_string(l) + ".";
+            add(p + "input_layernorm.weight", {64});
+            add(p + "self_attn.q_proj.weight", {64, 64});
+            add(p + "self_attn.k_proj.weight", {32, 64});
+            add(p + "mlp.up_proj.weight", {128, 64});
+            add(p + "mlp.down_proj.weight", {64, 128});
+        }
+        add("model.norm.weight", {64});
+        add("lm_head.weight", {128, 64});
+        path = dir + "/model.safetensors";
+        Status s = writeSafetensors(path, in);
+        if (!s.isOk()) throw std::runtime_error(s.toString());
+    }
+};
+
+ProcessorOptions options(const std::string& model, const std::string& root) {
+    ProcessorOptions o;
+    o.modelPath = model;
+    o.cacheRoot = root;
+    o.modelId = "toy/llama";
+    o.engine.hostBudgetBytes = 64ull << 20;
+    o.engine.workerThreads = 2;
+    o.engine.ioBackend = "pread";
+    return o;
+}
+
+int64_t mtimeNs(const std::string& path) {
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+// Every layer streamed equals LayerQuantizer::dequantizeLayer of the cached layer file.
+void checkAgainstCache(Processor& p) {
+    for (int64_t i = 0; i < p.numLayers(); ++i) {
+        auto q = io::readLayerFile(p.build().cacheDir + "/" + io::layerFileName(i));
+        REQUIRE_MESSAGE(q.isOk(), q.status().toString());
+        auto want = LayerQuantizer::dequantizeLayer(*q, p.computeDType());
+        REQUIRE(want.isOk());
+        auto lease = p.acquire(i);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        const Layer& got = lease->tensors();
+        REQUIRE(got.size() == want->size());
+        for (size_t k = 0; k < got.size(); ++k) {
+            CAPTURE(got[k].name());
+            CHECK(got[k].name() == (*want)[k].name());
+            CHECK(got[k].shape() == (*want)[k].shape());
+            CHECK(got[k].dtype() == (*want)[k].dtype());
+            REQUIRE(got[k].nbytes() == (*want)[k].nbytes());
+            CHECK(std::memcmp(got[k].data(), (*want)[k].data(), got[k].nbytes()) == 0);
+        }
+    }
+}
+
+bool kernelsMissing(const Status& st) {
+    if (st.toString().find("NotSupported") != std::string::npos) {
+        MESSAGE("kernels not built: " << st.toString());
+        return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+TEST_CASE("the first open builds the cache and a second reuses it without quantizing again") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "nf4";
+    std::vector<int64_t> mtimes;
+    std::string dir;
+    {
+        auto p = Processor::open(o);
+        if (!p.isOk() && kernelsMissing(p.status())) return;
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        CHECK((*p)->build().layers == 4);
+        CHECK((*p)->build().layersWritten == 4);
+        CHECK((*p)->build().layersReused == 0);
+        CHECK((*p)->numLayers() == 4);
+        CHECK((*p)->layerNames() ==
+              std::vector<std::string>{"pre", "model.layers.0", "model.layers.1", "post"});
+        CHECK((*p)->config() == getNf4Config());
+        dir = (*p)->build().cacheDir;
+        for (int i = 0; i < 4; ++i) mtimes.push_back(mtimeNs(dir + "/" + io::layerFileName(i)));
+        checkAgainstCache(**p);
+    }
+    auto again = Processor::open(o);
+    REQUIRE_MESSAGE(again.isOk(), again.status().toString());
+    CHECK((*again)->build().cacheDir == dir);
+    CHECK((*again)->build().layersWritten == 0);
+    CHECK((*again)->build().layersReused == 4);
+    for (int i = 0; i < 4; ++i) CHECK(mtimeNs(dir + "/" + io::layerFileName(i)) == mtimes[static_cast<size_t>(i)]);
+    checkAgainstCache(**again);
+}
+
+TEST_CASE("a removed layer file is rebuilt on the next open, the others are kept") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "int8";
+    std::string dir;
+    {
+        auto p = Processor::open(o);
+        if (!p.isOk() && kernelsMissing(p.status())) return;
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        dir = (*p)->build().cacheDir;
+    }
+    const std::string victim = dir + "/" + io::layerFileName(2);
+    const int64_t keptMtime = mtimeNs(dir + "/" + io::layerFileName(1));
+    REQUIRE(std::filesystem::remove(victim));
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    CHECK((*p)->build().layersWritten == 1);
+    CHECK((*p)->build().layersReused == 3);
+    CHECK(std::filesystem::exists(victim));
+    CHECK(mtimeNs(dir + "/" + io::layerFileName(1)) == keptMtime);
+    checkAgainstCache(**p);
+}
+
+TEST_CASE("streamed tensors equal dequantizeLayer of the cached layer for each preset") {
+    for (const char* preset : {"none", "nf4", "fp4", "int8", "mixed"}) {
+        CAPTURE(preset);
+        TempDir tmp;
+        Checkpoint ck(tmp.path);
+        ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+        o.preset = preset;
+        auto p = Processor::open(o);
+        if (!p.isOk() && kernelsMissing(p.status())) return;
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        checkAgainstCache(**p);
+        if (std::string(preset) == "mixed") {
+            auto q = io::readLayerFile((*p)->build().cacheDir + "/" + io::layerFileName(1));
+            REQUIRE(q.isOk());
+            CHECK(q->find("model.layers.0.self_attn.q_proj.weight")->info.mode == QuantizationMode::kInt8);
+            CHECK(q->find("model.layers.0.mlp.up_proj.weight")->info.mode == QuantizationMode::kNf4);
+        }
+    }
+}
+
+TEST_CASE("an explicit config and an output dtype pass through to the cache and the engine") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    QuantizationConfig c = getNf4Config();
+    c.blocksize = 128;
+    c.computeDType = DType::kBF16;
+    o.config = c;
+    o.engine.computeDType = DType::kF32;
+    auto p = Processor::open(o);
+    if (!p.isOk() && kernelsMissing(p.status())) return;
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    CHECK((*p)->computeDType() == DType::kF32);
+    auto q = io::readLayerFile((*p)->build().cacheDir + "/" + io::layerFileName(1));
+    REQUIRE(q.isOk());
+    CHECK(q->find("model.layers.0.mlp.up_proj.weight")->info.blocksize == 128);
+    checkAgainstCache(**p);
+}
+
+TEST_CASE("bad processor options give clear errors") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    const std::string root = tmp.path + "/cache";
+    SUBCASE("a missing model") {
+        auto p = Processor::open(options(tmp.path + "/nope.safetensors", root));
+        REQUIRE_FALSE(p.isOk());
+        CHECK(p.status().isNotFound());
+        CHECK(p.status().message().find("nope.safetensors") != std::string::npos);
+    }
+    SUBCASE("no model path or cache root") {
+        auto a = Processor::open(options("", root));
+        REQUIRE_FALSE(a.isOk());
+        CHECK(a.status().isInvalidArgument());
+        auto b = Processor::open(options(ck.path, ""));
+        REQUIRE_FALSE(b.isOk());
+        CHECK(b.status().message().find("cache root") != std::string::npos);
+    }
+    SUBCASE("an invalid config") {
+        ProcessorOptions o = options(ck.path, root);
+        QuantizationConfig c = getNf4Config();
+        c.blocksize = 48;
+        o.config = c;
+        auto p = Processor::open(o);
+        REQUIRE_FALSE(p.isOk());
+        CHECK(p.status().isInvalidArgument());
+        CHECK(p.status().message().find("blocksize") != std::string::npos);
+    }
+    SUBCASE("an unknown preset, or a preset and a config") {
+        ProcessorOptions o = options(ck.path, root);
+        o.preset = "nf3";
+        auto p = Processor::open(o);
+        REQUIRE_FALSE(p.isOk());
+        CHECK(p.status().isInvalidArgument());
+        CHECK(p.status().message().find("nf3") != std::string::npos);
+        o.preset = "nf4";
+        o.config = getInt8Config();
+        auto q = Processor::open(o);
+        REQUIRE_FALSE(q.isOk());
+        CHECK(q.status().isInvalidArgument());
+    }
+    SUBCASE("a broken checkpoint is named and leaves no layer behind") {
+        const std::string bad = tmp.path + "/bad.safetensors";
+        { std::ofstream(bad) << "not a safetensors file"; }
+        auto p = Processor::open(options(bad, root));
+        REQUIRE_FALSE(p.isOk());
+        CHECK(p.status().message().find("bad.safetensors") != std::string::npos);
+        bool anyLayer = false;
+        if (std::filesystem::exists(root)) {
+            for (auto& e : std::filesystem::recursive_directory_iterator(root)) {
+                anyLayer = anyLayer || e.path().extension() == ".slc";
+            }
+        }
+        CHECK_FALSE(anyLayer);
+    }
+    SUBCASE("a host budget too small for one layer") {
+        ProcessorOptions o = options(ck.path, root);
+        o.engine.hostBudgetBytes = 4096;
+        auto p = Processor::open(o);
+        REQUIRE_FALSE(p.isOk());
+        CHECK(p.status().isInvalidArgument());
+        CHECK(p.status().message().find("budget") != std::string::npos);
+    }
+}
