@@ -6,12 +6,14 @@
 #   2. configures and builds a release build with CUDA for sm_90 (only the CUDA targets),
 #   3. runs the CUDA test suite (meson test --suite cuda),
 #   4. runs bench/cuda_bench (H2D, dequant-kernel and pipeline ratios),
+#   5. runs a brief `slibench --tiny --device cuda:0` (sli::Engine on the GPU: h2d stage),
 # and writes everything under $OUT (default ./gpu-check-out): gpu_check.log, nvidia-smi.txt,
-# meson-testlog.txt, cuda_bench.txt, cuda_bench.json, summary.txt.
+# meson-testlog.txt, cuda_bench.txt, cuda_bench.json, slibench_cuda.txt, slibench_cuda.json,
+# slibench_cuda_trace.json, summary.txt.
 #
 # Usage on the device machine, from the repository root:   bash bench/gpu_check.sh
 # Environment: OUT, GPU_ARCHS (default 90), JOBS (default nproc), BENCH_ARGS (extra flags for
-# cuda_bench, e.g. "--layers 8"), FORCE_PREFIX=1 (use .debs/ even when the system has the
+# cuda_bench, e.g. "--layers 8"), SLIBENCH_ARGS (extra slibench flags), FORCE_PREFIX=1 (use .debs/ even when the system has the
 # packages; for checking the script on a CPU machine). Exit status: 0 when the tests passed and the bench ran.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -100,7 +102,8 @@ if ! meson setup "$BUILD" --buildtype=release -Dcuda=enabled -Dgpu_archs="$GPU_A
 fi
 
 step "build the CUDA targets"
-if ! ninja -C "$BUILD" -j "$JOBS" tests/cuda/test_cuda tests/cuda/test_cuda_rules bench/cuda_bench; then
+if ! ninja -C "$BUILD" -j "$JOBS" tests/cuda/test_cuda tests/cuda/test_cuda_rules bench/cuda_bench \
+    bench/slibench; then
   echo "build failed"
   exit 4
 fi
@@ -124,11 +127,23 @@ elif [ "$bench_rc" != 0 ]; then
   echo "cuda_bench FAILED (exit $bench_rc)"
 fi
 
+step "slibench on cuda:0 (engine on the GPU, brief)"
+# shellcheck disable=SC2086
+timeout 90 "$BUILD/bench/slibench" --tiny --device cuda:0 --backend pread \
+  --workdir "$BUILD/slibench-work" --json "$OUT/slibench_cuda.json" \
+  --trace "$OUT/slibench_cuda_trace.json" ${SLIBENCH_ARGS:-} | tee "$OUT/slibench_cuda.txt"
+sb_rc=${PIPESTATUS[0]}
+if [ "$sb_rc" != 0 ]; then
+  status=1
+  echo "slibench --device cuda:0 FAILED (exit $sb_rc)"
+fi
+
 step "summary"
 {
   echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
   echo "tests: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')"
   grep -E 'ratio|wall' "$OUT/cuda_bench.txt" 2>/dev/null
+  grep -E 'h2d' "$OUT/slibench_cuda.txt" 2>/dev/null
   echo "status: $status   elapsed: $(( $(date +%s) - START ))s"
 } | tee "$OUT/summary.txt"
 exit $status

@@ -186,18 +186,22 @@ Result<StreamResult> streamEngine(const StreamOptions& o) {
     }
     const EngineStats st = engine->stats();
     const std::vector<LayerTiming> tl = engine->timings();
-    std::vector<std::pair<int64_t, int64_t>> rd, dq, ex;
+    std::vector<std::pair<int64_t, int64_t>> rd, dq, ex, h2d;
     int64_t first = INT64_MAX, last = 0;
     for (const auto& t : tl) {
         rd.emplace_back(t.readStartNs, t.readDoneNs);
-        dq.emplace_back(t.dequantStartNs, t.dequantizedNs);
+        // GPU: dequant and H2D come from CUDA events (0 when a layer's times were not read).
+        if (t.dequantizedNs > 0) dq.emplace_back(t.dequantStartNs, t.dequantizedNs);
+        if (t.copiedNs > 0) h2d.emplace_back(t.copyStartNs, t.copiedNs);
         ex.emplace_back(t.acquiredNs, t.releasedNs);
         first = std::min(first, t.queuedNs);
-        last = std::max(last, t.releasedNs);
+        // GPU: a layer is done when released and its dequant finished (the host runs ahead).
+        last = std::max({last, t.releasedNs, t.dequantizedNs});
     }
     r.wallSeconds = tl.empty() ? 0 : static_cast<double>(last - first) / 1e9;
     r.stages.read = unionSeconds(std::move(rd));
     r.stages.dequant = unionSeconds(std::move(dq));
+    r.stages.h2d = unionSeconds(std::move(h2d));
     r.stages.execute = unionSeconds(std::move(ex));
     r.stages.verify = st.verifySeconds;
     r.bytesRead = st.bytesRead;

@@ -16,6 +16,20 @@
 // output arena of the largest layer's full-precision tensors) + per-worker scratch.
 // Pass-through tensors (mode none, stored uncompressed in the output dtype) are verified and
 // handed out straight from the pinned read buffer: no copy, no arena space.
+//
+// GPU path (device "cuda:N"): the pinned pool's slabs are registered with CUDA at open() and a
+// GpuLayerPipeline (copy stream, dequant stream, events per device slot, device buffers from a
+// pool bounded by deviceBudgetBytes) does the device half. Each pinned slot holds the layer's
+// data region followed by a tail where workers decompress statistics (so every part of every
+// view lies in one pinned block that is copied as one H2D transfer). Slot states:
+//   kFree -> kReading -> kDecoding (workers verify + decode) -> kVerified -> kSubmitting ->
+//   kCopying (submitted; freed when the pipeline's copied event fires, polled without blocking)
+// Submission ("pump") is done by whichever thread makes progress possible (the worker that
+// finishes a layer, or the io thread after a release), one at a time, strictly in plan order,
+// so a later layer never takes the device slot an earlier one needs. Device slots ("uses")
+// go kFree -> kSubmitted -> kLeased -> kFree (release records an event on the caller's
+// stream). Stage times come from the pipeline's CUDA timing events, read only once the
+// dequant is known to be done (non-blocking query), except in stats()/timings().
 #include "sli/engine.h"
 
 #include <algorithm>
@@ -32,7 +46,10 @@
 #include "io/cache_manifest.h"
 #include "io/pinned_pool.h"
 #include "io/read_scheduler.h"
+#include "engine/gpu/gpu_runtime.h"
+#include "engine/gpu/layer_pipeline.h"
 #include "sli/config.h"
+#include "sli/cuda.h"
 #include "sli/kernels.h"
 #include "sli/log.h"
 #include "engine_testing.h"
@@ -66,7 +83,16 @@ int64_t nowNs(std::chrono::steady_clock::time_point origin) {
 
 uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-enum class SlotState : uint8_t { kFree, kReading, kDecoding, kReady, kLeased };
+enum class SlotState : uint8_t {
+    kFree,
+    kReading,
+    kDecoding,
+    kReady,   // CPU: dequantized; both paths: carries a read / verify / submit error
+    kLeased,  // CPU only
+    kVerified, kSubmitting, kCopying,  // GPU only
+};
+
+constexpr uint64_t kDeviceAlign = 256;  // statistics tail and each tensor's decode scratch
 
 struct LayerSource {
     std::string name;
@@ -78,6 +104,10 @@ struct LayerSource {
     // (pass-through), else -1.
     std::vector<int64_t> inPlace;
     uint64_t outBytes = 0;
+    // GPU: per tensor, offset in the pinned slot where its compressed parts are decoded (after
+    // the data region); regionBytes = data region + that tail (what one H2D copy moves).
+    std::vector<uint64_t> statsOffsets;
+    uint64_t regionBytes = 0;
 };
 
 struct SlotData {
@@ -92,6 +122,23 @@ struct SlotData {
     AlignedBuffer arena;
     std::map<int64_t, Layer> views;  // per layer: tensors borrowing the arena
     LayerTiming timing;
+    // GPU: the decoded views (parts in this pinned slot), and the device slot it was
+    // submitted to (kCopying).
+    std::vector<QuantizedTensorView> gpuViews;
+    int gpuSlot = -1;
+};
+
+enum class GpuState : uint8_t { kFree, kSubmitted, kLeased };
+
+// One device slot of the pipeline and the layer it holds.
+struct GpuUse {
+    GpuState state = GpuState::kFree;
+    int64_t layer = -1;
+    uint64_t pos = 0;
+    LayerTiming timing;
+    bool timingPending = false;  // the CUDA event times of this use are not read yet
+    int64_t timingIndex = -1;    // into Impl::timings once released
+    std::map<int64_t, std::vector<DeviceTensor>> views;  // per layer, built once
 };
 
 struct Task {
@@ -116,6 +163,15 @@ struct Engine::Impl {
     std::string backendName;
     bool anyDirect = false;
 
+    // ---- GPU path (gpuDevice >= 0); declared after pool/slots so it is destroyed first ----
+    int gpuDevice = -1;
+    uint64_t maxRegionBytes = 0, maxDeviceOutBytes = 0;
+    size_t maxTensors = 0;
+    std::vector<gpu::HostRegistration> hostRegs;
+    std::unique_ptr<gpu::GpuLayerPipeline> pipeline;
+    int64_t epochNs = 0;  // engine clock when the pipeline's epoch event was recorded
+    bool gpu() const { return gpuDevice >= 0; }
+
     // ---- shared state, guarded by mu -------------------------------------------------
     mutable std::mutex mu;
     std::condition_variable ioCv;     // io thread: slot freed, acquire waiting, stop
@@ -128,6 +184,9 @@ struct Engine::Impl {
     bool acquireWaiting = false;
     EngineStats stats;
     std::vector<LayerTiming> timings;
+    std::vector<GpuUse> gpuUses;   // one per pipeline slot
+    int spareGpuSlot = -1;         // reserved, left unused by a failed submit
+    bool gpuSubmitting = false;    // one pump at a time
 
     std::thread ioThread;
     std::vector<std::thread> workers;
@@ -144,6 +203,11 @@ struct Engine::Impl {
 
     Status openLayers();
     Status allocate();
+    Status openGpu();
+    void pumpGpuLocked(std::unique_lock<std::mutex>& lock);
+    void pollCopiesLocked(bool* anyCopying);
+    void harvestLocked(int g, bool block);
+    void harvestAllLocked(bool blockReleased);
     void ioLoop();
     void workerLoop(int id);
     void freeSlotLocked(int s);
@@ -217,6 +281,20 @@ Status Engine::Impl::openLayers() {
             if (!passThrough) off = alignUp(off + bytes, kArenaAlign);
         }
         src.outBytes = off;
+        uint64_t tail = alignUp(src.index.dataBytes(), kDeviceAlign);
+        for (const auto& t : src.index.tensors) {
+            src.statsOffsets.push_back(tail);
+            tail += alignUp(t.scratchBytes(), kDeviceAlign);
+        }
+        src.regionBytes = tail;
+        maxRegionBytes = std::max(maxRegionBytes, src.regionBytes);
+        maxTensors = std::max(maxTensors, src.index.tensors.size());
+        if (gpu()) {
+            std::vector<const QuantizedTensorInfo*> infos;
+            for (const auto& t : src.index.tensors) infos.push_back(&t.info);
+            maxDeviceOutBytes = std::max<uint64_t>(
+                maxDeviceOutBytes, gpu::GpuLayerPipeline::outputBytesFor(infos, src.outDTypes));
+        }
         maxDataBytes = std::max(maxDataBytes, src.index.dataBytes());
         maxOutBytes = std::max(maxOutBytes, src.outBytes);
         maxScratch = std::max(maxScratch, src.index.maxScratchBytes());
@@ -239,15 +317,21 @@ Status Engine::Impl::allocate() {
     const int workersWanted =
         opts.workerThreads > 0 ? opts.workerThreads
                                : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-    const uint64_t slotRead = alignUp(std::max<uint64_t>(maxDataBytes, 4096), 4096);
-    const uint64_t perSlot = slotRead + maxOutBytes;
-    const uint64_t scratchTotal = alignUp(maxScratch, 4096) * static_cast<uint64_t>(workersWanted);
+    // GPU: the slot also holds the decoded statistics; outputs and scratch live elsewhere.
+    const uint64_t slotRead =
+        alignUp(std::max<uint64_t>(gpu() ? maxRegionBytes : maxDataBytes, 4096), 4096);
+    const uint64_t hostOut = gpu() ? 0 : maxOutBytes;
+    const uint64_t perSlot = slotRead + hostOut;
+    const uint64_t scratchTotal =
+        gpu() ? 0 : alignUp(maxScratch, 4096) * static_cast<uint64_t>(workersWanted);
     if (opts.hostBudgetBytes < perSlot + scratchTotal) {
         return Status::invalidArgument(
             "host budget of " + std::to_string(opts.hostBudgetBytes) + " bytes cannot hold one layer: " +
-            "the largest needs " + std::to_string(slotRead) + " bytes of read buffer and " +
-            std::to_string(maxOutBytes) + " bytes of " + dtypeName(outDType) + " output (" +
-            std::to_string(perSlot + scratchTotal) + " bytes in all)");
+            "the largest needs " + std::to_string(slotRead) + " bytes of read buffer" +
+            (gpu() ? std::string(" (with decoded statistics)")
+                   : " and " + std::to_string(maxOutBytes) + " bytes of " + dtypeName(outDType) +
+                         " output") +
+            " (" + std::to_string(perSlot + scratchTotal) + " bytes in all)");
     }
     depth = std::max(0, opts.prefetchDepth);
     const uint64_t fit = (opts.hostBudgetBytes - scratchTotal) / perSlot;
@@ -267,12 +351,18 @@ Status Engine::Impl::allocate() {
     for (uint64_t s = 0; s < nslots; ++s) {
         auto slot = std::make_unique<SlotData>();
         SLI_ASSIGN_OR_RETURN(slot->buffer, pool->acquire());
-        SLI_ASSIGN_OR_RETURN(slot->arena, AlignedBuffer::allocate(std::max<uint64_t>(maxOutBytes, 64), false));
+        if (gpu()) {
+            slot->gpuViews.resize(maxTensors);
+        } else {
+            SLI_ASSIGN_OR_RETURN(slot->arena,
+                                 AlignedBuffer::allocate(std::max<uint64_t>(maxOutBytes, 64), false));
+        }
         slots.push_back(std::move(slot));
     }
     stats.slots = static_cast<int>(nslots);
     stats.pinnedBytes = pool->stats().totalBytes;
-    stats.hostOutputBytes = maxOutBytes * nslots;
+    stats.hostOutputBytes = hostOut * nslots;
+    if (gpu()) SLI_RETURN_IF_ERROR(openGpu());
 
     io::ReadSchedulerOptions so;
     auto backend = io::parseIoBackend(opts.ioBackend);
@@ -302,6 +392,183 @@ Status Engine::Impl::allocate() {
     for (int w = 0; w < workersWanted; ++w) workers.emplace_back([this, w] { workerLoop(w); });
     ioThread = std::thread([this] { ioLoop(); });
     return Status();
+}
+
+Status Engine::Impl::openGpu() {
+    const uint64_t perSlot = gpu::DeviceBufferPool::sizeClass(maxRegionBytes) +
+                             gpu::DeviceBufferPool::sizeClass(std::max<uint64_t>(maxDeviceOutBytes, 256));
+    uint64_t nslots = static_cast<uint64_t>(depth) + 1;
+    if (planFinite()) nslots = std::min<uint64_t>(nslots, std::max<uint64_t>(1, planLength()));
+    if (opts.deviceBudgetBytes > 0) {
+        const uint64_t fit = opts.deviceBudgetBytes / perSlot;
+        if (fit == 0) {
+            return Status::invalidArgument(
+                "device budget of " + std::to_string(opts.deviceBudgetBytes) +
+                " bytes cannot hold one layer on " + opts.device + ": the largest needs " +
+                std::to_string(perSlot) + " bytes of device staging and " + dtypeName(outDType) +
+                " output buffers");
+        }
+        if (fit < nslots) {
+            SLI_WARN(kLog, "device budget holds %llu layers: prefetch depth lowered from %d to %llu",
+                     static_cast<unsigned long long>(fit), depth,
+                     static_cast<unsigned long long>(fit - 1));
+            nslots = fit;
+            depth = std::min(depth, static_cast<int>(fit) - 1);
+        }
+    }
+    // Pin once: every slab of the pool, for true asynchronous DMA from the read slots.
+    for (const io::MemoryRegion& r : pool->regions()) {
+        auto reg = gpu::HostRegistration::registerRange(r.data, r.size);
+        if (!reg.isOk()) {
+            return reg.status().withContext("registering the engine's pinned read slots (" +
+                                            std::to_string(r.size) + " bytes) with CUDA");
+        }
+        hostRegs.push_back(std::move(reg).value());
+    }
+    gpu::GpuPipelineOptions po;
+    po.device = gpuDevice;
+    po.slots = static_cast<int>(nslots);
+    po.stagingBytes = maxRegionBytes;
+    po.outputBytes = std::max<uint64_t>(maxDeviceOutBytes, 256);
+    po.deviceBudgetBytes = opts.deviceBudgetBytes;
+    po.timing = opts.recordTrace;
+    auto p = gpu::GpuLayerPipeline::create(po);
+    if (!p.isOk()) return p.status().withContext("engine on " + opts.device);
+    pipeline = std::move(p).value();
+    epochNs = nowNs(origin);
+    gpuUses.resize(nslots);
+    stats.device = opts.device;
+    stats.deviceSlots = static_cast<int>(nslots);
+    stats.deviceBytes = nslots * perSlot;
+    return Status();
+}
+
+// Submits verified layers to the device, strictly in plan order, while device slots are free.
+// Called with `lock` held; drops it around each submit (host-side launches only).
+void Engine::Impl::pumpGpuLocked(std::unique_lock<std::mutex>& lock) {
+    if (!gpu() || gpuSubmitting) return;
+    gpuSubmitting = true;
+    while (!stop) {
+        int cand = -1;
+        for (size_t s = 0; s < slots.size(); ++s) {
+            const SlotData& sd = *slots[s];
+            const bool inFlight = sd.state == SlotState::kReading ||
+                                  sd.state == SlotState::kDecoding ||
+                                  sd.state == SlotState::kVerified;
+            if (inFlight && !sd.discard && (cand < 0 || sd.pos < slots[cand]->pos)) {
+                cand = static_cast<int>(s);
+            }
+        }
+        if (cand < 0 || slots[static_cast<size_t>(cand)]->state != SlotState::kVerified) break;
+        int g = spareGpuSlot;
+        if (g < 0) {
+            auto r = pipeline->reserve();
+            if (!r.isOk()) break;  // every device slot holds a layer: wait for a release
+            g = *r;
+        }
+        spareGpuSlot = -1;
+        harvestLocked(g, false);
+        gpuUses[static_cast<size_t>(g)].timingPending = false;  // not done yet: not timed
+        SlotData& slot = *slots[static_cast<size_t>(cand)];
+        const LayerSource& src = layers[static_cast<size_t>(slot.layer)];
+        slot.state = SlotState::kSubmitting;
+        const size_t nt = src.index.tensors.size();
+        lock.unlock();
+        auto res = pipeline->submit(
+            g, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(slot.buffer.data()), src.regionBytes),
+            std::span<const QuantizedTensorView>(slot.gpuViews.data(), nt),
+            std::span<const DType>(src.outDTypes.data(), nt));
+        lock.lock();
+        if (!res.isOk()) {
+            spareGpuSlot = g;
+            if (slot.error.isOk()) {
+                slot.error = res.status().withContext("layer " + std::to_string(slot.layer) + " (" +
+                                                      src.name + ") on " + opts.device);
+            }
+            if (slot.discard) {
+                freeSlotLocked(cand);
+            } else {
+                slot.state = SlotState::kReady;  // carries the error
+                readyCv.notify_all();
+            }
+            continue;
+        }
+        GpuUse& u = gpuUses[static_cast<size_t>(g)];
+        u.state = GpuState::kSubmitted;
+        u.layer = slot.layer;
+        u.pos = slot.pos;
+        u.timing = slot.timing;
+        u.timing.dequantStartNs = u.timing.dequantizedNs = 0;
+        u.timingPending = opts.recordTrace;
+        u.timingIndex = -1;
+        stats.layersDequantized++;
+        stats.h2dBytes += src.regionBytes;
+        slot.state = SlotState::kCopying;
+        slot.gpuSlot = g;
+        if (slot.discard) {  // skipped by acquire() while being submitted
+            (void)pipeline->release(g, pipeline->dequantStream());
+            u.state = GpuState::kFree;
+            u.timingPending = false;
+        }
+        readyCv.notify_all();
+        ioCv.notify_one();  // the io thread frees the pinned slot once copied
+    }
+    gpuSubmitting = false;
+}
+
+// Frees pinned slots whose H2D copy is done (non-blocking queries).
+void Engine::Impl::pollCopiesLocked(bool* anyCopying) {
+    *anyCopying = false;
+    for (size_t s = 0; s < slots.size(); ++s) {
+        SlotData& slot = *slots[s];
+        if (slot.state != SlotState::kCopying) continue;
+        // A later submit to the same device slot re-records `copied` on the same copy stream,
+        // so a completed query also covers this slot's (earlier) copy.
+        auto done = pipeline->copied(slot.gpuSlot);
+        if (!done.isOk()) SLI_ERROR(kLog, "copy query: %s", done.status().toString().c_str());
+        if (!done.isOk() || *done) {
+            slot.gpuSlot = -1;
+            freeSlotLocked(static_cast<int>(s));
+        } else {
+            *anyCopying = true;
+        }
+    }
+}
+
+// Reads the CUDA event times of device slot g's current use once its dequant is done (or
+// waits for it when `block`).
+void Engine::Impl::harvestLocked(int g, bool block) {
+    GpuUse& u = gpuUses[static_cast<size_t>(g)];
+    if (!u.timingPending) return;
+    if (!block) {
+        auto r = pipeline->ready(g);
+        if (!r.isOk() || !*r) return;
+    }
+    u.timingPending = false;
+    auto t = pipeline->stageTimes(g);
+    if (!t.isOk()) return;
+    auto at = [this](float ms) { return epochNs + static_cast<int64_t>(static_cast<double>(ms) * 1e6); };
+    u.timing.copyStartNs = at(t->copyStartMs);
+    u.timing.copiedNs = at(t->copyEndMs);
+    u.timing.dequantStartNs = at(t->dequantStartMs);
+    u.timing.dequantizedNs = at(t->dequantEndMs);
+    stats.h2dSeconds += t->copyMs / 1e3;
+    stats.dequantSeconds += t->dequantMs / 1e3;
+    if (u.timingIndex >= 0 && static_cast<size_t>(u.timingIndex) < timings.size()) {
+        LayerTiming& lt = timings[static_cast<size_t>(u.timingIndex)];
+        lt.copyStartNs = u.timing.copyStartNs;
+        lt.copiedNs = u.timing.copiedNs;
+        lt.dequantStartNs = u.timing.dequantStartNs;
+        lt.dequantizedNs = u.timing.dequantizedNs;
+    }
+}
+
+void Engine::Impl::harvestAllLocked(bool blockReleased) {
+    if (!gpu()) return;
+    for (size_t g = 0; g < gpuUses.size(); ++g) {
+        harvestLocked(static_cast<int>(g),
+                      blockReleased && gpuUses[g].state == GpuState::kFree);
+    }
 }
 
 Result<Layer*> Engine::Impl::layerView(int s, int64_t layer) {
@@ -339,6 +606,13 @@ void Engine::Impl::ioLoop() {
         {
             std::unique_lock<std::mutex> lock(mu);
             if (stop) break;
+            bool anyCopying = false;
+            if (gpu()) {
+                pollCopiesLocked(&anyCopying);
+                harvestAllLocked(false);
+                pumpGpuLocked(lock);  // a release may have freed a device slot
+                if (stop) break;
+            }
             // Assign free slots to the next plan positions inside the prefetch window.
             for (size_t s = 0; s < slots.size(); ++s) {
                 SlotData& slot = *slots[s];
@@ -380,7 +654,12 @@ void Engine::Impl::ioLoop() {
                 slot.timing.readStartNs = nowNs(origin);
             }
             if (batch.empty() && scheduler->pending() == 0) {
-                ioCv.wait(lock);
+                if (anyCopying) {
+                    // A copy in flight frees its pinned slot when done: poll, never block on it.
+                    ioCv.wait_for(lock, std::chrono::microseconds(200));
+                } else {
+                    ioCv.wait(lock);
+                }
                 continue;
             }
         }
@@ -399,7 +678,8 @@ void Engine::Impl::ioLoop() {
                 continue;
             }
         }
-        const size_t n = scheduler->reap(done, std::chrono::microseconds(500));
+        const size_t n =
+            scheduler->reap(done, std::chrono::microseconds(gpu() ? 200 : 500));
         if (n == 0) continue;
         std::lock_guard<std::mutex> lock(mu);
         for (size_t k = 0; k < n; ++k) {
@@ -440,6 +720,17 @@ void Engine::Impl::ioLoop() {
 void Engine::Impl::finishTaskLocked(int s) {
     SlotData& slot = *slots[static_cast<size_t>(s)];
     if (slot.tasksLeft.fetch_sub(1) != 1) return;
+    if (gpu()) {  // verified and decoded: hand it to the submit pump
+        if (slot.discard) {
+            freeSlotLocked(s);
+        } else if (!slot.error.isOk()) {
+            slot.state = SlotState::kReady;
+            readyCv.notify_all();
+        } else {
+            slot.state = SlotState::kVerified;
+        }
+        return;
+    }
     slot.timing.dequantizedNs = nowNs(origin);
     stats.layersDequantized++;
     stats.dequantSeconds += (slot.timing.dequantizedNs - slot.timing.dequantStartNs) / 1e9;
@@ -452,8 +743,11 @@ void Engine::Impl::finishTaskLocked(int s) {
 }
 
 void Engine::Impl::workerLoop(int /*id*/) {
-    auto scratchOr = AlignedBuffer::allocate(std::max<uint64_t>(maxScratch, 64), false);
-    AlignedBuffer scratch = scratchOr.isOk() ? std::move(scratchOr).value() : AlignedBuffer();
+    AlignedBuffer scratch;  // GPU: statistics are decoded into the pinned slot's tail instead
+    if (!gpu()) {
+        auto scratchOr = AlignedBuffer::allocate(std::max<uint64_t>(maxScratch, 64), false);
+        if (scratchOr.isOk()) scratch = std::move(scratchOr).value();
+    }
     while (true) {
         Task task;
         {
@@ -466,6 +760,7 @@ void Engine::Impl::workerLoop(int /*id*/) {
             if (slot.timing.dequantStartNs == 0) slot.timing.dequantStartNs = nowNs(origin);
             if (slot.discard || !slot.error.isOk()) {  // nothing to hand out: skip the work
                 finishTaskLocked(task.slot);
+                pumpGpuLocked(lock);
                 continue;
             }
         }
@@ -475,7 +770,21 @@ void Engine::Impl::workerLoop(int /*id*/) {
         Status st;
         const int64_t t0 = nowNs(origin);
         int64_t t1 = t0;
-        if (scratch.size() < entry.scratchBytes()) {
+        if (gpu()) {
+            std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(slot.buffer.data()),
+                                           src.index.dataBytes());
+            std::span<uint8_t> tail(reinterpret_cast<uint8_t*>(slot.buffer.data()) +
+                                        src.statsOffsets[task.tensor],
+                                    entry.scratchBytes());
+            auto view = io::decodeTensor(src.index, task.tensor, bytes, src.index.dataStart,
+                                         opts.verifyChecksums, tail);
+            t1 = nowNs(origin);
+            if (view.isOk()) {
+                slot.gpuViews[task.tensor] = *view;
+            } else {
+                st = view.status();
+            }
+        } else if (scratch.size() < entry.scratchBytes()) {
             st = Status::resourceExhausted("decode scratch too small for tensor " + entry.info.name);
         } else {
             std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(slot.buffer.data()),
@@ -502,7 +811,7 @@ void Engine::Impl::workerLoop(int /*id*/) {
             }
         }
         const int64_t t2 = nowNs(origin);
-        std::lock_guard<std::mutex> lock(mu);
+        std::unique_lock<std::mutex> lock(mu);
         stats.verifySeconds += (t1 - t0) / 1e9;
         slot.timing.verifiedNs = std::max(slot.timing.verifiedNs, t1);
         slot.timing.bytesProduced +=
@@ -513,6 +822,7 @@ void Engine::Impl::workerLoop(int /*id*/) {
                                         ") tensor " + entry.info.name + " in " + src.index.path);
         }
         finishTaskLocked(task.slot);
+        pumpGpuLocked(lock);
     }
 }
 
@@ -534,14 +844,23 @@ Engine::~Engine() {
 }
 
 Result<std::unique_ptr<Engine>> Engine::open(const EngineOptions& options) {
-    if (options.device != "cpu") {
-        if (options.device.rfind("cuda", 0) == 0) {
-            return Status::notSupported("device " + options.device +
-                                        ": the GPU engine path is not wired into sli::Engine yet; "
-                                        "use device \"cpu\"");
-        }
+    auto device = cuda::parseDevice(options.device);
+    if (!device.isOk()) {
         return Status::invalidArgument("unknown device \"" + options.device +
                                        "\"; use \"cpu\" or \"cuda:N\"");
+    }
+    if (*device >= 0) {
+        if (!cuda::built()) {
+            return Status::notSupported("device " + options.device +
+                                        ": this build of sli has no CUDA support (configure with "
+                                        "meson -Dcuda=enabled); use device \"cpu\"");
+        }
+        if (!cuda::deviceAvailable(*device)) {
+            return Status::notSupported("device " + options.device + ": no such CUDA device (" +
+                                        std::to_string(cuda::deviceCount()) +
+                                        " visible: no GPU, no driver, or CUDA_VISIBLE_DEVICES); "
+                                        "use device \"cpu\"");
+        }
     }
     if (options.computeDType != DType::kBool && !dtypeIsCompute(options.computeDType)) {
         return Status::invalidArgument(std::string("compute dtype must be f16, bf16 or f32, not ") +
@@ -550,10 +869,12 @@ Result<std::unique_ptr<Engine>> Engine::open(const EngineOptions& options) {
     if (options.prefetchDepth < 0) return Status::invalidArgument("prefetch depth must be >= 0");
     auto impl = std::make_unique<Impl>();
     impl->opts = options;
+    impl->gpuDevice = *device;
     SLI_RETURN_IF_ERROR(impl->openLayers());
     SLI_RETURN_IF_ERROR(impl->allocate());
-    SLI_INFO(kLog, "engine: %zu layers from %s, %zu slots, depth %d, %s%s, %zu workers",
-             impl->layers.size(), impl->cacheDir.c_str(), impl->slots.size(), impl->depth,
+    SLI_INFO(kLog, "engine: %zu layers from %s on %s, %zu slots (%d on the device), depth %d, %s%s, %zu workers",
+             impl->layers.size(), impl->cacheDir.c_str(), options.device.c_str(),
+             impl->slots.size(), impl->stats.deviceSlots, impl->depth,
              impl->backendName.c_str(), impl->anyDirect ? " O_DIRECT" : " buffered",
              impl->workers.size());
     return std::unique_ptr<Engine>(new Engine(std::move(impl)));
@@ -562,8 +883,11 @@ Result<std::unique_ptr<Engine>> Engine::open(const EngineOptions& options) {
 int64_t Engine::numLayers() const noexcept { return static_cast<int64_t>(impl_->layers.size()); }
 const std::vector<std::string>& Engine::layerNames() const noexcept { return impl_->layerNames; }
 DType Engine::computeDType() const noexcept { return impl_->outDType; }
+int Engine::device() const noexcept { return impl_->gpuDevice; }
 
-Result<Lease> Engine::acquire(int64_t layer) {
+Result<Lease> Engine::acquire(int64_t layer) { return acquire(layer, nullptr); }
+
+Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     Impl& m = *impl_;
     if (layer < 0 || layer >= numLayers()) {
         return Status::invalidArgument("acquire(" + std::to_string(layer) + "): the cache has " +
@@ -590,18 +914,27 @@ Result<Lease> Engine::acquire(int64_t layer) {
     for (size_t s = 0; s < m.slots.size(); ++s) {
         SlotData& slot = *m.slots[s];
         if (slot.state != SlotState::kFree && slot.state != SlotState::kLeased && slot.pos < pos) {
-            if (slot.state == SlotState::kReady) {
+            if (slot.state == SlotState::kReady || slot.state == SlotState::kVerified) {
                 m.freeSlotLocked(static_cast<int>(s));
-            } else {
+            } else if (slot.state != SlotState::kCopying) {
                 slot.discard = true;
             }
+        }
+    }
+    for (size_t g = 0; g < m.gpuUses.size(); ++g) {
+        GpuUse& u = m.gpuUses[g];
+        if (u.state == GpuState::kSubmitted && u.pos < pos) {
+            // Never handed out: mark the device slot free after its own dequant.
+            (void)m.pipeline->release(static_cast<int>(g), m.pipeline->dequantStream());
+            u.state = GpuState::kFree;
+            u.timingPending = false;
         }
     }
     m.nextAcquirePos = pos;
     if (m.nextReadPos < pos) m.nextReadPos = pos;
     m.acquireWaiting = true;
     m.ioCv.notify_one();
-    int found = -1;
+    int found = -1, foundGpu = -1;
     while (true) {
         if (m.stop) return Status::internal("engine is shutting down");
         bool anyFreeOrPending = false;
@@ -612,17 +945,62 @@ Result<Lease> Engine::acquire(int64_t layer) {
                 found = static_cast<int>(s);
             }
         }
-        if (found >= 0) break;
+        if (m.gpu()) {
+            // The host waits only until the layer is submitted; its stream waits for the rest.
+            anyFreeOrPending = false;
+            for (size_t g = 0; g < m.gpuUses.size(); ++g) {
+                const GpuUse& u = m.gpuUses[g];
+                if (u.state != GpuState::kLeased) anyFreeOrPending = true;
+                if (u.state == GpuState::kSubmitted && u.pos == pos) foundGpu = static_cast<int>(g);
+            }
+        }
+        if (found >= 0 || foundGpu >= 0) break;
         if (!anyFreeOrPending) {
             m.acquireWaiting = false;
+            const size_t held = m.gpu() ? m.gpuUses.size() : m.slots.size();
             return Status::resourceExhausted(
-                "acquire(" + std::to_string(layer) + "): all " + std::to_string(m.slots.size()) +
-                " layer slots are leased; release earlier layers first (or raise the host budget)");
+                "acquire(" + std::to_string(layer) + "): all " + std::to_string(held) +
+                (m.gpu() ? " device" : "") +
+                " layer slots are leased; release earlier layers first (or raise the " +
+                (m.gpu() ? "device" : "host") + " budget)");
         }
         m.readyCv.wait(lock);
     }
     m.acquireWaiting = false;
     m.nextAcquirePos = pos + 1;
+    if (foundGpu >= 0) {
+        GpuUse& u = m.gpuUses[static_cast<size_t>(foundGpu)];
+        Status st = m.pipeline->acquire(foundGpu, stream);
+        if (!st.isOk()) {
+            (void)m.pipeline->release(foundGpu, m.pipeline->dequantStream());
+            u.state = GpuState::kFree;
+            m.ioCv.notify_one();
+            return st.withContext("acquire(" + std::to_string(layer) + ") on " + m.opts.device);
+        }
+        auto it = u.views.find(layer);
+        if (it == u.views.end()) {
+            std::vector<DeviceTensor> dts;
+            for (const gpu::GpuTensor& t : m.pipeline->tensors(foundGpu)) {
+                dts.push_back(DeviceTensor{t.info->name, t.info->shape, t.dtype, t.data, t.bytes,
+                                           m.gpuDevice});
+            }
+            it = u.views.emplace(layer, std::move(dts)).first;
+        }
+        u.state = GpuState::kLeased;
+        u.timing.acquireCalledNs = calledNs;
+        u.timing.acquiredNs = nowNs(m.origin);
+        m.stats.layersAcquired++;
+        m.stats.bytesProduced += u.timing.bytesProduced;
+        m.stats.acquireWaitSeconds += (u.timing.acquiredNs - calledNs) / 1e9;
+        m.ioCv.notify_one();
+        Lease lease;
+        lease.engine_ = this;
+        lease.slot_ = foundGpu;
+        lease.layer_ = layer;
+        lease.devicePtr_ = &it->second;
+        lease.stream_ = stream;
+        return lease;
+    }
     SlotData& slot = *m.slots[static_cast<size_t>(found)];
     if (!slot.error.isOk()) {
         Status err = slot.error;
@@ -649,9 +1027,28 @@ Result<Lease> Engine::acquire(int64_t layer) {
     return lease;
 }
 
-void Engine::releaseSlot(int s) {
+void Engine::releaseSlot(int s, bool gpu, void* stream) {
     Impl& m = *impl_;
     std::lock_guard<std::mutex> lock(m.mu);
+    if (gpu) {
+        GpuUse& u = m.gpuUses[static_cast<size_t>(s)];
+        u.timing.releasedNs = nowNs(m.origin);
+        if (m.opts.recordTrace) {
+            u.timingIndex = static_cast<int64_t>(m.timings.size());
+            m.timings.push_back(u.timing);
+        }
+        // Records the event the next dequant into these buffers waits for. Should that fail,
+        // the device slot is never reused (safe: nothing may overwrite what the executor reads).
+        Status st = m.pipeline->release(s, stream);
+        if (st.isOk()) {
+            u.state = GpuState::kFree;
+        } else {
+            SLI_ERROR(kLog, "release of layer %lld on %s: %s; its device slot is retired",
+                      static_cast<long long>(u.layer), m.opts.device.c_str(), st.toString().c_str());
+        }
+        m.ioCv.notify_one();  // the io thread submits a layer waiting for a device slot
+        return;
+    }
     SlotData& slot = *m.slots[static_cast<size_t>(s)];
     slot.timing.releasedNs = nowNs(m.origin);
     if (m.opts.recordTrace) m.timings.push_back(slot.timing);
@@ -660,11 +1057,13 @@ void Engine::releaseSlot(int s) {
 
 EngineStats Engine::stats() const {
     std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->harvestAllLocked(true);
     return impl_->stats;
 }
 
 std::vector<LayerTiming> Engine::timings() const {
     std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->harvestAllLocked(true);
     return impl_->timings;
 }
 
@@ -677,7 +1076,12 @@ Status Engine::writeTrace(const std::string& path) const {
 Lease::~Lease() { release(); }
 
 Lease::Lease(Lease&& o) noexcept
-    : engine_(o.engine_), slot_(o.slot_), layer_(o.layer_), layerPtr_(o.layerPtr_) {
+    : engine_(o.engine_),
+      slot_(o.slot_),
+      layer_(o.layer_),
+      layerPtr_(o.layerPtr_),
+      devicePtr_(o.devicePtr_),
+      stream_(o.stream_) {
     o.engine_ = nullptr;
 }
 
@@ -688,6 +1092,8 @@ Lease& Lease::operator=(Lease&& o) noexcept {
         slot_ = o.slot_;
         layer_ = o.layer_;
         layerPtr_ = o.layerPtr_;
+        devicePtr_ = o.devicePtr_;
+        stream_ = o.stream_;
         o.engine_ = nullptr;
     }
     return *this;
@@ -702,11 +1108,27 @@ const Tensor* Lease::find(std::string_view name) const {
     return layerPtr_ ? layerPtr_->find(name) : nullptr;
 }
 
-void Lease::release() {
+std::span<const DeviceTensor> Lease::deviceTensors() const noexcept {
+    if (devicePtr_ == nullptr) return {};
+    return *devicePtr_;
+}
+
+const DeviceTensor* Lease::findDevice(std::string_view name) const {
+    if (devicePtr_ == nullptr) return nullptr;
+    for (const DeviceTensor& t : *devicePtr_) {
+        if (t.name == name) return &t;
+    }
+    return nullptr;
+}
+
+void Lease::release() { release(stream_); }
+
+void Lease::release(void* stream) {
     if (engine_ == nullptr) return;
-    engine_->releaseSlot(slot_);
+    engine_->releaseSlot(slot_, devicePtr_ != nullptr, stream);
     engine_ = nullptr;
     layerPtr_ = nullptr;
+    devicePtr_ = nullptr;
 }
 
 }  // namespace sli

@@ -116,6 +116,14 @@ size_t GpuLayerPipeline::outputBytesFor(std::span<const QuantizedTensorView> ten
     }
     return (total + 255) / 256 * 256;
 }
+size_t GpuLayerPipeline::outputBytesFor(std::span<const QuantizedTensorInfo* const> infos,
+                                        std::span<const DType> dsts) {
+    size_t total = 0;
+    for (size_t i = 0; i < infos.size() && i < dsts.size(); ++i) {
+        if (infos[i]) total = (total + 255) / 256 * 256 + cuda::dequantizedBytes(*infos[i], dsts[i]);
+    }
+    return (total + 255) / 256 * 256;
+}
 Result<std::unique_ptr<GpuLayerPipeline>> GpuLayerPipeline::create(const GpuPipelineOptions&) {
     return noCuda("GpuLayerPipeline");
 }
@@ -126,7 +134,18 @@ Result<std::span<const GpuTensor>> GpuLayerPipeline::submit(int, std::span<const
                                                            std::span<const QuantizedTensorView>, DType) {
     return noCuda("GpuLayerPipeline");
 }
+Result<std::span<const GpuTensor>> GpuLayerPipeline::submit(int, std::span<const uint8_t>,
+                                                           std::span<const QuantizedTensorView>,
+                                                           std::span<const DType>) {
+    return noCuda("GpuLayerPipeline");
+}
+Result<std::span<const GpuTensor>> GpuLayerPipeline::submitImpl(int, std::span<const uint8_t>,
+                                                               std::span<const QuantizedTensorView>,
+                                                               std::span<const DType>) {
+    return noCuda("GpuLayerPipeline");
+}
 Result<bool> GpuLayerPipeline::copied(int) const { return noCuda("GpuLayerPipeline"); }
+Result<bool> GpuLayerPipeline::ready(int) const { return noCuda("GpuLayerPipeline"); }
 Status GpuLayerPipeline::waitCopied(int) const { return noCuda("GpuLayerPipeline"); }
 Status GpuLayerPipeline::acquire(int, void*) { return noCuda("GpuLayerPipeline"); }
 Status GpuLayerPipeline::release(int, void*) { return noCuda("GpuLayerPipeline"); }

@@ -31,6 +31,15 @@ size_t GpuLayerPipeline::outputBytesFor(std::span<const QuantizedTensorView> ten
     return alignUp(total, kOutputAlign);
 }
 
+size_t GpuLayerPipeline::outputBytesFor(std::span<const QuantizedTensorInfo* const> infos,
+                                        std::span<const DType> dsts) {
+    size_t total = 0;
+    for (size_t i = 0; i < infos.size() && i < dsts.size(); ++i) {
+        if (infos[i]) total = alignUp(total, kOutputAlign) + cuda::dequantizedBytes(*infos[i], dsts[i]);
+    }
+    return alignUp(total, kOutputAlign);
+}
+
 Result<std::unique_ptr<GpuLayerPipeline>> GpuLayerPipeline::create(const GpuPipelineOptions& options) {
     if (options.slots < 1) return Status::invalidArgument("gpu pipeline: slots must be >= 1");
     if (options.stagingBytes == 0 || options.outputBytes == 0) {
@@ -121,7 +130,48 @@ Result<int> GpuLayerPipeline::reserve() {
 Result<std::span<const GpuTensor>> GpuLayerPipeline::submit(int slot, std::span<const uint8_t> hostRegion,
                                                            std::span<const QuantizedTensorView> tensors,
                                                            DType dst) {
+    return submitImpl(slot, hostRegion, tensors, std::span<const DType>(&dst, 1));
+}
+
+Result<std::span<const GpuTensor>> GpuLayerPipeline::submit(int slot, std::span<const uint8_t> hostRegion,
+                                                           std::span<const QuantizedTensorView> tensors,
+                                                           std::span<const DType> dsts) {
+    if (dsts.size() != tensors.size()) {
+        return Status::invalidArgument("gpu pipeline: " + std::to_string(tensors.size()) +
+                                       " tensors but " + std::to_string(dsts.size()) +
+                                       " output dtypes");
+    }
+    return submitImpl(slot, hostRegion, tensors, dsts);
+}
+
+namespace {
+// Binds a device for the current thread and restores the previous one.
+class DeviceGuard {
+public:
+    explicit DeviceGuard(int device) {
+        if (cudaGetDevice(&prev_) == cudaSuccess && prev_ != device) {
+            err_ = cudaSetDevice(device);
+        } else {
+            prev_ = -1;
+        }
+    }
+    ~DeviceGuard() {
+        if (prev_ >= 0) cudaSetDevice(prev_);
+    }
+    cudaError_t error() const { return err_; }
+
+private:
+    int prev_ = -1;
+    cudaError_t err_ = cudaSuccess;
+};
+}  // namespace
+
+Result<std::span<const GpuTensor>> GpuLayerPipeline::submitImpl(int slot, std::span<const uint8_t> hostRegion,
+                                                               std::span<const QuantizedTensorView> tensors,
+                                                               std::span<const DType> dsts) {
     SLI_RETURN_IF_ERROR(checkSlot(slot));
+    DeviceGuard guard(options_.device);
+    SLI_RETURN_IF_ERROR(check(guard.error(), "cudaSetDevice (submit)"));
     Slot& s = slots_[static_cast<size_t>(slot)];
     {
         std::lock_guard<std::mutex> lock(mu_);
@@ -142,8 +192,16 @@ Result<std::span<const GpuTensor>> GpuLayerPipeline::submit(int slot, std::span<
     s.outputs.clear();
     s.deviceViews.clear();
     size_t outOff = 0;
-    for (const auto& v : tensors) {
+    for (size_t k = 0; k < tensors.size(); ++k) {
+        const QuantizedTensorView& v = tensors[k];
+        const DType dst = dsts.size() == 1 ? dsts[0] : dsts[k];
         if (v.info == nullptr) return Status::invalidArgument("gpu pipeline: tensor view without metadata");
+        if (!dtypeIsCompute(dst) &&
+            (v.info->mode != QuantizationMode::kNone || v.info->storedDType != dst)) {
+            return Status::invalidArgument("gpu pipeline: tensor " + v.info->name +
+                                           " cannot be handed out as " + dtypeName(dst) +
+                                           " (only a mode-none tensor stored so)");
+        }
         QuantizedTensorView dv = v;
         for (int i = 0; i < kQuantPartCount; ++i) {
             const auto& part = v.parts[static_cast<size_t>(i)];
@@ -184,8 +242,24 @@ Result<std::span<const GpuTensor>> GpuLayerPipeline::submit(int slot, std::span<
     SLI_RETURN_IF_ERROR(dequantStream_.waitEvent(s.released));
     if (options_.timing) SLI_RETURN_IF_ERROR(s.dequantStart.record(ds));
     for (size_t i = 0; i < s.deviceViews.size(); ++i) {
-        SLI_RETURN_IF_ERROR(cuda::dequantize(s.deviceViews[i], dst, s.outputs[i].data,
-                                             s.outputs[i].bytes, ds));
+        const GpuTensor& out = s.outputs[i];
+        if (dtypeIsCompute(out.dtype)) {
+            SLI_RETURN_IF_ERROR(cuda::dequantize(s.deviceViews[i], out.dtype, out.data, out.bytes, ds));
+            continue;
+        }
+        // Stored as handed out (integer tensors): a device-to-device copy on the dequant stream.
+        const auto payload = s.deviceViews[i].part(QuantPart::kPayload);
+        if (payload.size() != out.bytes) {
+            return Status::corruption("tensor " + out.info->name + ": payload of " +
+                                      std::to_string(payload.size()) + " bytes, expected " +
+                                      std::to_string(out.bytes));
+        }
+        if (out.bytes > 0) {
+            SLI_RETURN_IF_ERROR(check(cudaMemcpyAsync(out.data, payload.data(), out.bytes,
+                                                      cudaMemcpyDeviceToDevice,
+                                                      static_cast<cudaStream_t>(ds)),
+                                      "cudaMemcpyAsync D2D"));
+        }
     }
     SLI_RETURN_IF_ERROR(s.ready.record(ds));
     s.everSubmitted = true;
@@ -204,6 +278,11 @@ Result<bool> GpuLayerPipeline::copied(int slot) const {
 Status GpuLayerPipeline::waitCopied(int slot) const {
     SLI_RETURN_IF_ERROR(checkSlot(slot));
     return slots_[static_cast<size_t>(slot)].copied.synchronize();
+}
+
+Result<bool> GpuLayerPipeline::ready(int slot) const {
+    SLI_RETURN_IF_ERROR(checkSlot(slot));
+    return slots_[static_cast<size_t>(slot)].ready.query();
 }
 
 Status GpuLayerPipeline::acquire(int slot, void* stream) {

@@ -33,6 +33,11 @@
 //    aligned) are valid from acquire() until release() in the caller's stream order.
 //  * acquire()/release() may be called from any thread and any stream (nullptr = legacy
 //    default stream). release() on a submitted slot that was never acquired is allowed (skip).
+//  * submit() binds the pipeline's device for its launches and restores the calling thread's
+//    current device, so any thread may submit.
+//  * Per-tensor output dtypes (the engine's submit overload): a compute dtype (f16 / bf16 /
+//    f32) dequantizes; any other dtype is allowed only for a mode-none tensor stored in exactly
+//    that dtype (integer position ids, masks), which is copied device-to-device as stored.
 //
 // Memory: everything is allocated at create(): slots * (stagingBytes + outputBytes) device
 // bytes from a DeviceBufferPool bounded by deviceBudgetBytes; steady state allocates nothing
@@ -92,6 +97,9 @@ public:
 
     // Output bytes one slot needs for these tensors (each output 256-byte aligned).
     static size_t outputBytesFor(std::span<const QuantizedTensorView> tensors, DType dst);
+    // The same for tensors described by metadata only, one output dtype each.
+    static size_t outputBytesFor(std::span<const QuantizedTensorInfo* const> infos,
+                                 std::span<const DType> dsts);
 
     int slots() const noexcept { return static_cast<int>(slots_.size()); }
     int device() const noexcept { return options_.device; }
@@ -103,9 +111,16 @@ public:
     Result<std::span<const GpuTensor>> submit(int slot, std::span<const uint8_t> hostRegion,
                                               std::span<const QuantizedTensorView> tensors,
                                               DType dst);
+    // One output dtype per tensor (dsts.size() == tensors.size()); see the contract above.
+    Result<std::span<const GpuTensor>> submit(int slot, std::span<const uint8_t> hostRegion,
+                                              std::span<const QuantizedTensorView> tensors,
+                                              std::span<const DType> dsts);
     // Whether the H2D copy of the slot's last submit is done (its host region is reusable).
     Result<bool> copied(int slot) const;
     Status waitCopied(int slot) const;  // host-blocking
+    // Whether the dequant of the slot's last submit is done (non-blocking; true if never
+    // submitted). Once true, stageTimes() of that use does not block.
+    Result<bool> ready(int slot) const;
     Status acquire(int slot, void* stream);
     Status release(int slot, void* stream);
     // The outputs of the slot's current use (after submit, until the next submit).
@@ -130,6 +145,9 @@ private:
 
     explicit GpuLayerPipeline(const GpuPipelineOptions& options) : options_(options) {}
     Status checkSlot(int slot) const;
+    Result<std::span<const GpuTensor>> submitImpl(int slot, std::span<const uint8_t> hostRegion,
+                                                  std::span<const QuantizedTensorView> tensors,
+                                                  std::span<const DType> dsts);
 
     GpuPipelineOptions options_;
     std::unique_ptr<DeviceBufferPool> pool_;

@@ -23,17 +23,40 @@
 // buffers sized for the largest layer plus as many output tensor sets; steady state allocates
 // nothing. A budget too small for one layer is InvalidArgument at open().
 //
+// GPU (device "cuda:N"): the pinned read slots are registered with CUDA once at open(); after
+// a layer's read, worker threads verify its checksums and decompress its statistics into a
+// reserved tail of the same pinned slot, then the io thread submits the slot to the device
+// pipeline: one H2D copy on a copy stream, dequant kernels on a dequant stream, an event per
+// device slot. The pinned slot is reused as soon as its copy is done (not its dequant).
+//
+//   auto lease = engine->acquire(i, stream);   // host waits only until layer i is *submitted*;
+//                                              // `stream` (a cudaStream_t) waits on the GPU
+//   for (const sli::DeviceTensor& t : lease->deviceTensors()) launch(..., t.data, stream);
+//   lease->release(stream);                    // event on `stream`: the device buffers are
+//                                              // reused only after the work enqueued before it
+//
+// A GPU lease hands out DeviceTensors (device pointers, valid in `stream` order from acquire to
+// release); its host tensors() are empty. acquire(i) without a stream on a GPU engine uses the
+// legacy default stream (nullptr). release() without a stream records on the acquire stream
+// (so does the destructor). Nothing on this path synchronizes the host with the GPU. Device
+// memory (device slots of staging + output buffers) comes from a pool bounded by
+// deviceBudgetBytes (0 = 90% of free device memory). A build without CUDA, or a machine
+// without that device, makes open() return NotSupported naming the reason.
+//
 // Errors: a layer whose read fails or whose checksum does not match makes acquire() of that
 // layer return the error (Corruption / IOError naming layer, tensor and file); other layers
 // still stream. Destroying the engine with reads in flight is clean (it waits for them).
 //
 // Thread safety: acquire() may be called from one executor thread at a time; Lease objects
-// may be released from any thread; stats() and writeTrace() are safe from any thread.
+// may be released from any thread; stats() and writeTrace() are safe from any thread. On the
+// GPU path stats(), timings() and writeTrace() may wait for dequant kernels already enqueued
+// for released layers (to read their CUDA event times); they are not for the hot path.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -66,12 +89,27 @@ struct EngineOptions {
     bool recordTrace = true;                    // keep per-layer stage timestamps
 };
 
+// A full-precision tensor in device memory (GPU leases). `data` is a device pointer (256-byte
+// aligned) valid in the lease's stream order until the lease is released.
+struct DeviceTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    DType dtype = DType::kF16;
+    void* data = nullptr;
+    size_t bytes = 0;
+    int device = 0;
+};
+
 // Per-layer stage timestamps (steady clock, nanoseconds since the engine opened).
 struct LayerTiming {
     int64_t layer = -1;
     uint64_t sequence = 0;  // position in the plan
     int64_t queuedNs = 0, readStartNs = 0, readDoneNs = 0, verifiedNs = 0, dequantStartNs = 0,
             dequantizedNs = 0, acquireCalledNs = 0, acquiredNs = 0, releasedNs = 0;
+    // GPU only: the H2D copy (CUDA events, placed on the engine clock through an epoch event
+    // recorded at open(); 0 until known). On the GPU path dequantStartNs / dequantizedNs are
+    // the dequant kernels' events and verifiedNs the CPU workers' checksum pass.
+    int64_t copyStartNs = 0, copiedNs = 0;
     uint64_t bytesRead = 0;      // quantized bytes read from disk
     uint64_t bytesProduced = 0;  // full-precision bytes handed out
 };
@@ -80,10 +118,15 @@ struct EngineStats {
     uint64_t layersRead = 0, layersDequantized = 0, layersAcquired = 0;
     uint64_t bytesRead = 0, bytesProduced = 0;
     double readSeconds = 0, verifySeconds = 0, dequantSeconds = 0, acquireWaitSeconds = 0;
+    double h2dSeconds = 0;   // GPU: sum of the H2D copies (CUDA events)
+    uint64_t h2dBytes = 0;   // GPU: bytes copied host to device
     uint64_t pinnedBytes = 0, hostOutputBytes = 0;
+    uint64_t deviceBytes = 0;  // GPU: device buffers held (staging + outputs)
     int slots = 0;
     std::string ioBackend;   // what was actually used: "io_uring" or "pread"
     bool directIo = false;   // whether O_DIRECT was actually used
+    std::string device = "cpu";
+    int deviceSlots = 0;     // GPU: layers resident on the device at once
 };
 
 class Engine;
@@ -99,9 +142,19 @@ public:
     Lease& operator=(const Lease&) = delete;
 
     int64_t layer() const noexcept { return layer_; }
-    const Layer& tensors() const;          // in source order, names as in the source model
+    // CPU leases: host tensors in source order, names as in the source model. Empty on a GPU
+    // lease.
+    const Layer& tensors() const;
     const Tensor* find(std::string_view name) const;
-    void release();                         // idempotent
+    // GPU leases: device tensors in source order. Empty on a CPU lease.
+    bool onDevice() const noexcept { return devicePtr_ != nullptr; }
+    std::span<const DeviceTensor> deviceTensors() const noexcept;
+    const DeviceTensor* findDevice(std::string_view name) const;
+    // Idempotent. A GPU lease records its release event on the stream given to acquire().
+    void release();
+    // GPU: records the release event on `stream` (a cudaStream_t; the executor's last stream
+    // to use the tensors). Does not block. On a CPU lease the same as release().
+    void release(void* stream);
 
 private:
     friend class Engine;
@@ -109,6 +162,8 @@ private:
     int slot_ = -1;
     int64_t layer_ = -1;
     const Layer* layerPtr_ = nullptr;
+    const std::vector<DeviceTensor>* devicePtr_ = nullptr;
+    void* stream_ = nullptr;
 };
 
 class Engine {
@@ -119,8 +174,15 @@ public:
     int64_t numLayers() const noexcept;
     const std::vector<std::string>& layerNames() const noexcept;
     DType computeDType() const noexcept;
-    // Blocks until layer i is ready; returns its lease or the error that layer met.
+    // Blocks until layer i is ready; returns its lease or the error that layer met. On a GPU
+    // engine the same as acquire(layer, nullptr).
     Result<Lease> acquire(int64_t layer);
+    // GPU: blocks the host only until layer i has been submitted to the device (read and
+    // verified); `stream` (a cudaStream_t, nullptr = legacy default stream) is made to wait for
+    // the layer's dequant event. On a CPU engine the stream is ignored.
+    Result<Lease> acquire(int64_t layer, void* stream);
+    // -1 for "cpu", N for "cuda:N".
+    int device() const noexcept;
     EngineStats stats() const;
     std::vector<LayerTiming> timings() const;
     // Chrome / Perfetto trace JSON (chrome://tracing, ui.perfetto.dev) of every layer's stages.
@@ -131,7 +193,7 @@ public:
 private:
     friend class Lease;
     explicit Engine(std::unique_ptr<Impl> impl);
-    void releaseSlot(int slot);
+    void releaseSlot(int slot, bool gpu, void* stream);
     std::unique_ptr<Impl> impl_;
 };
 
