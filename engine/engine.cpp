@@ -372,6 +372,19 @@ Status Engine::Impl::allocate() {
         SLI_ASSIGN_OR_RETURN(so.backend, io::ioBackendFromEnv(io::IoBackend::kAuto));
     }
     so.chunkBytes = std::max<uint32_t>(4096, opts.chunkBytes / 4096 * 4096);
+    // Reads in flight are bounded by the prefetch window (depth layers): lower the chunk size
+    // so that window still fills the queue depth, or a cold stream leaves the disk idle.
+    {
+        const uint64_t window = maxDataBytes * static_cast<uint64_t>(std::max(1, depth));
+        const uint64_t fill = window / std::max<uint32_t>(1, opts.queueDepth) / 4096 * 4096;
+        const uint64_t floor = 256u << 10;
+        if (fill < so.chunkBytes) {
+            so.chunkBytes = static_cast<uint32_t>(std::max<uint64_t>(std::min<uint64_t>(fill, so.chunkBytes),
+                                                                     std::min<uint64_t>(floor, so.chunkBytes)));
+            SLI_DEBUG(kLog, "read chunk lowered to %u bytes so %d layers fill %u reads in flight",
+                      so.chunkBytes, std::max(1, depth), opts.queueDepth);
+        }
+    }
     so.queueDepth = std::max<uint32_t>(1, opts.queueDepth);
     testing::ReadSchedulerFactory factory;
     {

@@ -79,7 +79,9 @@ struct EngineOptions {
     uint64_t hostBudgetBytes = 1ull << 30;      // pinned read slots + host output tensors
     uint64_t deviceBudgetBytes = 0;             // cuda: device buffers (0 = auto)
     std::string ioBackend = "auto";             // "auto", "io_uring", "pread" (env SLI_IO_BACKEND)
-    uint32_t chunkBytes = 2u << 20;             // read split into chunks of this size
+    // Reads are split into chunks of at most this size; the engine lowers it (not below 256 KiB)
+    // so that the prefetch window of `prefetchDepth` layers keeps `queueDepth` reads in flight.
+    uint32_t chunkBytes = 2u << 20;
     uint32_t queueDepth = 64;                   // reads in flight
     int workerThreads = 0;                      // dequant threads (0 = hardware concurrency)
     bool verifyChecksums = true;
