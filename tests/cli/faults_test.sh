@@ -27,7 +27,7 @@ for i in $(seq 1 12); do
     sleep "0.0$((RANDOM % 10))$((RANDOM % 10))"
     kill -9 "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
-    if "$SLI" verify "$WORK/k" >"$WORK/out" 2>&1 || grep -q "no layer cache" "$WORK/out"; then
+    if "$SLI" verify "$WORK/k" >"$WORK/out" 2>&1 || grep -Eq "no layer cache|cache directory .* does not exist" "$WORK/out"; then
         pass "verify after kill -9 #$i ($(grep -Eo '[0-9]+ layers ok' "$WORK/out" || echo 'no cache yet'))"
     else
         fail "verify after kill -9 #$i"; cat "$WORK/out"
