@@ -211,6 +211,8 @@ struct Engine::Impl {
     void ioLoop();
     void workerLoop(int id);
     void freeSlotLocked(int s);
+    // Stage timestamps and counters of a layer handed to the executor (mu held).
+    void noteAcquiredLocked(LayerTiming& timing, int64_t calledNs);
     void finishTaskLocked(int s);
     Result<Layer*> layerView(int s, int64_t layer);
 };
@@ -600,6 +602,15 @@ Result<Layer*> Engine::Impl::layerView(int s, int64_t layer) {
         SLI_RETURN_IF_ERROR(view.add(std::move(tensor)));
     }
     return &slot.views.emplace(layer, std::move(view)).first->second;
+}
+
+void Engine::Impl::noteAcquiredLocked(LayerTiming& timing, int64_t calledNs) {
+    timing.acquireCalledNs = calledNs;
+    timing.acquiredNs = nowNs(origin);
+    stats.layersAcquired++;
+    stats.bytesProduced += timing.bytesProduced;
+    stats.acquireWaitSeconds += (timing.acquiredNs - calledNs) / 1e9;
+    ioCv.notify_one();
 }
 
 void Engine::Impl::freeSlotLocked(int s) {
@@ -1000,12 +1011,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
             it = u.views.emplace(layer, std::move(dts)).first;
         }
         u.state = GpuState::kLeased;
-        u.timing.acquireCalledNs = calledNs;
-        u.timing.acquiredNs = nowNs(m.origin);
-        m.stats.layersAcquired++;
-        m.stats.bytesProduced += u.timing.bytesProduced;
-        m.stats.acquireWaitSeconds += (u.timing.acquiredNs - calledNs) / 1e9;
-        m.ioCv.notify_one();
+        m.noteAcquiredLocked(u.timing, calledNs);
         Lease lease;
         lease.engine_ = this;
         lease.slot_ = foundGpu;
@@ -1026,12 +1032,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         return view.status();
     }
     slot.state = SlotState::kLeased;
-    slot.timing.acquireCalledNs = calledNs;
-    slot.timing.acquiredNs = nowNs(m.origin);
-    m.stats.layersAcquired++;
-    m.stats.bytesProduced += slot.timing.bytesProduced;
-    m.stats.acquireWaitSeconds += (slot.timing.acquiredNs - calledNs) / 1e9;
-    m.ioCv.notify_one();
+    m.noteAcquiredLocked(slot.timing, calledNs);
     Lease lease;
     lease.engine_ = this;
     lease.slot_ = found;
