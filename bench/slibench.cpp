@@ -315,20 +315,30 @@ Machine probeMachine() {
 // ---- the budget-8x child -------------------------------------------------------------------
 
 // Runs in a fresh process (exec of /proc/self/exe), so its peak RSS is its own.
-int rssChildMain(const Options& o) {
-    const uint64_t before = currentRssBytes();
+// The stream settings every run shares, from the command line; callers set what differs.
+StreamOptions baseStreamOptions(const Options& o, const std::string& cacheDir,
+                                const std::string& device, uint32_t chunk, uint32_t queueDepth,
+                                bool cold) {
     StreamOptions so;
-    so.cacheDir = o.childCacheDir;
-    so.backend = o.backend == "both" ? "auto" : o.backend;
-    so.cold = true;
+    so.cacheDir = cacheDir;
+    so.device = device;
+    so.cold = cold;
     so.depth = o.depth;
     so.budgetBytes = o.budget;
-    so.chunkBytes = o.chunk.value_or(2u << 20);
-    so.queueDepth = o.queueDepth.value_or(64);
+    so.chunkBytes = chunk;
+    so.queueDepth = queueDepth;
     so.threads = o.threads;
     so.verify = o.verify;
     so.batch = o.batch;
     so.passes = o.passes;
+    return so;
+}
+
+int rssChildMain(const Options& o) {
+    const uint64_t before = currentRssBytes();
+    StreamOptions so = baseStreamOptions(o, o.childCacheDir, "cpu", o.chunk.value_or(2u << 20),
+                                         o.queueDepth.value_or(64), true);
+    so.backend = o.backend == "both" ? "auto" : o.backend;
     auto r = streamEngine(so);
     Json j = Json::object();
     if (!r.isOk()) {
@@ -572,18 +582,7 @@ int main(int argc, char** argv) {
         anyQuantizedRun = anyQuantizedRun || quantized;
         for (bool cold : {true, false}) {
             if (o.targetsOnly && !cold) continue;
-            StreamOptions so;
-            so.cacheDir = cb.dir;
-            so.device = device;
-            so.cold = cold;
-            so.depth = o.depth;
-            so.budgetBytes = o.budget;
-            so.chunkBytes = chunk;
-            so.queueDepth = qd;
-            so.threads = o.threads;
-            so.verify = o.verify;
-            so.batch = o.batch;
-            so.passes = o.passes;
+            StreamOptions so = baseStreamOptions(o, cb.dir, device, chunk, qd, cold);
             const std::string tag = mode + (cold ? " cold" : " warm");
             if (!cold) {
                 gStatus.set("warming the page cache: " + mode);
@@ -644,19 +643,9 @@ int main(int argc, char** argv) {
         auto raw = io::measureRawRead(acc.files, best->chunkBytes, best->queueDepth, rawBackend);
         if (!raw.isOk()) die("raw read: " + raw.status().toString());
         rawRead.push_back(raw->gbps);
-        StreamOptions so;
-        so.cacheDir = acc.dir;
-        so.device = device;
+        StreamOptions so = baseStreamOptions(o, acc.dir, device, chunk, qd, true);
         so.backend = accBackend;
-        so.cold = true;
-        so.depth = o.depth;
-        so.budgetBytes = o.budget;
-        so.chunkBytes = chunk;
-        so.queueDepth = qd;
-        so.threads = o.threads;
-        so.verify = o.verify;
         so.batch = 0;  // the I/O path's own throughput: a no-op consumer
-        so.passes = o.passes;
         so.progress = [&](int64_t d, int64_t n) {
             gStatus.set(fmt("read ratio %d/%d: engine layer %lld/%lld", k + 1, o.repeat,
                             static_cast<long long>(d), static_cast<long long>(n)));
@@ -687,17 +676,8 @@ int main(int argc, char** argv) {
     if (ovRun) {
         size_t ci = 0;
         for (size_t i = 0; i < caches.size(); ++i) if (modeName(caches[i].mode) == ovRun->mode) ci = i;
-        StreamOptions so;
-        so.cacheDir = caches[ci].dir;
-        so.device = device;
+        StreamOptions so = baseStreamOptions(o, caches[ci].dir, device, chunk, qd, true);
         so.backend = accBackend;
-        so.cold = true;
-        so.depth = o.depth;
-        so.budgetBytes = o.budget;
-        so.chunkBytes = chunk;
-        so.queueDepth = qd;
-        so.threads = o.threads;
-        so.verify = o.verify;
         so.batch = 0;
         so.progress = [&](int64_t d, int64_t n) {
             gStatus.set(fmt("overlap, no-op consumer: layer %lld/%lld", static_cast<long long>(d),
