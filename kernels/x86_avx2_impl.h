@@ -578,28 +578,72 @@ inline bool isFiniteF32(float f) {
     return (u & 0x7f800000u) != 0x7f800000u;
 }
 
+// 16 int8 values -> 16 values of D: fl32(q * scale) (and for LLM.int8 a second rounded
+// product), each a separate rounding as the reference. The sign extension reads its 8 bytes
+// straight from memory (vpmovsxbd ymm, m64: measured 25 % faster than extending from a
+// register here). The f16 path is bound by vcvtps2ph (2 cycles per 8 values on Zen 3).
+struct Int8Consts {
+    __m256 scale, factor;
+};
+
+template <bool kLlm>
+inline __m256 int8Scaled(const Int8Consts& k, __m256i q32) {
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(q32), k.scale);
+    if constexpr (kLlm) v = _mm256_mul_ps(v, k.factor);
+    return v;
+}
+
+template <bool kLlm>
+inline __m256 int8x8(const Int8Consts& k, const int8_t* p) {
+    return int8Scaled<kLlm>(k, _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// vpshufb control: source byte B_j (of the 16 in each lane) into the top byte of 32-bit lane j.
+template <int B0, int B1, int B2, int B3, int B4, int B5, int B6, int B7>
+inline __m256i byteToTop() {
+    constexpr char z = static_cast<char>(0x80);
+    return _mm256_setr_epi8(z, z, z, B0, z, z, z, B1, z, z, z, B2, z, z, z, B3,  //
+                            z, z, z, B4, z, z, z, B5, z, z, z, B6, z, z, z, B7);
+}
+
+template <DType D, StoreKind S, bool kLlm, bool kMayNaN>
+inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
+    if constexpr (D == DType::kBF16 && !kMayNaN) {
+        // Even elements in a, odd in b (lane 0: elements 0..7, lane 1: 8..15), so that the
+        // rounded top halves interleave into element order with one vpblendw.
+        const __m256i src = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        const auto lanes = [&](__m256i ctl) {  // vpsrad 24 sign-extends the top byte
+            return int8Scaled<kLlm>(k, _mm256_srai_epi32(_mm256_shuffle_epi8(src, ctl), 24));
+        };
+        const __m256 a = lanes(byteToTop<0, 2, 4, 6, 8, 10, 12, 14>());
+        const __m256 b = lanes(byteToTop<1, 3, 5, 7, 9, 11, 13, 15>());
+        const auto round = [](__m256 v) {  // RNE of a non-NaN float, result in the top 16 bits
+            const __m256i x = _mm256_castps_si256(v);
+            const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+            return _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb);
+        };
+        put256<S>(o, _mm256_blend_epi16(_mm256_srli_epi32(round(a), 16), round(b), 0xaa));
+    } else {
+        store16<D, S, kMayNaN>(o, int8x8<kLlm>(k, p), int8x8<kLlm>(k, p + 8));
+    }
+}
+
 template <DType D, StoreKind S, bool kLlm, bool kMayNaN>
 inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint8_t* o) {
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
-    const __m256 s = _mm256_set1_ps(scale);
-    const __m256 factor = _mm256_set1_ps(kInt8DequantFactor);
-    auto value = [&](__m128i bytes8) {
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes8)), s);
-        if constexpr (kLlm) v = _mm256_mul_ps(v, factor);
-        return v;
-    };
+    Int8Consts k;
+    k.scale = _mm256_set1_ps(scale);
+    k.factor = _mm256_set1_ps(kInt8DequantFactor);
     int64_t c = 0;
     for (; c + 32 <= cols; c += 32) {
-        const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
-        const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c + 16));
-        store16<D, S, kMayNaN>(o + c * kEsz, value(b0), value(_mm_srli_si128(b0, 8)));
-        store16<D, S, kMayNaN>(o + (c + 16) * kEsz, value(b1), value(_mm_srli_si128(b1, 8)));
+        int8x16<D, S, kLlm, kMayNaN>(k, row + c, o + c * kEsz);
+        int8x16<D, S, kLlm, kMayNaN>(k, row + c + 16, o + (c + 16) * kEsz);
     }
     for (; c < cols; c += 8) {
         int8_t tmp[16] = {};
         const int count = static_cast<int>(minI64(8, cols - c));
         std::memcpy(tmp, row + c, static_cast<size_t>(count));
-        const __m256 v = value(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
+        const __m256 v = int8x8<kLlm>(k, tmp);
         if (count == 8) {
             store8(D, o, c, v);
         } else {
