@@ -606,7 +606,9 @@ inline __m256i byteToTop() {
                             z, z, z, B4, z, z, z, B5, z, z, z, B6, z, z, z, B7);
 }
 
-template <DType D, StoreKind S, bool kLlm, bool kMayNaN>
+// kNoTie (bf16, no NaN): the row has no product whose low 16 bits are exactly 0x8000, so RNE
+// to bf16 is round-half-up, one add.
+template <DType D, StoreKind S, bool kLlm, bool kMayNaN, bool kNoTie = false>
 inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
     if constexpr (D == DType::kBF16 && !kMayNaN) {
         // Even elements in a, odd in b (lane 0: elements 0..7, lane 1: 8..15), so that the
@@ -619,6 +621,7 @@ inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
         const __m256 b = lanes(byteToTop<1, 3, 5, 7, 9, 11, 13, 15>());
         const auto round = [](__m256 v) {  // RNE of a non-NaN float, result in the top 16 bits
             const __m256i x = _mm256_castps_si256(v);
+            if constexpr (kNoTie) return _mm256_add_epi32(x, _mm256_set1_epi32(0x8000));
             const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
             return _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb);
         };
@@ -628,7 +631,22 @@ inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
     }
 }
 
-template <DType D, StoreKind S, bool kLlm, bool kMayNaN>
+// Whether some int8 q of a row with this (finite) scale gives a product whose low 16 bits
+// are exactly 0x8000: a bf16 rounding tie. Computed on all 256 q (32 vectors, 1/16 of a
+// 4096-wide row); a tie-free row rounds half up (x + 0x8000), which then equals RNE.
+template <bool kLlm>
+inline bool int8RowHasBf16Tie(const Int8Consts& k) {
+    __m256i any = _mm256_setzero_si256();
+    const __m256i low = _mm256_set1_epi32(0xffff), tie = _mm256_set1_epi32(0x8000);
+    for (int q = -128; q < 128; q += 8) {
+        const __m256i qs = _mm256_add_epi32(_mm256_set1_epi32(q), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i x = _mm256_castps_si256(int8Scaled<kLlm>(k, qs));
+        any = _mm256_or_si256(any, _mm256_cmpeq_epi32(_mm256_and_si256(x, low), tie));
+    }
+    return !_mm256_testz_si256(any, any);
+}
+
+template <DType D, StoreKind S, bool kLlm, bool kMayNaN, bool kNoTie = false>
 inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint8_t* o) {
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
     Int8Consts k;
@@ -636,8 +654,8 @@ inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint
     k.factor = _mm256_set1_ps(kInt8DequantFactor);
     int64_t c = 0;
     for (; c + 32 <= cols; c += 32) {
-        int8x16<D, S, kLlm, kMayNaN>(k, row + c, o + c * kEsz);
-        int8x16<D, S, kLlm, kMayNaN>(k, row + c + 16, o + (c + 16) * kEsz);
+        int8x16<D, S, kLlm, kMayNaN, kNoTie>(k, row + c, o + c * kEsz);
+        int8x16<D, S, kLlm, kMayNaN, kNoTie>(k, row + c + 16, o + (c + 16) * kEsz);
     }
     for (; c < cols; c += 8) {
         int8_t tmp[16] = {};
@@ -663,6 +681,13 @@ inline void dequantizeInt8As(const int8_t* q, const float* scale, int64_t rows, 
             const float sc = loadF32(scale, r);
             // q * scale is NaN only for a NaN or infinite scale (q = 0 times Inf).
             uint8_t* o = out + r * cols * kEsz;
+            if constexpr (D == DType::kBF16) {
+                if (isFiniteF32(sc) && cols >= 1024 &&
+                    !int8RowHasBf16Tie<kLlm>({_mm256_set1_ps(sc), _mm256_set1_ps(kInt8DequantFactor)})) {
+                    dequantizeInt8Row<D, S, kLlm, false, true>(q + r * cols, sc, cols, o);
+                    continue;
+                }
+            }
             if (isFiniteF32(sc)) {
                 dequantizeInt8Row<D, S, kLlm, false>(q + r * cols, sc, cols, o);
             } else {

@@ -294,3 +294,35 @@ TEST_CASE("dtype conversion (mode none) matches the reference for every pair") {
         }
     });
 }
+
+TEST_CASE("int8 dequantization matches the reference for every byte value and odd scales") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // Rows wide enough (>= 1024) for the per-row bf16 paths: scales whose products have
+        // bf16 rounding ties (low 16 bits 0x8000: q = +-1, +-2, ... times such a scale), a
+        // plain one, subnormal, tiny, huge (products overflow f16, bf16 and f32), negative,
+        // zero, negative zero, NaN, Inf.
+        const float scales[] = {bitsFloat(0x3c008000), bitsFloat(0x3b808000), 0.0123456f,
+                                bitsFloat(0x00012345), 1.0e-30f, 3.0e38f, 7.0e4f, -0.0456f,
+                                0.0f, -0.0f, std::numeric_limits<float>::quiet_NaN(),
+                                std::numeric_limits<float>::infinity(), bitsFloat(0x3e7f8000)};
+        const int64_t rows = static_cast<int64_t>(std::size(scales));
+        for (int64_t cols : {int64_t{1024}, int64_t{1056}, int64_t{1031}}) {
+            CAPTURE(cols);
+            const size_t n = static_cast<size_t>(rows * cols);
+            std::vector<int8_t> q(n);
+            for (size_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 7 + i / 256));
+            for (bool llm : {false, true}) {
+                CAPTURE(llm);
+                for (DType t : kOutTypes) {
+                    CAPTURE(dtypeName(t));
+                    Skewed a(n * esz(t), 0), b(n * esz(t), 0);
+                    ref.dequantizeInt8(llm, q.data(), scales, rows, cols, t, a.data());
+                    k.dequantizeInt8(llm, q.data(), scales, rows, cols, t, b.data());
+                    CHECK(firstDiff(a.data(), b.data(), n, esz(t)) == -1);
+                    CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+                }
+            }
+        }
+    });
+}
