@@ -451,6 +451,43 @@ inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksiz
 
 // ---- Q4_0 --------------------------------------------------------------------------------------
 
+// The f16 / bf16 tables of a Q4_0 block with a finite scale d from 8 products only. The
+// products (q - 8) * d are exact in f32 (an 11-bit d times a 4-bit integer), so the table is
+// odd-symmetric: entry c < 8 is entry (16 - c)'s magnitude code k = 8 - c with the sign bit
+// flipped, entry 8 (k = 0) is a zero with d's sign, entries 9..15 are k = 1..7. One 8-wide
+// product and conversion (k = 1..8) then two vpshufb build the byte planes. (NaN / Inf d
+// break the symmetry (0 * Inf): those blocks take makeLut16.)
+template <DType D>
+inline Lut16 q4Lut16(__m256 d) {
+    const __m256 prod = _mm256_mul_ps(_mm256_setr_ps(1, 2, 3, 4, 5, 6, 7, 8), d);
+    __m256i h;  // f16 / bf16 codes of k = 1..8 in the low 16 bytes of both lanes
+    if constexpr (D == DType::kF16) {
+        h = _mm256_broadcastsi128_si256(_mm256_cvtps_ph(prod, kRne));
+    } else {  // RNE to bf16 (no NaN), top halves gathered per lane, then both lanes
+        const __m256i x = _mm256_castps_si256(prod);
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+        const __m256i r = _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb);
+        const __m256i tops = _mm256_shuffle_epi8(
+            r, _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1));
+        h = _mm256_permute4x64_epi64(tops, _MM_SHUFFLE(2, 0, 2, 0));
+    }
+    // byte 2 (k - 1) / 2 (k - 1) + 1: low / high byte of code k
+    const __m256i ctlLo = _mm256_setr_epi8(14, 12, 10, 8, 6, 4, 2, 0, -128, 0, 2, 4, 6, 8, 10, 12,  //
+                                           14, 12, 10, 8, 6, 4, 2, 0, -128, 0, 2, 4, 6, 8, 10, 12);
+    const __m256i ctlHi = _mm256_setr_epi8(15, 13, 11, 9, 7, 5, 3, 1, 1, 1, 3, 5, 7, 9, 11, 13,  //
+                                           15, 13, 11, 9, 7, 5, 3, 1, 1, 1, 3, 5, 7, 9, 11, 13);
+    const __m256i keepHi = _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -128, -1, -1, -1, -1, -1, -1, -1,  //
+                                            -1, -1, -1, -1, -1, -1, -1, -1, -128, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i signHi = _mm256_setr_epi8(-128, -128, -128, -128, -128, -128, -128, -128, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                                            -128, -128, -128, -128, -128, -128, -128, -128, 0, 0, 0, 0, 0, 0, 0, 0);
+    Lut16 t;
+    t.f0 = t.f1 = _mm256_setzero_ps();
+    t.lo8 = _mm256_shuffle_epi8(h, ctlLo);
+    t.hi8 = _mm256_xor_si256(_mm256_and_si256(_mm256_shuffle_epi8(h, ctlHi), keepHi), signHi);
+    return t;
+}
+
 template <DType D, StoreKind S>
 inline void dequantizeQ4_0Blocks(const uint8_t* p, int64_t nblocks, uint8_t* out) {
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
@@ -461,6 +498,12 @@ inline void dequantizeQ4_0Blocks(const uint8_t* p, int64_t nblocks, uint8_t* out
         uint16_t dh;
         std::memcpy(&dh, blk, 2);
         const __m256 d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dh)));
+        if constexpr (D != DType::kF32) {
+            if ((dh & 0x7c00) != 0x7c00) {  // finite d
+                expand32<true, D, S>(q4Lut16<D>(d), blk + 2, out + b * kQk4_0 * kEsz);
+                continue;
+            }
+        }
         const Lut16 t = makeLut16<D>(codes, d);
         expand32<true, D, S>(t, blk + 2, out + b * kQk4_0 * kEsz);
     }

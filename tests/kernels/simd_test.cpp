@@ -326,3 +326,24 @@ TEST_CASE("int8 dequantization matches the reference for every byte value and od
         }
     });
 }
+
+TEST_CASE("Q4_0 dequantization matches the reference for every f16 scale") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // One block per f16 bit pattern (zeros, subnormals, the largest values, Inf, NaN),
+        // each with all 16 codes in both nibbles.
+        std::vector<block_q4_0> q(65536);
+        for (size_t i = 0; i < q.size(); ++i) {
+            q[i].d = static_cast<uint16_t>(i);
+            for (int j = 0; j < 16; ++j) q[i].qs[j] = static_cast<uint8_t>(j | ((15 - j + i) & 15) << 4);
+        }
+        const int64_t n = static_cast<int64_t>(q.size()) * kQk4_0;
+        for (DType t : kOutTypes) {
+            CAPTURE(dtypeName(t));
+            std::vector<uint8_t> a(static_cast<size_t>(n) * esz(t)), b(a.size());
+            ref.dequantizeQ4_0(q.data(), static_cast<int64_t>(q.size()), t, a.data());
+            k.dequantizeQ4_0(q.data(), static_cast<int64_t>(q.size()), t, b.data());
+            CHECK(firstDiff(a.data(), b.data(), static_cast<size_t>(n), esz(t)) == -1);
+        }
+    });
+}
