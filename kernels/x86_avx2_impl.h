@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "kernels/cpu_kernels.h"
 
@@ -314,10 +315,10 @@ inline __m256i nf4NegCodes(__m256 x) {
     // entry (-j) & mask holds the threshold of subtree j (j = the bits found so far)
     const __m256 tab2 = _mm256_setr_ps(t[3], 0, 0, t[11], t[3], 0, 0, t[11]);
     const __m256 tab3 = _mm256_setr_ps(t[1], t[13], t[9], t[5], t[1], t[13], t[9], t[5]);
-    const __m256 tab4 = _mm256_setr_ps(t[0], t[14], t[12], t[10], t[8], t[6], t[4], t[2]);
     const __m256i j1 = asI(_mm256_cmp_ps(x, _mm256_set1_ps(t[7]), _CMP_GT_OQ));
     const __m256i m2 = asI(_mm256_cmp_ps(x, _mm256_permutevar_ps(tab2, j1), _CMP_GT_OQ));
     const __m256i j2 = _mm256_add_epi32(_mm256_add_epi32(j1, j1), m2);
+    const __m256 tab4 = _mm256_setr_ps(t[0], t[14], t[12], t[10], t[8], t[6], t[4], t[2]);
     const __m256i m1 = asI(_mm256_cmp_ps(x, _mm256_permutevar_ps(tab3, j2), _CMP_GT_OQ));
     const __m256i j3 = _mm256_add_epi32(_mm256_add_epi32(j2, j2), m1);
     const __m256i m0 = asI(_mm256_cmp_ps(x, _mm256_permutevar8x32_ps(tab4, j3), _CMP_GT_OQ));
@@ -381,56 +382,74 @@ inline __m256 hmax8x8(const __m256* a) {
 }
 
 // 8 lanes of running max |x| over `count` (a multiple of 16) floats. max(|x|, acc) returns
-// acc when |x| is NaN: NaN never wins, as with fmax.
+// acc when |x| is NaN: NaN never wins, as with fmax. kPrefetch: one prefetch per 64 bytes,
+// kPrefetchAhead bytes ahead, inside the loop (a separate prefetch loop measured 4 % slower).
+template <bool kPrefetch = false>
 inline __m256 absMaxLanes(const float* x, int count) {
     const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (int i = 0; i < count; i += 16) {
+        if constexpr (kPrefetch) {
+            _mm_prefetch(reinterpret_cast<const char*>(x + i) + kPrefetchAhead, _MM_HINT_T0);
+        }
         acc0 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), absMask), acc0);
         acc1 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i + 8), absMask), acc1);
     }
     return _mm256_max_ps(acc0, acc1);
 }
 
+// Codes of one block of `blocksize` (a multiple of 32) values times s (1 / absmax).
+template <Codebook4 CB>
+inline void encode32(const float* x, __m256 s, uint8_t* out) {
+    __m256i c[4];
+    for (int k = 0; k < 4; ++k) {
+        const __m256 xn = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), s);
+        c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegCodes(xn);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packNegBnb(c[0], c[1], c[2], c[3]));
+}
+
+template <Codebook4 CB>
+inline void encode4bitBlock(const float* x, __m256 s, int blocksize, uint8_t* out) {
+    for (int i = 0; i < blocksize; i += 32) {
+        __m256i c[4];
+        for (int k = 0; k < 4; ++k) {
+            const __m256 xn = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), s);
+            c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegCodes(xn);
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), packNegBnb(c[0], c[1], c[2], c[3]));
+    }
+}
+
 template <Codebook4 CB>
 inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize, uint8_t* packed,
                                float* absmax) {
-    // Groups of up to 8 blocks: one transposed reduction and one vdivps give their absmax
+    // Whole groups of 8 blocks: one transposed reduction and one vdivps give their absmax
     // and 1 / absmax (IEEE division, as the reference); the group stays in L1 / L2 for the
-    // encoding pass.
-    const int64_t group = blocksize <= 512 ? 8 : 1;
-    for (int64_t g = 0; g < nblocks; g += group) {
-        const int64_t nb = minI64(group, nblocks - g);
-        const float* xg = src + g * blocksize;
-        prefetchAhead(xg, nb * blocksize);
-        __m256 acc[8];
-        for (int j = 0; j < 8; ++j) {
-            acc[j] = j < nb ? absMaxLanes(xg + j * blocksize, blocksize) : _mm256_setzero_ps();
-        }
-        const __m256 am = hmax8x8(acc);
-        alignas(32) float inv[8];
-        _mm256_store_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), am));
-        if (nb == 8) {
+    // encoding pass. A straight-line loop for whole groups only: with the group size and
+    // the partial last group handled in the same loop it measured 20 % slower.
+    int64_t g = 0;
+    if (blocksize <= 512) {
+        for (; g + 8 <= nblocks; g += 8) {
+            const float* xg = src + g * blocksize;
+            prefetchAhead(xg, 8 * blocksize);
+            __m256 acc[8];
+            for (int j = 0; j < 8; ++j) acc[j] = absMaxLanes(xg + j * blocksize, blocksize);
+            const __m256 am = hmax8x8(acc);
             _mm256_storeu_ps(absmax + g, am);
-        } else {
-            alignas(32) float tmp[8];
-            _mm256_store_ps(tmp, am);
-            std::memcpy(absmax + g, tmp, static_cast<size_t>(nb) * 4);
-        }
-        for (int64_t j = 0; j < nb; ++j) {
-            const float* x = xg + j * blocksize;
-            const __m256 s = _mm256_broadcast_ss(inv + j);
-            uint8_t* out = packed + (g + j) * (blocksize / 2);
-            for (int i = 0; i < blocksize; i += 32) {
-                __m256i c[4];
-                for (int k = 0; k < 4; ++k) {
-                    const __m256 xn = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), s);
-                    c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegCodes(xn);
-                }
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2),
-                                 packNegBnb(c[0], c[1], c[2], c[3]));
+            alignas(32) float inv[8];
+            _mm256_store_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), am));
+            for (int j = 0; j < 8; ++j) {
+                encode4bitBlock<CB>(xg + j * blocksize, _mm256_broadcast_ss(inv + j), blocksize,
+                                    packed + (g + j) * (blocksize / 2));
             }
         }
+    }
+    for (; g < nblocks; ++g) {  // the rest (or every block past 512 values), one at a time
+        const float* x = src + g * blocksize;
+        const float am = hmax8(absMaxLanes<true>(x, blocksize));
+        std::memcpy(absmax + g, &am, 4);
+        encode4bitBlock<CB>(x, _mm256_set1_ps(1.0f / am), blocksize, packed + g * (blocksize / 2));
     }
 }
 
@@ -528,6 +547,34 @@ inline void dequantizeQ4_0(const block_q4_0* src, int64_t nblocks, DType dst, vo
     }
 }
 
+// Codes of `nb` Q4_0 blocks at x with 1 / d = id[j] and f16 d = dh[j], written as blocks.
+// kClamp: clamp t to 15 before truncating (needed only when some id is infinite).
+template <bool kClamp>
+inline void encodeQ4_0Group(const float* xg, int64_t nb, const float* id, const uint16_t* dh,
+                            uint8_t* out) {
+    const __m256 half = _mm256_set1_ps(8.5f);
+    for (int64_t j = 0; j < nb; ++j) {
+        const float* x = xg + j * kQk4_0;
+        const __m256 vid = _mm256_broadcast_ss(id + j);
+        __m256i q[4];
+        for (int k = 0; k < 4; ++k) {
+            __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid), half);
+            // minps returns its second operand for NaN: min(15, NaN) stays NaN
+            if constexpr (kClamp) t = _mm256_min_ps(_mm256_set1_ps(15.0f), t);
+            q[k] = _mm256_cvttps_epi32(t);
+        }
+        // bytes [0-3 8-11 16-19 24-27 | 4-7 12-15 20-23 28-31], saturated to [0, 255]
+        __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        b = _mm256_min_epu8(b, _mm256_set1_epi8(15));
+        // byte j | byte j + 16 << 4 per lane: [0-3 8-11 | 4-7 12-15] in the low 8 bytes
+        b = _mm256_or_si256(b, _mm256_slli_epi16(_mm256_srli_si256(b, 8), 4));
+        const __m128i p8 = _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+        uint8_t* o = out + j * static_cast<int64_t>(sizeof(block_q4_0));
+        std::memcpy(o, dh + j, 2);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), p8);
+    }
+}
+
 inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
     const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     auto* outBytes = reinterpret_cast<uint8_t*>(dst);
@@ -565,27 +612,19 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
                                           _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
         alignas(16) uint16_t dh[8];
         _mm_store_si128(reinterpret_cast<__m128i*>(dh), _mm256_cvtps_ph(d, kRne));
-        const __m256 half = _mm256_set1_ps(8.5f);
-        const __m256 fifteen = _mm256_set1_ps(15.0f);
-        for (int64_t j = 0; j < nb; ++j) {
-            const float* x = xg + j * kQk4_0;
-            const __m256 vid = _mm256_broadcast_ss(id + j);
-            __m256i q[4];
-            for (int k = 0; k < 4; ++k) {
-                const __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid), half);
-                // min(15, t) keeps NaN (minps returns its second operand), truncation turns
-                // NaN into INT_MIN and the max with 0 makes it 0, as the reference.
-                const __m256i ti = _mm256_cvttps_epi32(_mm256_min_ps(fifteen, t));
-                q[k] = _mm256_max_epi32(ti, _mm256_setzero_si256());
-            }
-            const __m256i lo = _mm256_or_si256(q[0], _mm256_slli_epi32(q[2], 4));  // j = 0..7
-            const __m256i hi = _mm256_or_si256(q[1], _mm256_slli_epi32(q[3], 4));  // j = 8..15
-            const __m256i p16 = _mm256_packus_epi32(lo, hi);  // [0-3 8-11 | 4-7 12-15]
-            __m128i p8 = _mm_packus_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
-            p8 = _mm_shuffle_epi8(p8, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15));
-            uint8_t* o = outBytes + (g + j) * static_cast<int64_t>(sizeof(block_q4_0));
-            std::memcpy(o, dh + j, 2);
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), p8);
+        // With every 1 / d of the group finite, t = x * id + 8.5 is NaN or small (|x * id| <= 8
+        // up to the rounding of a subnormal d, always < 16):
+        // truncation (NaN -> INT_MIN), the saturating packs (negative -> 0) and one byte
+        // min with 15 then give the reference's codes for 32 values at once. An infinite
+        // id (d subnormal) can make t = +Inf, which truncation would turn into INT_MIN
+        // instead of 15: such groups clamp with min(15, t) first.
+        const bool finiteIds = _mm256_movemask_ps(_mm256_cmp_ps(
+            _mm256_and_ps(_mm256_load_ps(id), absMask), _mm256_set1_ps(std::numeric_limits<float>::infinity()),
+            _CMP_LT_OQ)) == 0xff;
+        if (finiteIds) {
+            encodeQ4_0Group<false>(xg, nb, id, dh, outBytes + g * static_cast<int64_t>(sizeof(block_q4_0)));
+        } else {
+            encodeQ4_0Group<true>(xg, nb, id, dh, outBytes + g * static_cast<int64_t>(sizeof(block_q4_0)));
         }
     }
 }

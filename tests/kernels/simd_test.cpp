@@ -347,3 +347,33 @@ TEST_CASE("Q4_0 dequantization matches the reference for every f16 scale") {
         }
     });
 }
+
+TEST_CASE("Q4_0 quantization matches the reference on subnormal, huge and non-finite blocks") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // Blocks whose largest magnitude is m * 2^-149 (d = max / -8 rounds as a subnormal,
+        // 1 / d may overflow to Inf), huge, infinite or NaN, in groups of 8 and a tail.
+        std::vector<float> x;
+        uint32_t seed = 1;
+        auto next = [&seed] { return seed = seed * 1664525u + 1013904223u; };
+        const float specials[] = {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                                  std::numeric_limits<float>::quiet_NaN(), 3.0e38f, -3.0e38f, 0.0f, -0.0f};
+        for (int b = 0; b < 8 * 40 + 5; ++b) {
+            const int m = 1 + b % 37;  // max magnitude m * 2^-149
+            for (int j = 0; j < kQk4_0; ++j) {
+                const int v = static_cast<int>(next() >> 16) % (2 * m + 1) - m;
+                x.push_back(static_cast<float>(v) * bitsFloat(0x00000001));
+            }
+            if (b % 11 == 3) x[x.size() - 1 - b % 32] = specials[b % std::size(specials)];
+            if (b % 13 == 5) {  // a normal block with a few specials
+                for (int j = 0; j < kQk4_0; ++j) x[x.size() - 32 + j] = static_cast<float>(j) - 15.5f;
+                x[x.size() - 32 + b % 32] = specials[(b / 13) % std::size(specials)];
+            }
+        }
+        const int64_t nblocks = static_cast<int64_t>(x.size()) / kQk4_0;
+        std::vector<block_q4_0> qRef(static_cast<size_t>(nblocks)), qFast(qRef.size());
+        ref.quantizeQ4_0(x.data(), nblocks, qRef.data());
+        k.quantizeQ4_0(x.data(), nblocks, qFast.data());
+        CHECK(firstDiff(qRef.data(), qFast.data(), qRef.size(), sizeof(block_q4_0)) == -1);
+    });
+}
