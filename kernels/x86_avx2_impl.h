@@ -666,6 +666,7 @@ inline bool isFiniteF32(float f) {
 // register here). The f16 path is bound by vcvtps2ph (2 cycles per 8 values on Zen 3).
 struct Int8Consts {
     __m256 scale, factor;
+    __m256 scaleTop;  // scale * 2^-24 (kNoTie rows only, where that is exact)
 };
 
 template <bool kLlm>
@@ -689,7 +690,9 @@ inline __m256i byteToTop() {
 }
 
 // kNoTie (bf16, no NaN): the row has no product whose low 16 bits are exactly 0x8000, so RNE
-// to bf16 is round-half-up, one add.
+// to bf16 is round-half-up, one add; and scale * 2^-24 is exact, so q shuffled into the top
+// byte converts to q * 2^24 exactly and fl(q * 2^24 * (scale * 2^-24)) = fl(q * scale): no
+// sign-extending shift.
 template <DType D, StoreKind S, bool kLlm, bool kMayNaN, bool kNoTie = false>
 inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
     if constexpr (D == DType::kBF16 && !kMayNaN) {
@@ -697,6 +700,11 @@ inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
         // rounded top halves interleave into element order with one vpblendw.
         const __m256i src = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         const auto lanes = [&](__m256i ctl) {  // vpsrad 24 sign-extends the top byte
+            if constexpr (kNoTie) {
+                __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(src, ctl)), k.scaleTop);
+                if constexpr (kLlm) v = _mm256_mul_ps(v, k.factor);
+                return v;
+            }
             return int8Scaled<kLlm>(k, _mm256_srai_epi32(_mm256_shuffle_epi8(src, ctl), 24));
         };
         const __m256 a = lanes(byteToTop<0, 2, 4, 6, 8, 10, 12, 14>());
@@ -734,6 +742,7 @@ inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint
     Int8Consts k;
     k.scale = _mm256_set1_ps(scale);
     k.factor = _mm256_set1_ps(kInt8DequantFactor);
+    k.scaleTop = _mm256_set1_ps(scale * 0x1p-24f);
     int64_t c = 0;
     for (; c + 32 <= cols; c += 32) {
         int8x16<D, S, kLlm, kMayNaN, kNoTie>(k, row + c, o + c * kEsz);
@@ -764,8 +773,11 @@ inline void dequantizeInt8As(const int8_t* q, const float* scale, int64_t rows, 
             // q * scale is NaN only for a NaN or infinite scale (q = 0 times Inf).
             uint8_t* o = out + r * cols * kEsz;
             if constexpr (D == DType::kBF16) {
-                if (isFiniteF32(sc) && cols >= 1024 &&
-                    !int8RowHasBf16Tie<kLlm>({_mm256_set1_ps(sc), _mm256_set1_ps(kInt8DequantFactor)})) {
+                // scale * 2^-24 exact: zero or |scale| >= 2^-102 (the product stays normal)
+                const bool topExact = sc == 0.0f || !(sc < 0x1p-102f && sc > -0x1p-102f);
+                if (isFiniteF32(sc) && topExact && cols >= 1024 &&
+                    !int8RowHasBf16Tie<kLlm>({_mm256_set1_ps(sc), _mm256_set1_ps(kInt8DequantFactor),
+                                              _mm256_setzero_ps()})) {
                     dequantizeInt8Row<D, S, kLlm, false, true>(q + r * cols, sc, cols, o);
                     continue;
                 }

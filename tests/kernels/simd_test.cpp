@@ -305,7 +305,8 @@ TEST_CASE("int8 dequantization matches the reference for every byte value and od
         const float scales[] = {bitsFloat(0x3c008000), bitsFloat(0x3b808000), 0.0123456f,
                                 bitsFloat(0x00012345), 1.0e-30f, 3.0e38f, 7.0e4f, -0.0456f,
                                 0.0f, -0.0f, std::numeric_limits<float>::quiet_NaN(),
-                                std::numeric_limits<float>::infinity(), bitsFloat(0x3e7f8000)};
+                                std::numeric_limits<float>::infinity(), bitsFloat(0x3e7f8000),
+                                0x1p-102f, 1.5e-31f, -3.3e-33f};
         const int64_t rows = static_cast<int64_t>(std::size(scales));
         for (int64_t cols : {int64_t{1024}, int64_t{1056}, int64_t{1031}}) {
             CAPTURE(cols);
