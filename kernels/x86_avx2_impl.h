@@ -202,7 +202,13 @@ inline __m256i nibbleIndices(const uint8_t* p) {
     }
     const __m256i d = _mm256_shuffle_epi8(b, ctl);
     // srli_epi16 by 4 brings each byte's high nibble into its own low 4 bits.
-    const __m256i n = _mm256_blendv_epi8(d, _mm256_srli_epi16(d, 4), hiPos);
+    __m256i n;
+    if constexpr (kQ4) {  // whole 32-bit groups: vpblendd (any vector pipe) instead of vpblendvb
+        (void)hiPos;
+        n = _mm256_blend_epi32(d, _mm256_srli_epi16(d, 4), 0xcc);
+    } else {
+        n = _mm256_blendv_epi8(d, _mm256_srli_epi16(d, 4), hiPos);
+    }
     return _mm256_and_si256(n, _mm256_set1_epi8(0x0f));
 }
 
