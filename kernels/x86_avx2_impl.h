@@ -406,25 +406,28 @@ inline __m256 absMaxLanes(const float* x, int count) {
 
 // Codes of one block of `blocksize` (a multiple of 32) values times s (1 / absmax).
 template <Codebook4 CB>
-inline void encode32(const float* x, __m256 s, uint8_t* out) {
-    __m256i c[4];
+inline void codes32(const float* x, __m256 s, __m256i* c) {
     for (int k = 0; k < 4; ++k) {
         const __m256 xn = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), s);
         c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegCodes(xn);
     }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packNegBnb(c[0], c[1], c[2], c[3]));
 }
 
+// Codes of one block of `blocksize` (a multiple of 32) values times s (1 / absmax). Software
+// pipelined: the search of the next 32 values is issued before the packing of the current
+// ones, so the packing's chain (about 13 cycles) does not hold scheduler entries while it
+// waits.
 template <Codebook4 CB>
 inline void encode4bitBlock(const float* x, __m256 s, int blocksize, uint8_t* out) {
-    for (int i = 0; i < blocksize; i += 32) {
-        __m256i c[4];
-        for (int k = 0; k < 4; ++k) {
-            const __m256 xn = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), s);
-            c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegCodes(xn);
-        }
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), packNegBnb(c[0], c[1], c[2], c[3]));
+    __m256i c[4];
+    codes32<CB>(x, s, c);
+    for (int i = 32; i < blocksize; i += 32) {
+        __m256i n[4];
+        codes32<CB>(x + i, s, n);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (i - 32) / 2), packNegBnb(c[0], c[1], c[2], c[3]));
+        for (int k = 0; k < 4; ++k) c[k] = n[k];
     }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (blocksize - 32) / 2), packNegBnb(c[0], c[1], c[2], c[3]));
 }
 
 template <Codebook4 CB>
@@ -445,10 +448,22 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
             _mm256_storeu_ps(absmax + g, am);
             alignas(32) float inv[8];
             _mm256_store_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), am));
+            // the 8 blocks as one pipelined run of 32-value chunks (see encode4bitBlock)
+            uint8_t* out = packed + g * (blocksize / 2);
+            __m256i c[4];
+            codes32<CB>(xg, _mm256_broadcast_ss(inv), c);
             for (int j = 0; j < 8; ++j) {
-                encode4bitBlock<CB>(xg + j * blocksize, _mm256_broadcast_ss(inv + j), blocksize,
-                                    packed + (g + j) * (blocksize / 2));
+                const __m256 sj = _mm256_broadcast_ss(inv + j);
+                const float* x = xg + j * blocksize;
+                for (int i = j == 0 ? 32 : 0; i < blocksize; i += 32) {
+                    __m256i n[4];
+                    codes32<CB>(x + i, sj, n);
+                    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packNegBnb(c[0], c[1], c[2], c[3]));
+                    out += 16;
+                    for (int k = 0; k < 4; ++k) c[k] = n[k];
+                }
             }
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packNegBnb(c[0], c[1], c[2], c[3]));
         }
     }
     for (; g < nblocks; ++g) {  // the rest (or every block past 512 values), one at a time
