@@ -331,23 +331,21 @@ inline __m256i nf4NegCodes(__m256 x) {
     return _mm256_add_epi32(_mm256_add_epi32(j3, j3), m0);
 }
 
-// -code of FP4 for 8 normalized values: sign (x < 0) and the magnitude code of |x|.
-inline __m256i fp4NegCodes(__m256 x) {
+// -(count + 8 sign) for 8 normalized FP4 values: count = the magnitude thresholds below |x|
+// (0..7), sign = x < 0 (not -0, not NaN). The FP4 code of that index is looked up later, on 32
+// packed bytes at once (packFp4Bnb: one vpshufb instead of a vpermd per 8 values).
+inline __m256i fp4NegIndex(__m256 x) {
     const float* L = kFp4Thresholds;
-    const uint8_t* mag = kFp4MagnitudeCode;
     const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
     const __m256 tab2 = _mm256_setr_ps(L[1], 0, 0, L[5], L[1], 0, 0, L[5]);
     const __m256 tab3 = _mm256_setr_ps(L[0], L[6], L[4], L[2], L[0], L[6], L[4], L[2]);
-    const __m256i negMag = _mm256_setr_epi32(-mag[0], -mag[7], -mag[6], -mag[5], -mag[4], -mag[3],
-                                             -mag[2], -mag[1]);
     const __m256i j1 = asI(_mm256_cmp_ps(a, _mm256_set1_ps(L[3]), _CMP_GT_OQ));
     const __m256i m1 = asI(_mm256_cmp_ps(a, _mm256_permutevar_ps(tab2, j1), _CMP_GT_OQ));
     const __m256i j2 = _mm256_add_epi32(_mm256_add_epi32(j1, j1), m1);
     const __m256i m0 = asI(_mm256_cmp_ps(a, _mm256_permutevar_ps(tab3, j2), _CMP_GT_OQ));
     const __m256i k = _mm256_add_epi32(_mm256_add_epi32(j2, j2), m0);  // -(count below |x|)
     const __m256i sign = asI(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));  // not -0, NaN
-    return _mm256_add_epi32(_mm256_permutevar8x32_epi32(negMag, k),
-                            _mm256_and_si256(sign, _mm256_set1_epi32(-8)));
+    return _mm256_add_epi32(k, _mm256_and_si256(sign, _mm256_set1_epi32(-8)));
 }
 
 // Four vectors of 8 negated codes (elements 0..31) -> 16 bytes, element 2k in the high nibble.
@@ -359,6 +357,26 @@ inline __m128i packNegBnb(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
     // unsigned [16, 1] times the signed -c, summed per pair: -((c[2k] << 4) | c[2k+1])
     const __m256i w = _mm256_sub_epi16(_mm256_setzero_si256(),
                                        _mm256_maddubs_epi16(_mm256_set1_epi16(0x0110), p8));
+    return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+}
+
+// packNegBnb for FP4: four vectors of -(count + 8 sign) -> 16 bytes of FP4 codes. The bytes
+// low nibbles (16 - index) & 15 select the code in a 16-entry vpshufb table; the codes are
+// then non-negative, so the nibble pairs need no negation.
+inline __m128i packFp4Bnb(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
+    const uint8_t* mag = kFp4MagnitudeCode;
+    const auto code = [mag](int v) { return static_cast<char>(mag[v & 7] | (v & 8)); };  // v = count + 8 sign
+    const __m128i lut128 = _mm_setr_epi8(code(0), code(15), code(14), code(13), code(12), code(11), code(10),
+                                         code(9), code(8), code(7), code(6), code(5), code(4), code(3),
+                                         code(2), code(1));
+    const __m256i lut = _mm256_broadcastsi128_si256(lut128);
+    const __m256i p16a = _mm256_packs_epi32(c0, c1);
+    const __m256i p16b = _mm256_packs_epi32(c2, c3);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    p8 = _mm256_shuffle_epi8(lut, _mm256_and_si256(p8, _mm256_set1_epi8(0x0f)));
+    // unsigned codes times the signed [16, 1], summed per pair: (c[2k] << 4) | c[2k+1]
+    const __m256i w = _mm256_maddubs_epi16(p8, _mm256_set1_epi16(0x0110));
     return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
 }
 
@@ -406,10 +424,19 @@ inline __m256 absMaxLanes(const float* x, int count) {
 
 // Codes of one block of `blocksize` (a multiple of 32) values times s (1 / absmax).
 template <Codebook4 CB>
+inline __m128i pack4bit(const __m256i* c) {
+    if constexpr (CB == Codebook4::kNf4) {
+        return packNegBnb(c[0], c[1], c[2], c[3]);
+    } else {
+        return packFp4Bnb(c[0], c[1], c[2], c[3]);
+    }
+}
+
+template <Codebook4 CB>
 inline void codes32(const float* x, __m256 s, __m256i* c) {
     for (int k = 0; k < 4; ++k) {
         const __m256 xn = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), s);
-        c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegCodes(xn);
+        c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegIndex(xn);
     }
 }
 
@@ -424,10 +451,10 @@ inline void encode4bitBlock(const float* x, __m256 s, int blocksize, uint8_t* ou
     for (int i = 32; i < blocksize; i += 32) {
         __m256i n[4];
         codes32<CB>(x + i, s, n);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (i - 32) / 2), packNegBnb(c[0], c[1], c[2], c[3]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (i - 32) / 2), pack4bit<CB>(c));
         for (int k = 0; k < 4; ++k) c[k] = n[k];
     }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (blocksize - 32) / 2), packNegBnb(c[0], c[1], c[2], c[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (blocksize - 32) / 2), pack4bit<CB>(c));
 }
 
 template <Codebook4 CB>
@@ -458,12 +485,12 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
                 for (int i = j == 0 ? 32 : 0; i < blocksize; i += 32) {
                     __m256i n[4];
                     codes32<CB>(x + i, sj, n);
-                    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packNegBnb(c[0], c[1], c[2], c[3]));
+                    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), pack4bit<CB>(c));
                     out += 16;
                     for (int k = 0; k < 4; ++k) c[k] = n[k];
                 }
             }
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packNegBnb(c[0], c[1], c[2], c[3]));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), pack4bit<CB>(c));
         }
     }
     for (; g < nblocks; ++g) {  // the rest (or every block past 512 values), one at a time
