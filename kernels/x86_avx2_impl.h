@@ -601,16 +601,17 @@ template <bool kClamp>
 inline void encodeQ4_0Group(const float* xg, int64_t nb, const float* id, const uint16_t* dh,
                             uint8_t* out) {
     const __m256 half = _mm256_set1_ps(8.5f);
-    for (int64_t j = 0; j < nb; ++j) {
+    const auto codes = [&](int64_t j, __m256i* q) {
         const float* x = xg + j * kQk4_0;
         const __m256 vid = _mm256_broadcast_ss(id + j);
-        __m256i q[4];
         for (int k = 0; k < 4; ++k) {
             __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid), half);
             // minps returns its second operand for NaN: min(15, NaN) stays NaN
             if constexpr (kClamp) t = _mm256_min_ps(_mm256_set1_ps(15.0f), t);
             q[k] = _mm256_cvttps_epi32(t);
         }
+    };
+    const auto store = [&](int64_t j, const __m256i* q) {
         // bytes [0-3 8-11 16-19 24-27 | 4-7 12-15 20-23 28-31], saturated to [0, 255]
         __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         b = _mm256_min_epu8(b, _mm256_set1_epi8(15));
@@ -620,7 +621,17 @@ inline void encodeQ4_0Group(const float* xg, int64_t nb, const float* id, const 
         uint8_t* o = out + j * static_cast<int64_t>(sizeof(block_q4_0));
         std::memcpy(o, dh + j, 2);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), p8);
+    };
+    // software pipelined: block j + 1's codes are issued before block j's packing
+    __m256i q[4];
+    codes(0, q);
+    for (int64_t j = 1; j < nb; ++j) {
+        __m256i n[4];
+        codes(j, n);
+        store(j - 1, q);
+        for (int k = 0; k < 4; ++k) q[k] = n[k];
     }
+    store(nb - 1, q);
 }
 
 inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
