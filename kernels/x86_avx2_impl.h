@@ -382,11 +382,13 @@ inline __m128i packFp4Bnb(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
 
 // Software prefetch of the source `kPrefetchAhead` bytes ahead, one per line: quantization
 // reads its f32 source once, from memory; with the hardware prefetcher alone the compute and
-// the loads overlapped poorly here.
+// the loads overlapped poorly here. prefetch128 covers the 128 bytes at x and is issued from
+// the encoding loops themselves (measured 8 % faster than a prefetch loop per group of
+// blocks; 4 KiB ahead beat 2, 8 and 16 KiB).
 constexpr int64_t kPrefetchAhead = 4096;
-inline void prefetchAhead(const float* x, int64_t count) {
-    const char* p = reinterpret_cast<const char*>(x) + kPrefetchAhead;
-    for (int64_t b = 0; b < count * 4; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+inline void prefetch128(const float* x) {
+    _mm_prefetch(reinterpret_cast<const char*>(x) + kPrefetchAhead, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(x) + kPrefetchAhead + 64, _MM_HINT_T0);
 }
 
 // Lane j of the result = max over the 8 lanes of a[j] (no NaN in the inputs).
@@ -468,7 +470,6 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
     if (blocksize <= 512) {
         for (; g + 8 <= nblocks; g += 8) {
             const float* xg = src + g * blocksize;
-            prefetchAhead(xg, 8 * blocksize);
             __m256 acc[8];
             for (int j = 0; j < 8; ++j) acc[j] = absMaxLanes(xg + j * blocksize, blocksize);
             const __m256 am = hmax8x8(acc);
@@ -478,12 +479,14 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
             // the 8 blocks as one pipelined run of 32-value chunks (see encode4bitBlock)
             uint8_t* out = packed + g * (blocksize / 2);
             __m256i c[4];
+            prefetch128(xg);
             codes32<CB>(xg, _mm256_broadcast_ss(inv), c);
             for (int j = 0; j < 8; ++j) {
                 const __m256 sj = _mm256_broadcast_ss(inv + j);
                 const float* x = xg + j * blocksize;
                 for (int i = j == 0 ? 32 : 0; i < blocksize; i += 32) {
                     __m256i n[4];
+                    prefetch128(x + i);
                     codes32<CB>(x + i, sj, n);
                     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), pack4bit<CB>(c));
                     out += 16;
@@ -603,6 +606,7 @@ inline void encodeQ4_0Group(const float* xg, int64_t nb, const float* id, const 
     const __m256 half = _mm256_set1_ps(8.5f);
     const auto codes = [&](int64_t j, __m256i* q) {
         const float* x = xg + j * kQk4_0;
+        prefetch128(x);
         const __m256 vid = _mm256_broadcast_ss(id + j);
         for (int k = 0; k < 4; ++k) {
             __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid), half);
@@ -641,7 +645,6 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
     for (int64_t g = 0; g < nblocks; g += 8) {
         const int64_t nb = minI64(8, nblocks - g);
         const float* xg = src + g * kQk4_0;
-        prefetchAhead(xg, nb * kQk4_0);
         __m256 acc[8];
         for (int j = 0; j < 8; ++j) {
             acc[j] = j < nb ? absMaxLanes(xg + j * kQk4_0, kQk4_0) : _mm256_setzero_ps();
