@@ -563,19 +563,22 @@ inline void dequantizeQ4_0Blocks(const uint8_t* p, int64_t nblocks, uint8_t* out
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
     const float lut[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
     const Codes16 codes = codesFor<D>(lut);
-    for (int64_t b = 0; b < nblocks; ++b) {
-        const uint8_t* blk = p + b * static_cast<int64_t>(sizeof(block_q4_0));
+    const auto table = [&](int64_t b) {
         uint16_t dh;
-        std::memcpy(&dh, blk, 2);
+        std::memcpy(&dh, p + b * static_cast<int64_t>(sizeof(block_q4_0)), 2);
         const __m256 d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dh)));
         if constexpr (D != DType::kF32) {
-            if ((dh & 0x7c00) != 0x7c00) {  // finite d
-                expand32<true, D, S>(q4Lut16<D>(d), blk + 2, out + b * kQk4_0 * kEsz);
-                continue;
-            }
+            if ((dh & 0x7c00) != 0x7c00) return q4Lut16<D>(d);  // finite d
         }
-        const Lut16 t = makeLut16<D>(codes, d);
-        expand32<true, D, S>(t, blk + 2, out + b * kQk4_0 * kEsz);
+        return makeLut16<D>(codes, d);
+    };
+    if (nblocks <= 0) return;
+    // Software pipelined: block b + 1's table is built before block b is expanded.
+    Lut16 t = table(0);
+    for (int64_t b = 0; b < nblocks; ++b) {
+        const Lut16 next = b + 1 < nblocks ? table(b + 1) : t;
+        expand32<true, D, S>(t, p + b * static_cast<int64_t>(sizeof(block_q4_0)) + 2, out + b * kQk4_0 * kEsz);
+        t = next;
     }
 }
 
