@@ -84,7 +84,6 @@ void setCounters(benchmark::State& state, size_t outBytes) {
     state.counters["values/s"] = benchmark::Counter(static_cast<double>(kN), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-
 void bmQuantize(benchmark::State& state, QuantizationMode mode, bool dq) {
     QuantizedTensor q;
     size_t outBytes = 0;
@@ -223,10 +222,12 @@ void moveWiden(const uint8_t* src, size_t srcBytes, uint8_t* out) {
     size_t i = 0;
     for (; i + 64 <= srcBytes; i += 64) {
         __m128i v[4];
-        for (int k = 0; k < 4; ++k) v[k] = _mm_load_si128(reinterpret_cast<const __m128i*>(src + i + 16 * k));
+        for (int k = 0; k < 4; ++k)
+            v[k] = _mm_load_si128(reinterpret_cast<const __m128i*>(src + i + 16 * k));
         for (int k = 0; k < 4; ++k) widen(v[k], (i + 16 * k) * F);
     }
-    for (; i + 16 <= srcBytes; i += 16) widen(_mm_load_si128(reinterpret_cast<const __m128i*>(src + i)), i * F);
+    for (; i + 16 <= srcBytes; i += 16)
+        widen(_mm_load_si128(reinterpret_cast<const __m128i*>(src + i)), i * F);
     _mm_sfence();
 #endif
 }
@@ -236,7 +237,9 @@ void moveWiden(const uint8_t* src, size_t srcBytes, uint8_t* out) {
 // with 16-byte operations the copy floor r2w2 read 5-8 % slower than the AVX2 copy kernel).
 // Byte order within the output does not matter for a floor.
 #define SLI_AVX2_FN __attribute__((target("avx2"))) inline
-SLI_AVX2_FN void put256nt(uint8_t* p, __m256i x) { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x); }
+SLI_AVX2_FN void put256nt(uint8_t* p, __m256i x) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x);
+}
 
 template <int F>
 SLI_AVX2_FN void widen256(__m256i v, uint8_t* o) {
@@ -263,7 +266,8 @@ SLI_AVX2_FN void widen256(__m256i v, uint8_t* o) {
 }
 
 template <int F>
-__attribute__((target("avx2"))) void moveWiden256(const uint8_t* src, size_t srcBytes, uint8_t* out) {
+__attribute__((target("avx2"))) void moveWiden256(const uint8_t* src, size_t srcBytes,
+                                                  uint8_t* out) {
     size_t i = 0;
     for (; i + 64 <= srcBytes; i += 64) {
         const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(src + i));
@@ -285,24 +289,41 @@ void runFloor(const Floor& f, const uint8_t* src, uint8_t* out) {
 #if defined(__x86_64__) || defined(__i386__)
     if (haveAvx2()) {
         switch (f.write * 2 / f.readTimes2) {
-            case 1: moveWiden256<1>(src, f.srcBytes(), out); return;
-            case 2: moveWiden256<2>(src, f.srcBytes(), out); return;
-            case 4: moveWiden256<4>(src, f.srcBytes(), out); return;
-            default: moveWiden256<8>(src, f.srcBytes(), out); return;
+            case 1:
+                moveWiden256<1>(src, f.srcBytes(), out);
+                return;
+            case 2:
+                moveWiden256<2>(src, f.srcBytes(), out);
+                return;
+            case 4:
+                moveWiden256<4>(src, f.srcBytes(), out);
+                return;
+            default:
+                moveWiden256<8>(src, f.srcBytes(), out);
+                return;
         }
     }
 #endif
     switch (f.write * 2 / f.readTimes2) {
-        case 1: moveWiden<1>(src, f.srcBytes(), out); break;
-        case 2: moveWiden<2>(src, f.srcBytes(), out); break;
-        case 4: moveWiden<4>(src, f.srcBytes(), out); break;
-        default: moveWiden<8>(src, f.srcBytes(), out); break;
+        case 1:
+            moveWiden<1>(src, f.srcBytes(), out);
+            break;
+        case 2:
+            moveWiden<2>(src, f.srcBytes(), out);
+            break;
+        case 4:
+            moveWiden<4>(src, f.srcBytes(), out);
+            break;
+        default:
+            moveWiden<8>(src, f.srcBytes(), out);
+            break;
     }
 }
 
 struct FloorBuffers {
     AlignedBuffer src, out;
-    explicit FloorBuffers(const Floor& f) : src(lineBuffer(f.srcBytes())), out(lineBuffer(f.outBytes())) {
+    explicit FloorBuffers(const Floor& f)
+        : src(lineBuffer(f.srcBytes())), out(lineBuffer(f.outBytes())) {
         std::memset(src.data(), 0x5a, f.srcBytes());
     }
 };
@@ -330,7 +351,8 @@ void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType
     double kernelS = 0, floorS = 0;
     for (auto _ : state) {
         const auto t0 = Clock::now();
-        if (!kernels::dequantize(q.view(), dst, out, 1).isOk()) state.SkipWithError("dequantize failed");
+        if (!kernels::dequantize(q.view(), dst, out, 1).isOk())
+            state.SkipWithError("dequantize failed");
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
         const auto t1 = Clock::now();
@@ -345,8 +367,8 @@ void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType
     }
     setCounters(state, out.size());
     if (kernelS > 0 && floorS > 0) {
-        state.counters["floor_values/s"] =
-            benchmark::Counter(static_cast<double>(kN) * static_cast<double>(state.iterations()) / floorS);
+        state.counters["floor_values/s"] = benchmark::Counter(
+            static_cast<double>(kN) * static_cast<double>(state.iterations()) / floorS);
         state.counters["vs_floor"] = benchmark::Counter(floorS / kernelS);
     }
 }
@@ -389,8 +411,10 @@ void registerAll() {
     for (const Mode& m : modes) {
         for (auto [t, tn] : outs) {
             const Floor f{readTimes2(m.mode), static_cast<int>(dtypeSize(t))};
-            benchmark::RegisterBenchmark(("dequantize/" + std::string(m.name) + "->" + tn + "/" + isa).c_str(),
-                                         bmDequantize, m.mode, m.dq, t, f)->UseRealTime();
+            benchmark::RegisterBenchmark(
+                ("dequantize/" + std::string(m.name) + "->" + tn + "/" + isa).c_str(), bmDequantize,
+                m.mode, m.dq, t, f)
+                ->UseRealTime();
         }
     }
     for (const Mode& m : modes) {

@@ -308,7 +308,8 @@ Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> 
             std::mutex stMu;
             parallelFor(nb, nt, [&](int64_t b0, int64_t b1) {
                 // Not zero-filled: every entry is written below.
-                std::unique_ptr<float[]> absmax(new (std::nothrow) float[static_cast<size_t>(b1 - b0)]);
+                std::unique_ptr<float[]> absmax(
+                    new (std::nothrow) float[static_cast<size_t>(b1 - b0)]);
                 if (!absmax) {
                     std::lock_guard<std::mutex> lock(stMu);
                     st = Status::resourceExhausted(tensorLabel(info) + ": absmax scratch of " +
@@ -318,9 +319,12 @@ Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> 
                 // reconstructAbsmax, one nested block (256 blocks) at a time with its nested
                 // absmax hoisted: the same two roundings, no division per block.
                 for (int64_t g = b0; g < b1;) {
-                    const int64_t gEnd = std::min<int64_t>(b1, (g / kNestedBlocksize + 1) * kNestedBlocksize);
+                    const int64_t gEnd =
+                        std::min<int64_t>(b1, (g / kNestedBlocksize + 1) * kNestedBlocksize);
                     float nv;
-                    std::memcpy(&nv, reinterpret_cast<const uint8_t*>(nested) + (g / kNestedBlocksize) * 4, 4);
+                    std::memcpy(
+                        &nv, reinterpret_cast<const uint8_t*>(nested) + (g / kNestedBlocksize) * 4,
+                        4);
                     float* a = absmax.get() + (g - b0);
                     const uint8_t* c = absmaxBytes + g;
                     for (int64_t i = 0; i < gEnd - g; ++i) {

@@ -365,10 +365,11 @@ inline __m128i packNegBnb(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
 // the codes are then non-negative, so the nibble pairs need no negation.
 inline __m128i packFp4Bnb(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
     const uint8_t* mag = kFp4MagnitudeCode;
-    const auto code = [mag](int v) { return static_cast<char>(mag[v & 7] | (v & 8)); };  // v = count + 8 sign
-    const __m128i lut128 = _mm_setr_epi8(code(0), code(15), code(14), code(13), code(12), code(11), code(10),
-                                         code(9), code(8), code(7), code(6), code(5), code(4), code(3),
-                                         code(2), code(1));
+    // the FP4 code of index v = count + 8 sign
+    const auto code = [mag](int v) { return static_cast<char>(mag[v & 7] | (v & 8)); };
+    const __m128i lut128 =
+        _mm_setr_epi8(code(0), code(15), code(14), code(13), code(12), code(11), code(10), code(9),
+                      code(8), code(7), code(6), code(5), code(4), code(3), code(2), code(1));
     const __m256i lut = _mm256_broadcastsi128_si256(lut128);
     const __m256i p16a = _mm256_packs_epi32(c0, c1);
     const __m256i p16b = _mm256_packs_epi32(c2, c3);
@@ -544,14 +545,17 @@ inline Lut16 q4Lut16(__m256 d) {
         h = _mm256_permute4x64_epi64(tops, _MM_SHUFFLE(2, 0, 2, 0));
     }
     // byte 2 (k - 1) / 2 (k - 1) + 1: low / high byte of code k
-    const __m256i ctlLo = _mm256_setr_epi8(14, 12, 10, 8, 6, 4, 2, 0, -128, 0, 2, 4, 6, 8, 10, 12,  //
-                                           14, 12, 10, 8, 6, 4, 2, 0, -128, 0, 2, 4, 6, 8, 10, 12);
+    const __m256i ctlLo =
+        _mm256_setr_epi8(14, 12, 10, 8, 6, 4, 2, 0, -128, 0, 2, 4, 6, 8, 10, 12,  //
+                         14, 12, 10, 8, 6, 4, 2, 0, -128, 0, 2, 4, 6, 8, 10, 12);
     const __m256i ctlHi = _mm256_setr_epi8(15, 13, 11, 9, 7, 5, 3, 1, 1, 1, 3, 5, 7, 9, 11, 13,  //
                                            15, 13, 11, 9, 7, 5, 3, 1, 1, 1, 3, 5, 7, 9, 11, 13);
-    const __m256i keepHi = _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -128, -1, -1, -1, -1, -1, -1, -1,  //
-                                            -1, -1, -1, -1, -1, -1, -1, -1, -128, -1, -1, -1, -1, -1, -1, -1);
-    const __m256i signHi = _mm256_setr_epi8(-128, -128, -128, -128, -128, -128, -128, -128, 0, 0, 0, 0, 0, 0, 0, 0,  //
-                                            -128, -128, -128, -128, -128, -128, -128, -128, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i keepHi =
+        _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -128, -1, -1, -1, -1, -1, -1, -1,  //
+                         -1, -1, -1, -1, -1, -1, -1, -1, -128, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i signHi =
+        _mm256_setr_epi8(-128, -128, -128, -128, -128, -128, -128, -128, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                         -128, -128, -128, -128, -128, -128, -128, -128, 0, 0, 0, 0, 0, 0, 0, 0);
     Lut16 t;
     t.f0 = t.f1 = _mm256_setzero_ps();
     t.lo8 = _mm256_shuffle_epi8(h, ctlLo);
@@ -578,7 +582,8 @@ inline void dequantizeQ4_0Blocks(const uint8_t* p, int64_t nblocks, uint8_t* out
     Lut16 t = table(0);
     for (int64_t b = 0; b < nblocks; ++b) {
         const Lut16 next = b + 1 < nblocks ? table(b + 1) : t;
-        expand32<true, D, S>(t, p + b * static_cast<int64_t>(sizeof(block_q4_0)) + 2, out + b * kQk4_0 * kEsz);
+        expand32<true, D, S>(t, p + b * static_cast<int64_t>(sizeof(block_q4_0)) + 2,
+                             out + b * kQk4_0 * kEsz);
         t = next;
     }
 }
@@ -621,11 +626,13 @@ inline void encodeQ4_0Group(const float* xg, int64_t nb, const float* id, const 
     };
     const auto store = [&](int64_t j, const __m256i* q) {
         // bytes [0-3 8-11 16-19 24-27 | 4-7 12-15 20-23 28-31], saturated to [0, 255]
-        __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        __m256i b =
+            _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         b = _mm256_min_epu8(b, _mm256_set1_epi8(15));
         // byte j | byte j + 16 << 4 per lane: [0-3 8-11 | 4-7 12-15] in the low 8 bytes
         b = _mm256_or_si256(b, _mm256_slli_epi16(_mm256_srli_si256(b, 8), 4));
-        const __m128i p8 = _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+        const __m128i p8 =
+            _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
         uint8_t* o = out + j * static_cast<int64_t>(sizeof(block_q4_0));
         std::memcpy(o, dh + j, 2);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), p8);
@@ -684,13 +691,16 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
         // min with 15 then give the reference's codes for 32 values at once. An infinite
         // id (d subnormal) can make t = +Inf, which truncation would turn into INT_MIN
         // instead of 15: such groups clamp with min(15, t) first.
-        const bool finiteIds = _mm256_movemask_ps(_mm256_cmp_ps(
-            _mm256_and_ps(_mm256_load_ps(id), absMask), _mm256_set1_ps(std::numeric_limits<float>::infinity()),
-            _CMP_LT_OQ)) == 0xff;
+        const bool finiteIds =
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_load_ps(id), absMask),
+                                             _mm256_set1_ps(std::numeric_limits<float>::infinity()),
+                                             _CMP_LT_OQ)) == 0xff;
         if (finiteIds) {
-            encodeQ4_0Group<false>(xg, nb, id, dh, outBytes + g * static_cast<int64_t>(sizeof(block_q4_0)));
+            encodeQ4_0Group<false>(xg, nb, id, dh,
+                                   outBytes + g * static_cast<int64_t>(sizeof(block_q4_0)));
         } else {
-            encodeQ4_0Group<true>(xg, nb, id, dh, outBytes + g * static_cast<int64_t>(sizeof(block_q4_0)));
+            encodeQ4_0Group<true>(xg, nb, id, dh,
+                                  outBytes + g * static_cast<int64_t>(sizeof(block_q4_0)));
         }
     }
 }
@@ -744,7 +754,8 @@ inline __m256 int8Scaled(const Int8Consts& k, __m256i q32) {
 
 template <bool kLlm>
 inline __m256 int8x8(const Int8Consts& k, const int8_t* p) {
-    return int8Scaled<kLlm>(k, _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    return int8Scaled<kLlm>(
+        k, _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
 // vpshufb control: source byte B_j (of the 16 in each lane) into the top byte of 32-bit lane j.
@@ -764,13 +775,15 @@ inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
     if constexpr (D == DType::kBF16 && !kMayNaN) {
         // Even elements in a, odd in b (lane 0: elements 0..7, lane 1: 8..15), so that the
         // rounded top halves interleave into element order with one vpblendw.
-        const __m256i src = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-        const auto lanes = [&](__m256i ctl) {  // vpsrad 24 sign-extends the top byte
-            if constexpr (kNoTie) {
-                __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(src, ctl)), k.scaleTop);
+        const __m256i src =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        const auto lanes = [&](__m256i ctl) {
+            if constexpr (kNoTie) {  // q * 2^24 times scale * 2^-24
+                __m256 v =
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(src, ctl)), k.scaleTop);
                 if constexpr (kLlm) v = _mm256_mul_ps(v, k.factor);
                 return v;
-            }
+            }  // else vpsrad 24 sign-extends the top byte
             return int8Scaled<kLlm>(k, _mm256_srai_epi32(_mm256_shuffle_epi8(src, ctl), 24));
         };
         const __m256 a = lanes(byteToTop<0, 2, 4, 6, 8, 10, 12, 14>());
@@ -795,7 +808,8 @@ inline bool int8RowHasBf16Tie(const Int8Consts& k) {
     __m256i any = _mm256_setzero_si256();
     const __m256i low = _mm256_set1_epi32(0xffff), tie = _mm256_set1_epi32(0x8000);
     for (int q = -128; q < 128; q += 8) {
-        const __m256i qs = _mm256_add_epi32(_mm256_set1_epi32(q), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i qs =
+            _mm256_add_epi32(_mm256_set1_epi32(q), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         const __m256i x = _mm256_castps_si256(int8Scaled<kLlm>(k, qs));
         any = _mm256_or_si256(any, _mm256_cmpeq_epi32(_mm256_and_si256(x, low), tie));
     }
@@ -842,7 +856,8 @@ inline void dequantizeInt8As(const int8_t* q, const float* scale, int64_t rows, 
                 // scale * 2^-24 exact: zero or |scale| >= 2^-102 (the product stays normal)
                 const bool topExact = sc == 0.0f || !(sc < 0x1p-102f && sc > -0x1p-102f);
                 if (isFiniteF32(sc) && topExact && cols >= 1024 &&
-                    !int8RowHasBf16Tie<kLlm>({_mm256_set1_ps(sc), _mm256_set1_ps(kInt8DequantFactor),
+                    !int8RowHasBf16Tie<kLlm>({_mm256_set1_ps(sc),
+                                              _mm256_set1_ps(kInt8DequantFactor),
                                               _mm256_setzero_ps()})) {
                     dequantizeInt8Row<D, S, kLlm, false, true>(q + r * cols, sc, cols, o);
                     continue;
