@@ -123,12 +123,12 @@ void populateForWrite(void* p, size_t bytes) noexcept {
     for (size_t off = 0; off < bytes; off += 4096) b[off] = std::byte{0};
 }
 
-Result<AlignedBuffer> AlignedBuffer::allocate(size_t bytes, size_t alignment) {
+Result<AlignedBuffer> AlignedBuffer::allocate(size_t bytes, size_t alignment, bool hugePages) {
     AlignedBuffer b;
     const size_t align = alignment < 4096 ? 4096 : alignment;
     const size_t size = alignUp(bytes == 0 ? 1 : bytes, align);
     if (size >= kHugePageBufferBytes && align <= kHugePage) {
-        void* p = mapAnonymous(size, /*hugePages=*/true);
+        void* p = mapAnonymous(size, hugePages);
         if (p == nullptr) {
             return Status::resourceExhausted("cannot map " + std::to_string(size) +
                                              " bytes: " + std::strerror(errno));

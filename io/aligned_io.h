@@ -81,11 +81,13 @@ void populateForWrite(void* p, size_t bytes) noexcept;
 constexpr size_t kHugePageBufferBytes = size_t{2} << 20;
 
 // Page-aligned memory (not pinned; use PinnedPool for that). Size rounded up to 4096; from
-// mapAnonymous with huge pages from kHugePageBufferBytes on, otherwise from the heap.
+// kHugePageBufferBytes on it comes from mapAnonymous (with huge pages unless `hugePages` is
+// false, which benchmarks use to show the difference), otherwise from the heap.
 class AlignedBuffer {
 public:
     AlignedBuffer() = default;
-    static Result<AlignedBuffer> allocate(size_t bytes, size_t alignment = 4096);
+    static Result<AlignedBuffer> allocate(size_t bytes, size_t alignment = 4096,
+                                          bool hugePages = true);
     ~AlignedBuffer();
     AlignedBuffer(AlignedBuffer&& other) noexcept;
     AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;

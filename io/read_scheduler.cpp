@@ -432,7 +432,7 @@ Result<std::unique_ptr<ReadScheduler>> makeReadScheduler(const ReadSchedulerOpti
 
 Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_t chunkBytes,
                                      uint32_t queueDepth, IoBackend backend,
-                                     uint64_t footprintBytes) {
+                                     uint64_t footprintBytes, bool hugePages) {
     ReadSchedulerOptions opts;
     opts.backend = backend;
     opts.chunkBytes = chunkBytes;
@@ -449,7 +449,8 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
     // two reads ever write the same memory at once). The contents are discarded.
     const uint64_t minSlots = std::max<uint64_t>(queueDepth, footprintBytes / chunkBytes);
     const auto slots = static_cast<uint32_t>(std::min<uint64_t>(minSlots, UINT32_MAX / 2));
-    SLI_ASSIGN_OR_RETURN(auto buf, AlignedBuffer::allocate(static_cast<size_t>(slots) * chunkBytes));
+    SLI_ASSIGN_OR_RETURN(auto buf, AlignedBuffer::allocate(static_cast<size_t>(slots) * chunkBytes,
+                                                           4096, hugePages));
     populateForWrite(buf.data(), buf.size());  // as the engine's pool: faulted in beforehand
     const MemoryRegion region{buf.data(), buf.size()};
     (void)sched->registerBuffers(std::span(&region, 1));

@@ -187,6 +187,8 @@ Result<std::unique_ptr<ReadScheduler>> makeReadScheduler(const ReadSchedulerOpti
 // or 1 GiB measured 5.0-5.2 GB/s, because a small buffer stays cache-resident while the
 // hypervisor copies into it. The engine keeps every layer until it is used, so it can never
 // read into cache-resident memory; kRawReadFootprint keeps the comparison like for like.
+// `hugePages` = false reads into 4 KiB pages instead (slibench prints both: see
+// io/pinned_pool.h for why the engine's slots use huge pages).
 constexpr uint64_t kRawReadFootprint = 256ull << 20;
 struct RawReadResult {
     double gbps = 0;
@@ -199,7 +201,8 @@ struct RawReadResult {
 };
 Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_t chunkBytes,
                                      uint32_t queueDepth, IoBackend backend = IoBackend::kAuto,
-                                     uint64_t footprintBytes = kRawReadFootprint);
+                                     uint64_t footprintBytes = kRawReadFootprint,
+                                     bool hugePages = true);
 Result<double> measureRawReadGbps(std::span<const std::string> paths, uint32_t chunkBytes,
                                   uint32_t queueDepth, IoBackend backend = IoBackend::kAuto,
                                   uint64_t footprintBytes = kRawReadFootprint);
