@@ -89,7 +89,7 @@ constexpr size_t kHugePage = size_t{2} << 20;
 
 void* mapAnonymous(size_t bytes, bool hugePages) {
     const size_t size = alignUp(bytes == 0 ? 1 : bytes, 4096);
-    const int flags = MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE;
+    const int flags = MAP_ANONYMOUS | MAP_PRIVATE;
     if (!hugePages) {
         void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, -1, 0);
         return p == MAP_FAILED ? nullptr : p;
