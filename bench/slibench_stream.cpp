@@ -222,7 +222,7 @@ Result<StreamResult> streamNaive(const StreamOptions& o, const std::vector<std::
     StreamResult r;
     r.backendUsed = "pread";
     Executor exec(o.batch, o.passes);
-    std::unique_ptr<uint8_t, FreeDeleter> buf;
+    io::AlignedBuffer buf;  // the same memory kind as the engine's slots (huge pages)
     uint64_t bufBytes = 0;
     AlignedBuffer out, scratch;
     const int threads = o.threads > 0 ? o.threads : 0;
@@ -236,11 +236,11 @@ Result<StreamResult> streamNaive(const StreamOptions& o, const std::vector<std::
         const uint64_t n = idx.dataBytes();
         if (n > bufBytes) {
             bufBytes = (n + 4095) / 4096 * 4096;
-            buf.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, bufBytes)));
-            if (!buf) return Status::resourceExhausted("naive loader: no memory for " + path);
+            buf = io::AlignedBuffer();
+            SLI_ASSIGN_OR_RETURN(buf, io::AlignedBuffer::allocate(bufBytes));
         }
         for (uint64_t off = 0; off < n;) {
-            const ssize_t k = ::pread(f.fd(), buf.get() + off, n - off,
+            const ssize_t k = ::pread(f.fd(), reinterpret_cast<uint8_t*>(buf.data()) + off, n - off,
                                       static_cast<off_t>(idx.dataStart + off));
             if (k < 0 && errno == EINTR) continue;
             if (k <= 0) return Status::fromErrno(k < 0 ? errno : EIO, "naive loader: reading " + path);
@@ -268,7 +268,7 @@ Result<StreamResult> streamNaive(const StreamOptions& o, const std::vector<std::
             const auto& e = idx.tensors[i];
             t = Clock::now();
             SLI_ASSIGN_OR_RETURN(QuantizedTensorView v,
-                                 io::decodeTensor(idx, i, std::span<const uint8_t>(buf.get(), n),
+                                 io::decodeTensor(idx, i, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(buf.data()), n),
                                                   idx.dataStart, o.verify, scratch.bytes()));
             r.stages.verify += secondsSince(t);
             t = Clock::now();

@@ -49,7 +49,7 @@ struct StreamOptions {
     std::string device = "cpu";
     std::string backend = "io_uring";
     bool cold = true;  // O_DIRECT (+ page cache dropped when permitted); else buffered
-    int depth = 2;
+    int depth = 4;
     uint64_t budgetBytes = 2ull << 30;
     uint32_t chunkBytes = 2u << 20;
     uint32_t queueDepth = 64;

@@ -119,7 +119,9 @@ struct SlotData {
     std::atomic<int> tasksLeft{0};
     Status error;             // first error of this layer (guarded by Impl::mu)
     io::PinnedPool::Slot buffer;
-    AlignedBuffer arena;
+    // Output tensors: huge-page memory faulted in at open(), so the first pass through a slot
+    // pays no page faults inside the dequant stage.
+    io::AlignedBuffer arena;
     std::map<int64_t, Layer> views;  // per layer: tensors borrowing the arena
     LayerTiming timing;
     // GPU: the decoded views (parts in this pinned slot), and the device slot it was
@@ -340,7 +342,7 @@ Status Engine::Impl::allocate() {
     uint64_t nslots = std::min<uint64_t>(fit, static_cast<uint64_t>(depth) + 1);
     if (planFinite()) nslots = std::min<uint64_t>(nslots, std::max<uint64_t>(1, planLength()));
     if (nslots < static_cast<uint64_t>(depth) + 1 && nslots < planLength()) {
-        SLI_WARN(kLog, "host budget holds %llu layer slots: prefetch depth lowered from %d to %llu",
+        SLI_INFO(kLog, "host budget holds %llu layer slots: prefetch depth lowered from %d to %llu",
                  static_cast<unsigned long long>(nslots), depth,
                  static_cast<unsigned long long>(nslots - 1));
         depth = static_cast<int>(nslots) - 1;
@@ -357,7 +359,8 @@ Status Engine::Impl::allocate() {
             slot->gpuViews.resize(maxTensors);
         } else {
             SLI_ASSIGN_OR_RETURN(slot->arena,
-                                 AlignedBuffer::allocate(std::max<uint64_t>(maxOutBytes, 64), false));
+                                 io::AlignedBuffer::allocate(std::max<uint64_t>(maxOutBytes, 64)));
+            io::populateForWrite(slot->arena.data(), slot->arena.size());
         }
         slots.push_back(std::move(slot));
     }
@@ -596,7 +599,7 @@ Result<Layer*> Engine::Impl::layerView(int s, int64_t layer) {
         const auto& info = src.index.tensors[t].info;
         uint8_t* data = src.inPlace[t] >= 0
                             ? reinterpret_cast<uint8_t*>(slot.buffer.data()) + src.inPlace[t]
-                            : slot.arena.data() + src.outOffsets[t];
+                            : reinterpret_cast<uint8_t*>(slot.arena.data()) + src.outOffsets[t];
         SLI_ASSIGN_OR_RETURN(Tensor tensor,
                              Tensor::borrowed(info.name, info.shape, src.outDTypes[t], data));
         SLI_RETURN_IF_ERROR(view.add(std::move(tensor)));
@@ -821,7 +824,9 @@ void Engine::Impl::workerLoop(int /*id*/) {
             } else if (src.inPlace[task.tensor] < 0) {
                 const DType dt = src.outDTypes[task.tensor];
                 const uint64_t outBytes = static_cast<uint64_t>(entry.info.numel()) * dtypeSize(dt);
-                std::span<uint8_t> out(slot.arena.data() + src.outOffsets[task.tensor], outBytes);
+                std::span<uint8_t> out(
+                    reinterpret_cast<uint8_t*>(slot.arena.data()) + src.outOffsets[task.tensor],
+                    outBytes);
                 if (dt == outDType) {
                     st = kernels::dequantize(*view, outDType, out, 1);
                 } else {

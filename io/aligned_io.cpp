@@ -1,12 +1,14 @@
 #include "io/aligned_io.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <utility>
 
@@ -81,10 +83,61 @@ AlignedSpan alignedSpan(uint64_t offset, uint64_t length, uint32_t alignment) no
     return s;
 }
 
-Result<AlignedBuffer> AlignedBuffer::allocate(size_t bytes, size_t alignment) {
+namespace {
+constexpr size_t kHugePage = size_t{2} << 20;
+}  // namespace
+
+void* mapAnonymous(size_t bytes, bool hugePages) {
+    const size_t size = alignUp(bytes == 0 ? 1 : bytes, 4096);
+    const int flags = MAP_ANONYMOUS | MAP_PRIVATE;
+    if (!hugePages) {
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+        return p == MAP_FAILED ? nullptr : p;
+    }
+    // Over-map by one huge page and trim, so the range starts on a 2 MiB boundary.
+    const size_t span = size + kHugePage;
+    void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (raw == MAP_FAILED) return nullptr;
+    const auto base = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t start = alignUp(base, kHugePage);
+    if (start > base) ::munmap(raw, start - base);
+    const uintptr_t end = start + size;
+    if (base + span > end) ::munmap(reinterpret_cast<void*>(end), base + span - end);
+    void* p = reinterpret_cast<void*>(start);
+#ifdef MADV_HUGEPAGE
+    (void)::madvise(p, size, MADV_HUGEPAGE);  // advice only: 4 KiB pages still work
+#endif
+    return p;
+}
+
+void unmapAnonymous(void* p, size_t bytes) noexcept {
+    if (p != nullptr) ::munmap(p, alignUp(bytes == 0 ? 1 : bytes, 4096));
+}
+
+void populateForWrite(void* p, size_t bytes) noexcept {
+#ifdef MADV_POPULATE_WRITE
+    if (::madvise(p, bytes, MADV_POPULATE_WRITE) == 0) return;
+#endif
+    // Older kernels: touch one byte per page (anonymous memory reads back zero anyway).
+    auto* b = static_cast<volatile std::byte*>(p);
+    for (size_t off = 0; off < bytes; off += 4096) b[off] = std::byte{0};
+}
+
+Result<AlignedBuffer> AlignedBuffer::allocate(size_t bytes, size_t alignment, bool hugePages) {
     AlignedBuffer b;
     const size_t align = alignment < 4096 ? 4096 : alignment;
     const size_t size = alignUp(bytes == 0 ? 1 : bytes, align);
+    if (size >= kHugePageBufferBytes && align <= kHugePage) {
+        void* p = mapAnonymous(size, hugePages);
+        if (p == nullptr) {
+            return Status::resourceExhausted("cannot map " + std::to_string(size) +
+                                             " bytes: " + std::strerror(errno));
+        }
+        b.data_ = static_cast<std::byte*>(p);
+        b.size_ = size;
+        b.mapped_ = true;
+        return b;
+    }
     void* p = std::aligned_alloc(align, size);
     if (p == nullptr) {
         return Status::resourceExhausted("cannot allocate " + std::to_string(size) +
@@ -95,16 +148,30 @@ Result<AlignedBuffer> AlignedBuffer::allocate(size_t bytes, size_t alignment) {
     return b;
 }
 
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+void AlignedBuffer::free() noexcept {
+    if (mapped_) {
+        unmapAnonymous(data_, size_);
+    } else {
+        std::free(data_);
+    }
+    data_ = nullptr;
+    size_ = 0;
+    mapped_ = false;
+}
+
+AlignedBuffer::~AlignedBuffer() { free(); }
 
 AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      mapped_(std::exchange(other.mapped_, false)) {}
 
 AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
     if (this != &other) {
-        std::free(data_);
+        free();
         data_ = std::exchange(other.data_, nullptr);
         size_ = std::exchange(other.size_, 0);
+        mapped_ = std::exchange(other.mapped_, false);
     }
     return *this;
 }

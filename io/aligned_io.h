@@ -64,11 +64,30 @@ constexpr uint64_t alignUp(uint64_t v, uint64_t a) noexcept { return (v + a - 1)
 constexpr uint64_t alignDown(uint64_t v, uint64_t a) noexcept { return v / a * a; }
 constexpr bool isAligned(uint64_t v, uint64_t a) noexcept { return v % a == 0; }
 
-// Page-aligned heap memory (not pinned; use PinnedPool for that). Size rounded up to 4096.
+// Anonymous private memory for large I/O buffers. With `hugePages`, the mapping starts on a
+// 2 MiB boundary and asks for transparent huge pages (MADV_HUGEPAGE; the kernel may still use
+// 4 KiB pages): an O_DIRECT read into it then reaches the block device as a few large
+// physically contiguous segments instead of one per 4 KiB page. On the virtio disk of the
+// development VM that made cold reads 1.5-3x faster (docs/benchmarks.md, "Huge pages").
+// Returns nullptr with errno set on failure; `bytes` is rounded up to 4096. Free with
+// unmapAnonymous(p, bytes) using the same `bytes`.
+void* mapAnonymous(size_t bytes, bool hugePages);
+void unmapAnonymous(void* p, size_t bytes) noexcept;
+// Faults every page of [p, p + bytes) in for writing (MADV_POPULATE_WRITE, or one store per
+// page on kernels without it), so later I/O and mlock find the memory present.
+void populateForWrite(void* p, size_t bytes) noexcept;
+
+// Buffers of at least this size come from mapAnonymous(bytes, true).
+constexpr size_t kHugePageBufferBytes = size_t{2} << 20;
+
+// Page-aligned memory (not pinned; use PinnedPool for that). Size rounded up to 4096; from
+// kHugePageBufferBytes on it comes from mapAnonymous (with huge pages unless `hugePages` is
+// false, which benchmarks use to show the difference), otherwise from the heap.
 class AlignedBuffer {
 public:
     AlignedBuffer() = default;
-    static Result<AlignedBuffer> allocate(size_t bytes, size_t alignment = 4096);
+    static Result<AlignedBuffer> allocate(size_t bytes, size_t alignment = 4096,
+                                          bool hugePages = true);
     ~AlignedBuffer();
     AlignedBuffer(AlignedBuffer&& other) noexcept;
     AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;
@@ -79,8 +98,11 @@ public:
     size_t size() const noexcept { return size_; }
 
 private:
+    void free() noexcept;
+
     std::byte* data_ = nullptr;
     size_t size_ = 0;
+    bool mapped_ = false;  // from mapAnonymous, else std::aligned_alloc
 };
 
 }  // namespace sli::io

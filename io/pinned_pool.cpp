@@ -78,16 +78,16 @@ Result<std::unique_ptr<PinnedPool>> PinnedPool::create(const PinnedPoolOptions& 
     pool->slotCount_ = static_cast<uint32_t>(count);
     pool->slotsPerSlab_ = static_cast<uint32_t>(std::min<uint64_t>(maxSlab / slot, count));
     uint64_t left = count;
-    const int flags = MAP_ANONYMOUS | MAP_PRIVATE | (options.populate ? MAP_POPULATE : 0);
     while (left > 0) {
         const uint64_t n = std::min<uint64_t>(left, pool->slotsPerSlab_);
         const size_t bytes = n * slot;
-        void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
-        if (p == MAP_FAILED) {
+        void* p = mapAnonymous(bytes, options.hugePages);
+        if (p == nullptr) {
             return Status::resourceExhausted("pinned pool: mmap of " + std::to_string(bytes) +
                                              " bytes: " + std::strerror(errno));
         }
         pool->regions_.push_back(MemoryRegion{p, bytes});  // unmapped by ~PinnedPool on error
+        if (options.populate) populateForWrite(p, bytes);
         left -= n;
     }
     const uint64_t total = count * slot;
@@ -121,7 +121,7 @@ Result<std::unique_ptr<PinnedPool>> PinnedPool::create(const PinnedPoolOptions& 
 }
 
 PinnedPool::~PinnedPool() {
-    for (const MemoryRegion& r : regions_) ::munmap(r.data, r.size);
+    for (const MemoryRegion& r : regions_) unmapAnonymous(r.data, r.size);
 }
 
 std::byte* PinnedPool::slotData(uint32_t index) const noexcept {

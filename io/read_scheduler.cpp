@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <optional>
 #include <unordered_map>
@@ -430,7 +431,8 @@ Result<std::unique_ptr<ReadScheduler>> makeReadScheduler(const ReadSchedulerOpti
 }
 
 Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_t chunkBytes,
-                                     uint32_t queueDepth, IoBackend backend) {
+                                     uint32_t queueDepth, IoBackend backend,
+                                     uint64_t footprintBytes, bool hugePages) {
     ReadSchedulerOptions opts;
     opts.backend = backend;
     opts.chunkBytes = chunkBytes;
@@ -442,19 +444,23 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
         SLI_RETURN_IF_ERROR(sched->registerFile(f.fd(), p));
         files.push_back(std::move(f));
     }
-    // Requests are one chunk each; every request in flight owns its own buffer slot (reused
-    // once its completion is reaped), so no two reads ever write the same memory at once.
-    // The contents are discarded.
-    const uint32_t slots = queueDepth;
-    SLI_ASSIGN_OR_RETURN(auto buf, AlignedBuffer::allocate(static_cast<size_t>(slots) * chunkBytes));
+    // Requests are one chunk each; every request in flight owns its own buffer slot (freed
+    // slots queue up behind the others, so requests rotate through the whole footprint and no
+    // two reads ever write the same memory at once). The contents are discarded.
+    const uint64_t minSlots = std::max<uint64_t>(queueDepth, footprintBytes / chunkBytes);
+    const auto slots = static_cast<uint32_t>(std::min<uint64_t>(minSlots, UINT32_MAX / 2));
+    SLI_ASSIGN_OR_RETURN(auto buf, AlignedBuffer::allocate(static_cast<size_t>(slots) * chunkBytes,
+                                                           4096, hugePages));
+    populateForWrite(buf.data(), buf.size());  // as the engine's pool: faulted in beforehand
     const MemoryRegion region{buf.data(), buf.size()};
     (void)sched->registerBuffers(std::span(&region, 1));
-    std::vector<uint32_t> freeSlots(slots);
-    for (uint32_t i = 0; i < slots; ++i) freeSlots[i] = slots - 1 - i;
+    std::deque<uint32_t> freeSlots;
+    for (uint32_t i = 0; i < slots; ++i) freeSlots.push_back(i);
 
     RawReadResult out;
     out.chunkBytes = chunkBytes;
     out.queueDepth = queueDepth;
+    out.footprintBytes = buf.size();
     out.backend = sched->backendName();
     std::vector<ReadCompletion> done(queueDepth);
     const auto t0 = Clock::now();
@@ -462,15 +468,15 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
     uint64_t offset = 0;
     while (true) {
         // Keep queueDepth requests outstanding.
-        while (!freeSlots.empty() && fileIdx < files.size()) {
+        while (sched->pending() < queueDepth && !freeSlots.empty() && fileIdx < files.size()) {
             const DirectReadFile& f = files[fileIdx];
             if (offset >= f.size()) {
                 ++fileIdx;
                 offset = 0;
                 continue;
             }
-            const uint32_t slot = freeSlots.back();
-            freeSlots.pop_back();
+            const uint32_t slot = freeSlots.front();
+            freeSlots.pop_front();
             ReadRequest r;
             r.fd = f.fd();
             r.offset = offset;
@@ -496,17 +502,20 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
 }
 
 Result<double> measureRawReadGbps(std::span<const std::string> paths, uint32_t chunkBytes,
-                                  uint32_t queueDepth, IoBackend backend) {
-    SLI_ASSIGN_OR_RETURN(auto r, measureRawRead(paths, chunkBytes, queueDepth, backend));
+                                  uint32_t queueDepth, IoBackend backend,
+                                  uint64_t footprintBytes) {
+    SLI_ASSIGN_OR_RETURN(auto r, measureRawRead(paths, chunkBytes, queueDepth, backend,
+                                                footprintBytes));
     return r.gbps;
 }
 
-Result<RawReadResult> measureBestRawRead(std::span<const std::string> paths, IoBackend backend) {
+Result<RawReadResult> measureBestRawRead(std::span<const std::string> paths, IoBackend backend,
+                                         uint64_t footprintBytes) {
     static constexpr std::pair<uint32_t, uint32_t> kCombos[] = {
         {1u << 20, 32}, {2u << 20, 64}, {4u << 20, 64}, {4u << 20, 128}};
     std::optional<RawReadResult> best;
     for (auto [chunk, depth] : kCombos) {
-        SLI_ASSIGN_OR_RETURN(auto r, measureRawRead(paths, chunk, depth, backend));
+        SLI_ASSIGN_OR_RETURN(auto r, measureRawRead(paths, chunk, depth, backend, footprintBytes));
         if (!best || r.gbps > best->gbps) best = std::move(r);
     }
     return std::move(*best);

@@ -75,7 +75,9 @@ struct EngineOptions {
     // Output dtype; kF32/kF16/kBF16. Unset (kBool is never a compute dtype) = the cache's
     // compute dtype.
     DType computeDType = DType::kBool;
-    int prefetchDepth = 2;                      // layers read ahead of the executor (0 = none)
+    // Layers read ahead of the executor (0 = none); lowered, with one info line, when the host
+    // budget holds fewer slots. 4 keeps the disk busy while two layers decode (docs/benchmarks.md).
+    int prefetchDepth = 4;
     uint64_t hostBudgetBytes = 1ull << 30;      // pinned read slots + host output tensors
     uint64_t deviceBudgetBytes = 0;             // cuda: device buffers (0 = auto)
     std::string ioBackend = "auto";             // "auto", "io_uring", "pread" (env SLI_IO_BACKEND)

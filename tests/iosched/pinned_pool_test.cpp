@@ -2,12 +2,17 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cinttypes>
+#include <cstdio>
+#include <fstream>
+#include <string>
 #include <chrono>
 #include <cstring>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include "io/aligned_io.h"
 #include "io/pinned_pool.h"
 
 using namespace sli;
@@ -232,4 +237,80 @@ TEST_CASE("locks the memory when asked and allowed, and reports it") {
     // Locked or not depends on RLIMIT_MEMLOCK / CAP_IPC_LOCK; either way the report is coherent.
     CHECK(s.lockedBytes == (s.locked ? s.totalBytes : 0));
     MESSAGE("2 MiB pool locked: " << std::string(s.locked ? "yes" : "no (memlock limit)"));
+}
+
+namespace {
+
+// The VmFlags line of the /proc/self/smaps entry that contains `p` ("" if none).
+std::string vmFlagsOf(const void* p) {
+    std::ifstream smaps("/proc/self/smaps");
+    const auto addr = reinterpret_cast<uintptr_t>(p);
+    std::string line;
+    bool inside = false;
+    while (std::getline(smaps, line)) {
+        uintptr_t lo = 0, hi = 0;
+        // Entry headers look like "7f12a0000000-7f12a0400000 rw-p ..."; field lines start
+        // with a capitalized name and a colon.
+        if (line.find(':') > line.find(' ') &&
+            std::sscanf(line.c_str(), "%" SCNxPTR "-%" SCNxPTR, &lo, &hi) == 2) {
+            inside = addr >= lo && addr < hi;
+            continue;
+        }
+        if (inside && line.rfind("VmFlags:", 0) == 0) return line;
+    }
+    return "";
+}
+
+bool advisedHuge(const void* p) {
+    const std::string flags = vmFlagsOf(p);
+    return flags.find(" hg") != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("slabs start on a 2 MiB boundary and ask for transparent huge pages") {
+    PinnedPoolOptions o = poolOpts(24 << 20, 3 << 20);  // 8 slots of 3 MiB
+    auto pool = PinnedPool::create(o);
+    REQUIRE(pool.isOk());
+    for (const MemoryRegion& r : (*pool)->regions()) {
+        CHECK(reinterpret_cast<uintptr_t>(r.data) % (2 << 20) == 0);
+        if (std::ifstream("/proc/self/smaps")) CHECK(advisedHuge(r.data));
+        // Populated at create(): every byte reads back zero and is writable.
+        const auto* b = static_cast<const std::byte*>(r.data);
+        CHECK(b[0] == std::byte{0});
+        CHECK(b[r.size - 1] == std::byte{0});
+    }
+    std::memset((*pool)->slotData(7), 0x5a, (*pool)->slotBytes());
+
+    o.hugePages = false;
+    auto plain = PinnedPool::create(o);
+    REQUIRE(plain.isOk());
+    for (const MemoryRegion& r : (*plain)->regions()) {
+        CHECK(reinterpret_cast<uintptr_t>(r.data) % 4096 == 0);
+        if (std::ifstream("/proc/self/smaps")) CHECK_FALSE(advisedHuge(r.data));
+    }
+}
+
+TEST_CASE("large aligned buffers are 2 MiB-aligned huge-page mappings, small ones heap memory") {
+    auto big = AlignedBuffer::allocate((4 << 20) + 1);
+    REQUIRE(big.isOk());
+    CHECK(big->size() == (4 << 20) + 4096);
+    CHECK(reinterpret_cast<uintptr_t>(big->data()) % (2 << 20) == 0);
+    if (std::ifstream("/proc/self/smaps")) CHECK(advisedHuge(big->data()));
+    std::memset(big->data(), 1, big->size());
+
+    auto small = AlignedBuffer::allocate(64 << 10);
+    REQUIRE(small.isOk());
+    CHECK(reinterpret_cast<uintptr_t>(small->data()) % 4096 == 0);
+    CHECK(small->size() == (64 << 10));
+
+    // Moves keep ownership (the mapping is released once, by its last owner).
+    std::byte* const p = big->data();
+    AlignedBuffer moved = std::move(*big);
+    CHECK(moved.data() == p);
+    CHECK(big->data() == nullptr);
+    AlignedBuffer other = std::move(*small);
+    other = std::move(moved);
+    CHECK(other.data() == p);
+    CHECK(other.size() == (4 << 20) + 4096);
 }

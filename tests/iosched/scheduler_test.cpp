@@ -609,11 +609,18 @@ TEST_CASE("measures raw read throughput of whole files") {
     const std::vector<std::string> paths{a.path, c.path};
     for (IoBackend b : kBackends) {
         if (!available(b)) continue;
-        auto r = measureRawRead(paths, 256 << 10, 8, b);
+        // A footprint of 4 MiB: 16 slots of 256 KiB that the 8 reads in flight rotate through.
+        auto r = measureRawRead(paths, 256 << 10, 8, b, 4 << 20);
         REQUIRE_MESSAGE(r.isOk(), r.status().toString());
         CHECK(r->bytes == a.content.size() + c.content.size());
         CHECK(r->gbps > 0);
         CHECK(r->backend == ioBackendName(b));
+        CHECK(r->footprintBytes == (4 << 20));
+        // No footprint: just chunk x depth.
+        auto small = measureRawRead(paths, 256 << 10, 8, b, 0);
+        REQUIRE(small.isOk());
+        CHECK(small->footprintBytes == (2 << 20));
+        CHECK(small->bytes == r->bytes);
     }
     auto missing = measureRawReadGbps(std::vector<std::string>{"/nonexistent/x"}, 1 << 20, 4);
     CHECK(missing.status().isNotFound());
