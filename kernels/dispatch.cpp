@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
@@ -301,23 +302,39 @@ Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> 
             const float offset = info.nestedOffset;
             // The absmax of a thread's whole range is rebuilt first (4 bytes per block, 1/16
             // of an f16 output at blocksize 32), so that one kernel call covers the range and
-            // a large output gets the kernel's streaming stores.
+            // a large output gets the kernel's streaming stores (rebuilding in L2-sized chunks,
+            // a kernel call each, measured 3 % slower: every chunk stalls the stream).
             Status st;
             std::mutex stMu;
             parallelFor(nb, nt, [&](int64_t b0, int64_t b1) {
-                std::vector<float> absmax;
-                try {
-                    absmax.resize(static_cast<size_t>(b1 - b0));
-                } catch (const std::bad_alloc&) {
+                // Not zero-filled: every entry is written below.
+                std::unique_ptr<float[]> absmax(
+                    new (std::nothrow) float[static_cast<size_t>(b1 - b0)]);
+                if (!absmax) {
                     std::lock_guard<std::mutex> lock(stMu);
                     st = Status::resourceExhausted(tensorLabel(info) + ": absmax scratch of " +
                                                    std::to_string(b1 - b0) + " blocks");
                     return;
                 }
-                reconstructAbsmax(absmaxBytes, nested, map, offset, b0, b1 - b0, absmax.data());
+                // reconstructAbsmax, one nested block (256 blocks) at a time with its nested
+                // absmax hoisted: the same two roundings, no division per block.
+                for (int64_t g = b0; g < b1;) {
+                    const int64_t gEnd =
+                        std::min<int64_t>(b1, (g / kNestedBlocksize + 1) * kNestedBlocksize);
+                    float nv;
+                    std::memcpy(
+                        &nv, reinterpret_cast<const uint8_t*>(nested) + (g / kNestedBlocksize) * 4,
+                        4);
+                    float* a = absmax.get() + (g - b0);
+                    const uint8_t* c = absmaxBytes + g;
+                    for (int64_t i = 0; i < gEnd - g; ++i) {
+                        a[i] = reconstructNestedAbsmax(map, c[i], nv, offset);
+                    }
+                    g = gEnd;
+                }
                 const int64_t begin = b0 * bs;
                 const int64_t end = std::min<int64_t>(n, b1 * bs);
-                k.dequantize4bit(cb, payload + begin / 2, absmax.data(), end - begin, bs, dst,
+                k.dequantize4bit(cb, payload + begin / 2, absmax.get(), end - begin, bs, dst,
                                  o + begin * osz);
             });
             SLI_RETURN_IF_ERROR(st);

@@ -294,3 +294,106 @@ TEST_CASE("dtype conversion (mode none) matches the reference for every pair") {
         }
     });
 }
+
+TEST_CASE("int8 dequantization matches the reference for every byte value and odd scales") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // Rows wide enough (>= 1024) for the per-row bf16 paths: scales whose products have
+        // bf16 rounding ties (low 16 bits 0x8000: q = +-1, +-2, ... times such a scale), a
+        // plain one, subnormal, tiny, huge (products overflow f16, bf16 and f32), negative,
+        // zero, negative zero, NaN, Inf.
+        const float scales[] = {bitsFloat(0x3c008000),
+                                bitsFloat(0x3b808000),
+                                0.0123456f,
+                                bitsFloat(0x00012345),
+                                1.0e-30f,
+                                3.0e38f,
+                                7.0e4f,
+                                -0.0456f,
+                                0.0f,
+                                -0.0f,
+                                std::numeric_limits<float>::quiet_NaN(),
+                                std::numeric_limits<float>::infinity(),
+                                bitsFloat(0x3e7f8000),
+                                0x1p-102f,
+                                1.5e-31f,
+                                -3.3e-33f};
+        const int64_t rows = static_cast<int64_t>(std::size(scales));
+        for (int64_t cols : {int64_t{1024}, int64_t{1056}, int64_t{1031}}) {
+            CAPTURE(cols);
+            const size_t n = static_cast<size_t>(rows * cols);
+            std::vector<int8_t> q(n);
+            for (size_t i = 0; i < n; ++i)
+                q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 7 + i / 256));
+            for (bool llm : {false, true}) {
+                CAPTURE(llm);
+                for (DType t : kOutTypes) {
+                    CAPTURE(dtypeName(t));
+                    Skewed a(n * esz(t), 0), b(n * esz(t), 0);
+                    ref.dequantizeInt8(llm, q.data(), scales, rows, cols, t, a.data());
+                    k.dequantizeInt8(llm, q.data(), scales, rows, cols, t, b.data());
+                    CHECK(firstDiff(a.data(), b.data(), n, esz(t)) == -1);
+                    CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+                }
+            }
+        }
+    });
+}
+
+TEST_CASE("Q4_0 dequantization matches the reference for every f16 scale") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // One block per f16 bit pattern (zeros, subnormals, the largest values, Inf, NaN),
+        // each with all 16 codes in both nibbles.
+        std::vector<block_q4_0> q(65536);
+        for (size_t i = 0; i < q.size(); ++i) {
+            q[i].d = static_cast<uint16_t>(i);
+            for (int j = 0; j < 16; ++j)
+                q[i].qs[j] = static_cast<uint8_t>(j | ((15 - j + i) & 15) << 4);
+        }
+        const int64_t n = static_cast<int64_t>(q.size()) * kQk4_0;
+        for (DType t : kOutTypes) {
+            CAPTURE(dtypeName(t));
+            std::vector<uint8_t> a(static_cast<size_t>(n) * esz(t)), b(a.size());
+            ref.dequantizeQ4_0(q.data(), static_cast<int64_t>(q.size()), t, a.data());
+            k.dequantizeQ4_0(q.data(), static_cast<int64_t>(q.size()), t, b.data());
+            CHECK(firstDiff(a.data(), b.data(), static_cast<size_t>(n), esz(t)) == -1);
+        }
+    });
+}
+
+TEST_CASE("Q4_0 quantization matches the reference on subnormal, huge and non-finite blocks") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // Blocks whose largest magnitude is m * 2^-149 (d = max / -8 rounds as a subnormal,
+        // 1 / d may overflow to Inf), huge, infinite or NaN, in groups of 8 and a tail.
+        std::vector<float> x;
+        uint32_t seed = 1;
+        auto next = [&seed] { return seed = seed * 1664525u + 1013904223u; };
+        const float specials[] = {std::numeric_limits<float>::infinity(),
+                                  -std::numeric_limits<float>::infinity(),
+                                  std::numeric_limits<float>::quiet_NaN(),
+                                  3.0e38f,
+                                  -3.0e38f,
+                                  0.0f,
+                                  -0.0f};
+        for (int b = 0; b < 8 * 40 + 5; ++b) {
+            const int m = 1 + b % 37;  // max magnitude m * 2^-149
+            for (int j = 0; j < kQk4_0; ++j) {
+                const int v = static_cast<int>(next() >> 16) % (2 * m + 1) - m;
+                x.push_back(static_cast<float>(v) * bitsFloat(0x00000001));
+            }
+            if (b % 11 == 3) x[x.size() - 1 - b % 32] = specials[b % std::size(specials)];
+            if (b % 13 == 5) {  // a normal block with a few specials
+                for (int j = 0; j < kQk4_0; ++j)
+                    x[x.size() - 32 + j] = static_cast<float>(j) - 15.5f;
+                x[x.size() - 32 + b % 32] = specials[(b / 13) % std::size(specials)];
+            }
+        }
+        const int64_t nblocks = static_cast<int64_t>(x.size()) / kQk4_0;
+        std::vector<block_q4_0> qRef(static_cast<size_t>(nblocks)), qFast(qRef.size());
+        ref.quantizeQ4_0(x.data(), nblocks, qRef.data());
+        k.quantizeQ4_0(x.data(), nblocks, qFast.data());
+        CHECK(firstDiff(qRef.data(), qFast.data(), qRef.size(), sizeof(block_q4_0)) == -1);
+    });
+}
