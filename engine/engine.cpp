@@ -360,7 +360,7 @@ Status Engine::Impl::allocate() {
         } else {
             SLI_ASSIGN_OR_RETURN(slot->arena,
                                  io::AlignedBuffer::allocate(std::max<uint64_t>(maxOutBytes, 64)));
-            io::populateForWrite(slot->arena.data(), slot->arena.size());
+            SLI_RETURN_IF_ERROR(io::populateForWrite(slot->arena.data(), slot->arena.size()));
         }
         slots.push_back(std::move(slot));
     }

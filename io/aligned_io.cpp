@@ -114,13 +114,18 @@ void unmapAnonymous(void* p, size_t bytes) noexcept {
     if (p != nullptr) ::munmap(p, alignUp(bytes == 0 ? 1 : bytes, 4096));
 }
 
-void populateForWrite(void* p, size_t bytes) noexcept {
+Status populateForWrite(void* p, size_t bytes) noexcept {
 #ifdef MADV_POPULATE_WRITE
-    if (::madvise(p, bytes, MADV_POPULATE_WRITE) == 0) return;
+    if (::madvise(p, bytes, MADV_POPULATE_WRITE) == 0) return Status::ok();
+    if (errno != EINVAL) {  // EINVAL: a kernel without MADV_POPULATE_WRITE (before 5.14)
+        return Status::resourceExhausted("cannot fault in " + std::to_string(bytes) +
+                                         " bytes of buffer memory: " + std::strerror(errno));
+    }
 #endif
     // Older kernels: touch one byte per page (anonymous memory reads back zero anyway).
     auto* b = static_cast<volatile std::byte*>(p);
     for (size_t off = 0; off < bytes; off += 4096) b[off] = std::byte{0};
+    return Status::ok();
 }
 
 Result<AlignedBuffer> AlignedBuffer::allocate(size_t bytes, size_t alignment, bool hugePages) {

@@ -74,8 +74,10 @@ constexpr bool isAligned(uint64_t v, uint64_t a) noexcept { return v % a == 0; }
 void* mapAnonymous(size_t bytes, bool hugePages);
 void unmapAnonymous(void* p, size_t bytes) noexcept;
 // Faults every page of [p, p + bytes) in for writing (MADV_POPULATE_WRITE, or one store per
-// page on kernels without it), so later I/O and mlock find the memory present.
-void populateForWrite(void* p, size_t bytes) noexcept;
+// page on kernels without it), so later I/O and mlock find the memory present. Errors:
+// ResourceExhausted when the kernel cannot supply the memory (ENOMEM), instead of the OOM
+// killer later.
+Status populateForWrite(void* p, size_t bytes) noexcept;
 
 // Buffers of at least this size come from mapAnonymous(bytes, true).
 constexpr size_t kHugePageBufferBytes = size_t{2} << 20;

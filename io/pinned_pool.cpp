@@ -87,7 +87,10 @@ Result<std::unique_ptr<PinnedPool>> PinnedPool::create(const PinnedPoolOptions& 
                                              " bytes: " + std::strerror(errno));
         }
         pool->regions_.push_back(MemoryRegion{p, bytes});  // unmapped by ~PinnedPool on error
-        if (options.populate) populateForWrite(p, bytes);
+        if (options.populate) {
+            Status st = populateForWrite(p, bytes);
+            if (!st.isOk()) return st.withContext("pinned pool");
+        }
         left -= n;
     }
     const uint64_t total = count * slot;

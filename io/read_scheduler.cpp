@@ -451,7 +451,8 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
     const auto slots = static_cast<uint32_t>(std::min<uint64_t>(minSlots, UINT32_MAX / 2));
     SLI_ASSIGN_OR_RETURN(auto buf, AlignedBuffer::allocate(static_cast<size_t>(slots) * chunkBytes,
                                                            4096, hugePages));
-    populateForWrite(buf.data(), buf.size());  // as the engine's pool: faulted in beforehand
+    // As the engine's pool: faulted in beforehand.
+    SLI_RETURN_IF_ERROR(populateForWrite(buf.data(), buf.size()));
     const MemoryRegion region{buf.data(), buf.size()};
     (void)sched->registerBuffers(std::span(&region, 1));
     std::deque<uint32_t> freeSlots;
