@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,6 +13,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <thread>
+#include <mutex>
+#include <condition_variable>
 #include <limits>
 #include <optional>
 #include <unordered_map>
@@ -432,7 +436,7 @@ Result<std::unique_ptr<ReadScheduler>> makeReadScheduler(const ReadSchedulerOpti
 
 Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_t chunkBytes,
                                      uint32_t queueDepth, IoBackend backend,
-                                     uint64_t footprintBytes, bool hugePages) {
+                                     uint64_t footprintBytes, bool hugePages, int hashThreads) {
     ReadSchedulerOptions opts;
     opts.backend = backend;
     opts.chunkBytes = chunkBytes;
@@ -464,10 +468,66 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
     out.footprintBytes = buf.size();
     out.backend = sched->backendName();
     std::vector<ReadCompletion> done(queueDepth);
+
+    // hashThreads > 0: each completed chunk is hashed (xxh3-64, as the engine verifies extents)
+    // by a worker before its slot may be read into again; the clock stops after the last hash.
+    struct Hasher {
+        std::mutex mu;
+        std::condition_variable cv, doneCv;
+        std::deque<std::pair<uint32_t, uint32_t>> todo;  // slot, bytes
+        std::deque<uint32_t> hashed;
+        int busy = 0;
+        bool stop = false;
+        uint64_t sink = 0;
+    } h;
+    std::vector<std::thread> hashers;
+    std::byte* const base = buf.data();
+    for (int t = 0; t < hashThreads; ++t) {
+        hashers.emplace_back([&h, base, chunkBytes] {
+            std::unique_lock<std::mutex> lock(h.mu);
+            while (true) {
+                h.cv.wait(lock, [&h] { return h.stop || !h.todo.empty(); });
+                if (h.todo.empty()) return;
+                const auto [slot, bytes] = h.todo.front();
+                h.todo.pop_front();
+                ++h.busy;
+                lock.unlock();
+                const uint64_t v = XXH3_64bits(base + static_cast<uint64_t>(slot) * chunkBytes, bytes);
+                lock.lock();
+                h.sink ^= v;
+                --h.busy;
+                h.hashed.push_back(slot);
+                h.doneCv.notify_all();
+            }
+        });
+    }
+    auto stopHashers = [&h, &hashers] {
+        {
+            std::lock_guard<std::mutex> lock(h.mu);
+            h.stop = true;
+        }
+        h.cv.notify_all();
+        for (auto& t : hashers) t.join();
+    };
+    // Takes slots the hashers are done with; with `wait`, blocks until there is one (or none
+    // is left to hash).
+    auto collectHashed = [&h, &freeSlots](bool wait) {
+        std::unique_lock<std::mutex> lock(h.mu);
+        if (wait) {
+            h.doneCv.wait(lock, [&h] { return !h.hashed.empty() || (h.todo.empty() && h.busy == 0); });
+        }
+        while (!h.hashed.empty()) {
+            freeSlots.push_back(h.hashed.front());
+            h.hashed.pop_front();
+        }
+    };
+
     const auto t0 = Clock::now();
     size_t fileIdx = 0;
     uint64_t offset = 0;
+    Status failed;
     while (true) {
+        if (hashThreads > 0) collectHashed(false);
         // Keep queueDepth requests outstanding.
         while (sched->pending() < queueDepth && !freeSlots.empty() && fileIdx < files.size()) {
             const DirectReadFile& f = files[fileIdx];
@@ -485,18 +545,48 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
             r.dst = buf.data() + static_cast<uint64_t>(slot) * chunkBytes;
             r.tag = slot;
             r.flags = kReadAllowEof;
-            SLI_RETURN_IF_ERROR(sched->submit(r));
+            failed = sched->submit(r);
+            if (!failed.isOk()) break;
             offset += chunkBytes;
         }
-        if (sched->pending() == 0) break;
+        if (!failed.isOk()) break;
+        if (sched->pending() == 0) {
+            if (hashThreads == 0 || fileIdx >= files.size()) break;
+            collectHashed(true);  // every slot waits for its hash
+            continue;
+        }
         const size_t n = sched->reap(done, ReadScheduler::kForever);
         for (size_t i = 0; i < n; ++i) {
-            if (!done[i].ok()) return done[i].status;
+            if (!done[i].ok()) {
+                failed = done[i].status;
+                break;
+            }
             out.bytes += static_cast<uint64_t>(done[i].result);
-            freeSlots.push_back(static_cast<uint32_t>(done[i].tag));
+            const auto slot = static_cast<uint32_t>(done[i].tag);
+            if (hashThreads > 0) {
+                {
+                    std::lock_guard<std::mutex> lock(h.mu);
+                    h.todo.emplace_back(slot, static_cast<uint32_t>(done[i].result));
+                }
+                h.cv.notify_one();
+            } else {
+                freeSlots.push_back(slot);
+            }
         }
+        if (!failed.isOk()) break;
+    }
+    if (!failed.isOk()) {
+        sched->cancelAll();  // reads in flight write into buf: wait for them before freeing it
+        stopHashers();
+        return failed;
+    }
+    if (hashThreads > 0) {
+        std::unique_lock<std::mutex> lock(h.mu);
+        h.doneCv.wait(lock, [&h] { return h.todo.empty() && h.busy == 0; });
     }
     out.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    stopHashers();
+    out.hashThreads = hashThreads;
     out.gbps = out.seconds > 0 ? static_cast<double>(out.bytes) / out.seconds / 1e9 : 0;
     for (const auto& f : files) sched->unregisterFile(f.fd());
     return out;

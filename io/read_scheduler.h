@@ -188,7 +188,10 @@ Result<std::unique_ptr<ReadScheduler>> makeReadScheduler(const ReadSchedulerOpti
 // hypervisor copies into it. The engine keeps every layer until it is used, so it can never
 // read into cache-resident memory; kRawReadFootprint keeps the comparison like for like.
 // `hugePages` = false reads into 4 KiB pages instead (slibench prints both: see
-// io/pinned_pool.h for why the engine's slots use huge pages).
+// io/pinned_pool.h for why the engine's slots use huge pages). `hashThreads` > 0 makes it a
+// verifying reader: that many threads xxh3 each chunk as it lands, a slot is read into again
+// only after its hash, and the time includes the last hash (the limit for a reader that
+// checks what it reads, as the engine does).
 constexpr uint64_t kRawReadFootprint = 256ull << 20;
 struct RawReadResult {
     double gbps = 0;
@@ -197,12 +200,13 @@ struct RawReadResult {
     uint32_t chunkBytes = 0;
     uint32_t queueDepth = 0;
     uint64_t footprintBytes = 0;  // destination buffer size used
+    int hashThreads = 0;          // > 0: every chunk was hashed (see measureRawRead)
     std::string backend;
 };
 Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_t chunkBytes,
                                      uint32_t queueDepth, IoBackend backend = IoBackend::kAuto,
                                      uint64_t footprintBytes = kRawReadFootprint,
-                                     bool hugePages = true);
+                                     bool hugePages = true, int hashThreads = 0);
 Result<double> measureRawReadGbps(std::span<const std::string> paths, uint32_t chunkBytes,
                                   uint32_t queueDepth, IoBackend backend = IoBackend::kAuto,
                                   uint64_t footprintBytes = kRawReadFootprint);

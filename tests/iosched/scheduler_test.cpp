@@ -621,6 +621,12 @@ TEST_CASE("measures raw read throughput of whole files") {
         REQUIRE(small.isOk());
         CHECK(small->footprintBytes == (2 << 20));
         CHECK(small->bytes == r->bytes);
+        // A verifying reader: every chunk hashed before its slot is reused; same bytes.
+        auto hashed = measureRawRead(paths, 256 << 10, 8, b, 1 << 20, true, 2);
+        REQUIRE_MESSAGE(hashed.isOk(), hashed.status().toString());
+        CHECK(hashed->bytes == r->bytes);
+        CHECK(hashed->hashThreads == 2);
+        CHECK(hashed->gbps > 0);
     }
     auto missing = measureRawReadGbps(std::vector<std::string>{"/nonexistent/x"}, 1 << 20, 4);
     CHECK(missing.status().isNotFound());
