@@ -288,9 +288,14 @@ inline __m128 dqAbsmax(const DoubleQuantAbsmax& dq, int64_t b, __m128 nested, __
     return _mm_add_ss(_mm_mul_ss(_mm_load_ss(dq.map + dq.codes[b]), nested), offset);
 }
 
-// The same as dequantize4bitBlocks with each block's absmax rebuilt in the loop, one nested
-// group (256 blocks) at a time with its nested absmax hoisted. first = the tensor's index of
-// the range's first block.
+// The same as dequantize4bitBlocks with the absmax rebuilt inside the loop, kDqChunk blocks at
+// a time into an L1-resident array (within one nested group, its nested absmax hoisted), so
+// that the block loop itself is the plain one: a broadcast from memory per block (a register
+// broadcast, straight from the rebuild, costs a shuffle per block and measured slower for bf16,
+// whose tables already keep the shuffle port busy). first = the tensor's index of the range's
+// first block.
+constexpr int64_t kDqChunk = 64;
+
 template <DType D, StoreKind S>
 inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
                                    const DoubleQuantAbsmax& dq, int64_t first, int64_t nblocks,
@@ -298,16 +303,21 @@ inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
     const Codes16 codes = codesFor<D>(lut);
     const __m128 offset = _mm_set_ss(dq.offset);
+    alignas(64) float absmax[kDqChunk];
     for (int64_t b = 0; b < nblocks;) {
         const int64_t g = (first + b) / kNestedBlocksize;
-        const int64_t gEnd = minI64(nblocks, (g + 1) * kNestedBlocksize - first);
+        const int64_t end =
+            minI64(minI64(nblocks, (g + 1) * kNestedBlocksize - first), b + kDqChunk);
         const __m128 nested = _mm_set_ss(loadF32(dq.nestedAbsmax, g));
-        for (; b < gEnd; ++b) {
-            const __m128 am = dqAbsmax(dq, first + b, nested, offset);
-            dequantize4bitBlock<D, S>(codes, _mm256_broadcastss_ps(am),
-                                      packed + b * (blocksize / 2), blocksize,
-                                      out + b * blocksize * kEsz);
+        for (int64_t j = b; j < end; ++j) {
+            _mm_store_ss(absmax + (j - b), dqAbsmax(dq, first + j, nested, offset));
         }
+        for (int64_t j = b; j < end; ++j) {
+            dequantize4bitBlock<D, S>(codes, _mm256_broadcast_ss(absmax + (j - b)),
+                                      packed + j * (blocksize / 2), blocksize,
+                                      out + j * blocksize * kEsz);
+        }
+        b = end;
     }
 }
 
