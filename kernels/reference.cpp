@@ -165,8 +165,10 @@ void convertRef(DType from, const void* src, int64_t n, DType to, void* out) {
 }
 
 const CpuKernels kReference = {
-    "scalar",          quantize4bitRef,   dequantize4bitRef,      dequantize4bitDqRef,
-    quantizeInt8Ref,   quantizeInt8DynamicRef, dequantizeInt8Ref, quantizeQ4_0Ref,
+    "scalar",          quantize4bitRef,
+    dequantize4bitRef, dequantize4bitDqRef,
+    quantizeInt8Ref,   quantizeInt8DynamicRef,
+    dequantizeInt8Ref, quantizeQ4_0Ref,
     dequantizeQ4_0Ref, convertRef,
 };
 

@@ -263,8 +263,8 @@ inline void expand32(const Lut16& t, const uint8_t* p, uint8_t* o) {
 
 // One whole block: its table for `scale`, then the expansion of its codes.
 template <DType D, StoreKind S>
-inline void dequantize4bitBlock(const Codes16& codes, __m256 scale, const uint8_t* p,
-                                int blocksize, uint8_t* o) {
+inline void dequantize4bitBlock(const Codes16& codes, __m256 scale, const uint8_t* p, int blocksize,
+                                uint8_t* o) {
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
     const Lut16 t = makeLut16<D>(codes, scale);
     for (int i = 0; i < blocksize; i += 32) expand32<false, D, S>(t, p + i / 2, o + i * kEsz);
@@ -360,8 +360,7 @@ inline void dequantize4bitDqAs(const float* lut, const uint8_t* packed, const Do
 }
 
 inline void dequantize4bitDq(Codebook4 cb, const uint8_t* packed, const DoubleQuantAbsmax& dq,
-                             int64_t firstBlock, int64_t n, int blocksize, DType dst,
-                             void* out) {
+                             int64_t firstBlock, int64_t n, int blocksize, DType dst, void* out) {
     const float* lut = cb == Codebook4::kNf4 ? kNf4Codebook : kFp4Codebook;
     const int64_t fullBlocks = n / blocksize;
     auto* o = static_cast<uint8_t*>(out);
@@ -375,9 +374,9 @@ inline void dequantize4bitDq(Codebook4 cb, const uint8_t* packed, const DoubleQu
     const int64_t done = fullBlocks * blocksize;
     if (done < n) {  // partial last block: its absmax, then the reference decode
         const int64_t b = firstBlock + fullBlocks;
-        const float am = _mm_cvtss_f32(dqAbsmax(
-            dq, b, _mm_set_ss(loadF32(dq.nestedAbsmax, b / kNestedBlocksize)),
-            _mm_set_ss(dq.offset)));
+        const float am = _mm_cvtss_f32(
+            dqAbsmax(dq, b, _mm_set_ss(loadF32(dq.nestedAbsmax, b / kNestedBlocksize)),
+                     _mm_set_ss(dq.offset)));
         const int64_t esz = dst == DType::kF32 ? 4 : 2;
         referenceKernels().dequantize4bit(cb, packed + done / 2, &am, n - done, blocksize, dst,
                                           o + done * esz);

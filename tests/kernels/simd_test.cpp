@@ -83,7 +83,8 @@ std::vector<float> dynamicMap() {
 }
 
 // The statistics the quantizer writes for x: 4-bit codes into `packed`, absmax double-quantized.
-DqStats quantizeDq(Codebook4 cb, const std::vector<float>& x, int bs, std::vector<uint8_t>& packed) {
+DqStats quantizeDq(Codebook4 cb, const std::vector<float>& x, int bs,
+                   std::vector<uint8_t>& packed) {
     const auto& ref = referenceKernels();
     const int64_t n = static_cast<int64_t>(x.size());
     const int64_t nb = (n + bs - 1) / bs;
@@ -107,7 +108,8 @@ void checkDq(const CpuKernels& k, Codebook4 cb, const std::vector<uint8_t>& pack
     const auto& ref = referenceKernels();
     const int64_t nb = (n + bs - 1) / bs;
     std::vector<float> absmax(static_cast<size_t>(nb));
-    reconstructAbsmax(s.codes.data(), s.nested.data(), s.map.data(), s.offset, 0, nb, absmax.data());
+    reconstructAbsmax(s.codes.data(), s.nested.data(), s.map.data(), s.offset, 0, nb,
+                      absmax.data());
     const DoubleQuantAbsmax dq = s.view();
     for (DType t : kOutTypes) {
         CAPTURE(std::string(k.name));
@@ -127,7 +129,8 @@ void checkDq(const CpuKernels& k, Codebook4 cb, const std::vector<uint8_t>& pack
                                got.data() + begin * e);
         }
         CHECK(firstDiff(want.data(), got.data(), static_cast<size_t>(n), esz(t)) == -1);
-        CHECK(sameBytes(want.storage.data(), got.storage.data(), want.storage.size()));  // no overrun
+        CHECK(
+            sameBytes(want.storage.data(), got.storage.data(), want.storage.size()));  // no overrun
     }
 }
 
@@ -140,7 +143,8 @@ void forEachImpl(Fn&& fn) {
 
 }  // namespace
 
-TEST_CASE("double-quant dequantization matches reconstructAbsmax + dequantize4bit for every blocksize") {
+TEST_CASE(
+    "double-quant dequantization matches reconstructAbsmax + dequantize4bit for every blocksize") {
     forEachImpl([](const CpuKernels& k) {
         for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
             CAPTURE(static_cast<int>(cb));
@@ -527,7 +531,8 @@ TEST_CASE("double-quant dequantization matches the definition on every code and 
         CAPTURE(bs);
         const int64_t n = nb * bs - 3;
         std::vector<uint8_t> packed(static_cast<size_t>((n + 1) / 2));
-        for (size_t i = 0; i < packed.size(); ++i) packed[i] = static_cast<uint8_t>(i * 13 + i / 251);
+        for (size_t i = 0; i < packed.size(); ++i)
+            packed[i] = static_cast<uint8_t>(i * 13 + i / 251);
         for (float offset : {0.0f, 0.0137f, -1.5f, 1e-40f, 3.0e38f, inf, nan}) {
             CAPTURE(offset);
             s.offset = offset;
@@ -543,7 +548,8 @@ TEST_CASE("double-quant dequantization matches the definition on every code and 
 TEST_CASE("large double-quant outputs (streaming stores) match the reference") {
     const int64_t n = (int64_t{9} << 19) - 40;  // 9 MiB of f16, past the threshold; partial tail
     auto x = randomValues(n, 23);
-    for (int64_t i = 64 * 300; i < 64 * 301; ++i) x[static_cast<size_t>(i)] = 0.0f;  // all-zero block
+    for (int64_t i = 64 * 300; i < 64 * 301; ++i)
+        x[static_cast<size_t>(i)] = 0.0f;  // all-zero block
     std::vector<uint8_t> packed;
     const DqStats s = quantizeDq(Codebook4::kNf4, x, 64, packed);
     const int64_t nb = (n + 63) / 64;
@@ -564,7 +570,8 @@ TEST_CASE("large double-quant outputs (streaming stores) match the reference") {
                 k.dequantize4bitDq(Codebook4::kNf4, packed.data(), s.view(), 0, half * 64, 64, t,
                                    b.p);
                 k.dequantize4bitDq(Codebook4::kNf4, packed.data() + half * 32, s.view(), half,
-                                   n - half * 64, 64, t, b.p + half * 64 * static_cast<int64_t>(esz(t)));
+                                   n - half * 64, 64, t,
+                                   b.p + half * 64 * static_cast<int64_t>(esz(t)));
                 CHECK(b.same(a));
             }
         }
