@@ -9,6 +9,7 @@ const CpuKernels kAvx2 = {
     "avx2",
     x86::quantize4bit,
     x86::dequantize4bit,
+    x86::dequantize4bitDq,
     x86::quantizeInt8,
     x86::quantizeInt8Dynamic,
     x86::dequantizeInt8,

@@ -17,6 +17,18 @@ namespace sli::kernels {
 
 enum class Codebook4 : uint8_t { kNf4 = 0, kFp4 = 1 };
 
+// The double-quant statistics of a whole 4-bit tensor, as stored with it: one 8-bit code per
+// block, the 256-entry dynamic map, one float32 nested absmax per kNestedBlocksize (256) blocks
+// and the offset. Block b's absmax is fl32(fl32(map[codes[b]] * nestedAbsmax[b / 256]) +
+// offset): two roundings, never fused. codes and nestedAbsmax index the whole tensor (not a
+// thread's range) and may be unaligned; map is 256 floats.
+struct DoubleQuantAbsmax {
+    const uint8_t* codes;
+    const float* map;
+    const float* nestedAbsmax;
+    float offset;
+};
+
 struct CpuKernels {
     const char* name;
 
@@ -28,6 +40,11 @@ struct CpuKernels {
     // (double-quant absmax already reconstructed). dst is f16, bf16 or f32.
     void (*dequantize4bit)(Codebook4 cb, const uint8_t* packed, const float* absmax, int64_t n,
                            int blocksize, DType dst, void* out);
+    // The same with double-quant absmax rebuilt block by block inside the loop: packed and
+    // out start at block firstBlock of the tensor (firstBlock indexes dq.codes and, / 256,
+    // dq.nestedAbsmax). Same bits as reconstructAbsmax (reference.h) then dequantize4bit.
+    void (*dequantize4bitDq)(Codebook4 cb, const uint8_t* packed, const DoubleQuantAbsmax& dq,
+                             int64_t firstBlock, int64_t n, int blocksize, DType dst, void* out);
 
     // LLM.int8 weights of `rows` x `cols`: source values are first rounded to fp16 (as bnb
     // casts the weight to fp16), SCB[r] = row absmax, CB = rne(w * fl32(127 / SCB)).

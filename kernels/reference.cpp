@@ -86,6 +86,19 @@ void dequantize4bitRef(Codebook4 cb, const uint8_t* packed, const float* absmax,
     }
 }
 
+// Block by block: the absmax of the block, rebuilt from its code, then the plain decode.
+void dequantize4bitDqRef(Codebook4 cb, const uint8_t* packed, const DoubleQuantAbsmax& dq,
+                         int64_t firstBlock, int64_t n, int blocksize, DType dst, void* out) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t b = firstBlock + i / blocksize;
+        const float am = reconstructNestedAbsmax(
+            dq.map, dq.codes[b], loadF32(dq.nestedAbsmax, b / kNestedBlocksize), dq.offset);
+        const uint8_t byte = packed[i / 2];
+        const uint8_t code = (i & 1) ? (byte & 0x0f) : (byte >> 4);
+        storeAs(dst, out, i, decode4(cb, code) * am);
+    }
+}
+
 void quantizeInt8Ref(const float* src, int64_t rows, int64_t cols, int8_t* cbOut, float* scb) {
     for (int64_t r = 0; r < rows; ++r) {
         const float* x = src + r * cols;
@@ -152,9 +165,11 @@ void convertRef(DType from, const void* src, int64_t n, DType to, void* out) {
 }
 
 const CpuKernels kReference = {
-    "scalar",          quantize4bitRef,  dequantize4bitRef, quantizeInt8Ref,
-    quantizeInt8DynamicRef, dequantizeInt8Ref, quantizeQ4_0Ref, dequantizeQ4_0Ref,
-    convertRef,
+    "scalar",          quantize4bitRef,
+    dequantize4bitRef, dequantize4bitDqRef,
+    quantizeInt8Ref,   quantizeInt8DynamicRef,
+    dequantizeInt8Ref, quantizeQ4_0Ref,
+    dequantizeQ4_0Ref, convertRef,
 };
 
 }  // namespace

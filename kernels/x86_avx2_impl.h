@@ -261,16 +261,63 @@ inline void expand32(const Lut16& t, const uint8_t* p, uint8_t* o) {
 
 // ---- NF4 / FP4 ---------------------------------------------------------------------------------
 
+// One whole block: its table for `scale`, then the expansion of its codes.
+template <DType D, StoreKind S>
+inline void dequantize4bitBlock(const Codes16& codes, __m256 scale, const uint8_t* p, int blocksize,
+                                uint8_t* o) {
+    constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
+    const Lut16 t = makeLut16<D>(codes, scale);
+    for (int i = 0; i < blocksize; i += 32) expand32<false, D, S>(t, p + i / 2, o + i * kEsz);
+}
+
 template <DType D, StoreKind S>
 inline void dequantize4bitBlocks(const float* lut, const uint8_t* packed, const float* absmax,
                                  int64_t nblocks, int blocksize, uint8_t* out) {
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
     const Codes16 codes = codesFor<D>(lut);
     for (int64_t b = 0; b < nblocks; ++b) {
-        const Lut16 t = makeLut16<D>(codes, _mm256_broadcast_ss(absmax + b));
-        const uint8_t* p = packed + b * (blocksize / 2);
-        uint8_t* o = out + b * blocksize * kEsz;
-        for (int i = 0; i < blocksize; i += 32) expand32<false, D, S>(t, p + i / 2, o + i * kEsz);
+        dequantize4bitBlock<D, S>(codes, _mm256_broadcast_ss(absmax + b),
+                                  packed + b * (blocksize / 2), blocksize,
+                                  out + b * blocksize * kEsz);
+    }
+}
+
+// Double-quant absmax of block b: fl32(fl32(map[code] * nested) + offset), as two scalar SSE
+// instructions (explicitly unfused, whatever the contraction flags).
+inline __m128 dqAbsmax(const DoubleQuantAbsmax& dq, int64_t b, __m128 nested, __m128 offset) {
+    return _mm_add_ss(_mm_mul_ss(_mm_load_ss(dq.map + dq.codes[b]), nested), offset);
+}
+
+// The same as dequantize4bitBlocks with the absmax rebuilt inside the loop, kDqChunk blocks at
+// a time into an L1-resident array (within one nested group, its nested absmax hoisted), so
+// that the block loop itself is the plain one: a broadcast from memory per block (a register
+// broadcast, straight from the rebuild, costs a shuffle per block and measured slower for bf16,
+// whose tables already keep the shuffle port busy). first = the tensor's index of the range's
+// first block.
+constexpr int64_t kDqChunk = 64;
+
+template <DType D, StoreKind S>
+inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
+                                   const DoubleQuantAbsmax& dq, int64_t first, int64_t nblocks,
+                                   int blocksize, uint8_t* out) {
+    constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
+    const Codes16 codes = codesFor<D>(lut);
+    const __m128 offset = _mm_set_ss(dq.offset);
+    alignas(64) float absmax[kDqChunk];
+    for (int64_t b = 0; b < nblocks;) {
+        const int64_t g = (first + b) / kNestedBlocksize;
+        const int64_t end =
+            minI64(minI64(nblocks, (g + 1) * kNestedBlocksize - first), b + kDqChunk);
+        const __m128 nested = _mm_set_ss(loadF32(dq.nestedAbsmax, g));
+        for (int64_t j = b; j < end; ++j) {
+            _mm_store_ss(absmax + (j - b), dqAbsmax(dq, first + j, nested, offset));
+        }
+        for (int64_t j = b; j < end; ++j) {
+            dequantize4bitBlock<D, S>(codes, _mm256_broadcast_ss(absmax + (j - b)),
+                                      packed + j * (blocksize / 2), blocksize,
+                                      out + j * blocksize * kEsz);
+        }
+        b = end;
     }
 }
 
@@ -300,6 +347,39 @@ inline void dequantize4bit(Codebook4 cb, const uint8_t* packed, const float* abs
         const int64_t esz = dst == DType::kF32 ? 4 : 2;
         referenceKernels().dequantize4bit(cb, packed + done / 2, absmax + fullBlocks, n - done,
                                           blocksize, dst, o + done * esz);
+    }
+}
+
+template <DType D>
+inline void dequantize4bitDqAs(const float* lut, const uint8_t* packed, const DoubleQuantAbsmax& dq,
+                               int64_t first, int64_t nblocks, int blocksize, uint8_t* out) {
+    constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
+    withStoreKind(out, nblocks * blocksize * kEsz, [&]<StoreKind S>() {
+        dequantize4bitDqBlocks<D, S>(lut, packed, dq, first, nblocks, blocksize, out);
+    });
+}
+
+inline void dequantize4bitDq(Codebook4 cb, const uint8_t* packed, const DoubleQuantAbsmax& dq,
+                             int64_t firstBlock, int64_t n, int blocksize, DType dst, void* out) {
+    const float* lut = cb == Codebook4::kNf4 ? kNf4Codebook : kFp4Codebook;
+    const int64_t fullBlocks = n / blocksize;
+    auto* o = static_cast<uint8_t*>(out);
+    if (dst == DType::kF16) {
+        dequantize4bitDqAs<DType::kF16>(lut, packed, dq, firstBlock, fullBlocks, blocksize, o);
+    } else if (dst == DType::kBF16) {
+        dequantize4bitDqAs<DType::kBF16>(lut, packed, dq, firstBlock, fullBlocks, blocksize, o);
+    } else {
+        dequantize4bitDqAs<DType::kF32>(lut, packed, dq, firstBlock, fullBlocks, blocksize, o);
+    }
+    const int64_t done = fullBlocks * blocksize;
+    if (done < n) {  // partial last block: its absmax, then the reference decode
+        const int64_t b = firstBlock + fullBlocks;
+        const float am = _mm_cvtss_f32(
+            dqAbsmax(dq, b, _mm_set_ss(loadF32(dq.nestedAbsmax, b / kNestedBlocksize)),
+                     _mm_set_ss(dq.offset)));
+        const int64_t esz = dst == DType::kF32 ? 4 : 2;
+        referenceKernels().dequantize4bit(cb, packed + done / 2, &am, n - done, blocksize, dst,
+                                          o + done * esz);
     }
 }
 

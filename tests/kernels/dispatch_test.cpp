@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -222,4 +223,36 @@ TEST_CASE("the dispatched path equals the scalar reference on a whole tensor") {
     referenceKernels().quantize4bit(Codebook4::kNf4, src.data(), n, 64, packed.data(), absmax.data());
     CHECK(std::memcmp(packed.data(), q.part(QuantPart::kPayload).data(), packed.size()) == 0);
     CHECK(std::memcmp(absmax.data(), q.part(QuantPart::kAbsmax).data(), absmax.size() * 4) == 0);
+}
+
+TEST_CASE("double-quant dequantization equals the reference definition for any thread count") {
+    // 2.1M values with a partial last block: up to 8 threads, split at block boundaries that
+    // fall mid nested group.
+    const int64_t n = int64_t{2} * 1024 * 1024 + 64 * 3 + 17;
+    // Finite (an Inf would make every rebuilt absmax non-finite), with one NaN element.
+    auto src = testing::mixedValues(n, 64, 91, false);
+    src[1000] = std::nanf("");
+    for (int bs : {64, 256}) {
+        CAPTURE(bs);
+        QuantizedTensor q{makeInfo(QuantizationMode::kNf4, {n}, bs, true)};
+        REQUIRE(quantize(src, q).isOk());
+        const int64_t nb = (n + bs - 1) / bs;
+        std::vector<float> map(256), absmax(static_cast<size_t>(nb));
+        std::memcpy(map.data(), q.part(QuantPart::kNestedQuantMap).data(), 256 * 4);
+        reconstructAbsmax(q.part(QuantPart::kAbsmax).data(),
+                          q.part(QuantPart::kNestedAbsmax).as<float>(), map.data(),
+                          q.info.nestedOffset, 0, nb, absmax.data());
+        for (DType t : {DType::kF16, DType::kBF16, DType::kF32}) {
+            CAPTURE(dtypeName(t));
+            std::vector<uint8_t> want(static_cast<size_t>(n) * dtypeSize(t));
+            referenceKernels().dequantize4bit(Codebook4::kNf4, q.part(QuantPart::kPayload).data(),
+                                              absmax.data(), n, bs, t, want.data());
+            for (int threads : {1, 2, 3, 7, 8}) {
+                CAPTURE(threads);
+                std::vector<uint8_t> got(want.size(), 0xcd);
+                REQUIRE(dequantize(q.view(), t, got, threads).isOk());
+                CHECK(got == want);
+            }
+        }
+    }
 }

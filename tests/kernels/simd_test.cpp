@@ -11,6 +11,7 @@
 
 #include "kernel_test_util.h"
 #include "kernels/cpu_kernels.h"
+#include "kernels/reference.h"
 
 using namespace sli;
 using namespace sli::kernels;
@@ -66,7 +67,116 @@ void check4bit(const CpuKernels& k, Codebook4 cb, const std::vector<float>& x, i
     }
 }
 
+// Double-quant statistics of a whole tensor, owned.
+struct DqStats {
+    std::vector<uint8_t> codes;
+    std::vector<float> map;
+    std::vector<float> nested;
+    float offset = 0.0f;
+    DoubleQuantAbsmax view() const { return {codes.data(), map.data(), nested.data(), offset}; }
+};
+
+std::vector<float> dynamicMap() {
+    std::vector<float> m(256);
+    for (int i = 0; i < 256; ++i) m[static_cast<size_t>(i)] = bitsFloat(kDynamicMapBits[i]);
+    return m;
+}
+
+// The statistics the quantizer writes for x: 4-bit codes into `packed`, absmax double-quantized.
+DqStats quantizeDq(Codebook4 cb, const std::vector<float>& x, int bs,
+                   std::vector<uint8_t>& packed) {
+    const auto& ref = referenceKernels();
+    const int64_t n = static_cast<int64_t>(x.size());
+    const int64_t nb = (n + bs - 1) / bs;
+    std::vector<float> absmax(static_cast<size_t>(nb));
+    packed.assign(static_cast<size_t>((n + 1) / 2), 0);
+    ref.quantize4bit(cb, x.data(), n, bs, packed.data(), absmax.data());
+    DqStats s;
+    s.codes.resize(static_cast<size_t>(nb));
+    s.nested.resize(static_cast<size_t>((nb + kNestedBlocksize - 1) / kNestedBlocksize));
+    s.map = dynamicMap();
+    s.offset = absmaxMean(absmax.data(), nb);
+    doubleQuantize(absmax.data(), nb, s.offset, s.map.data(), s.codes.data(), s.nested.data());
+    return s;
+}
+
+// k.dequantize4bitDq over [0, n) cut at the given block boundaries (each piece a call of its
+// own, as dispatch.cpp's thread split does) against the definition: reconstructAbsmax of the
+// whole tensor, then the reference's plain dequantization. Output misaligned by `skew`.
+void checkDq(const CpuKernels& k, Codebook4 cb, const std::vector<uint8_t>& packed,
+             const DqStats& s, int64_t n, int bs, const std::vector<int64_t>& cuts, size_t skew) {
+    const auto& ref = referenceKernels();
+    const int64_t nb = (n + bs - 1) / bs;
+    std::vector<float> absmax(static_cast<size_t>(nb));
+    reconstructAbsmax(s.codes.data(), s.nested.data(), s.map.data(), s.offset, 0, nb,
+                      absmax.data());
+    const DoubleQuantAbsmax dq = s.view();
+    for (DType t : kOutTypes) {
+        CAPTURE(std::string(k.name));
+        CAPTURE(std::string(dtypeName(t)));
+        const int64_t e = static_cast<int64_t>(esz(t));
+        Skewed want(static_cast<size_t>(n * e), skew), got(static_cast<size_t>(n * e), skew);
+        ref.dequantize4bit(cb, packed.data(), absmax.data(), n, bs, t, want.data());
+        std::vector<int64_t> at = {0};
+        for (int64_t c : cuts) {
+            if (c > at.back() && c < nb) at.push_back(c);
+        }
+        at.push_back(nb);
+        for (size_t i = 0; i + 1 < at.size(); ++i) {
+            const int64_t begin = at[i] * bs;
+            const int64_t end = std::min(n, at[i + 1] * bs);
+            k.dequantize4bitDq(cb, packed.data() + begin / 2, dq, at[i], end - begin, bs, t,
+                               got.data() + begin * e);
+        }
+        CHECK(firstDiff(want.data(), got.data(), static_cast<size_t>(n), esz(t)) == -1);
+        CHECK(
+            sameBytes(want.storage.data(), got.storage.data(), want.storage.size()));  // no overrun
+    }
+}
+
+// The reference and every fast implementation.
+template <typename Fn>
+void forEachImpl(Fn&& fn) {
+    fn(referenceKernels());
+    forEachFast(fn);
+}
+
 }  // namespace
+
+TEST_CASE(
+    "double-quant dequantization matches reconstructAbsmax + dequantize4bit for every blocksize") {
+    forEachImpl([](const CpuKernels& k) {
+        for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
+            CAPTURE(static_cast<int>(cb));
+            for (int bs = 32; bs <= 4096; bs *= 2) {
+                CAPTURE(bs);
+                // Block counts: one, odd, one past a nested group, across two nested
+                // boundaries; whole and partial (odd) last blocks; a lone short block.
+                const int64_t blocks[] = {1, 9, 257, 515};
+                for (int64_t nb : blocks) {
+                    if (nb * bs > (int64_t{1} << 20)) continue;  // keep the slow reference quick
+                    for (int64_t n : {nb * bs, nb * bs - 31, nb * bs - bs / 2 + 1}) {
+                        CAPTURE(n);
+                        // Finite: an Inf element would make the offset Inf and every
+                        // rebuilt absmax NaN / Inf (that case is the next test's).
+                        auto x = mixedValues(n, bs, static_cast<uint32_t>(n * 7 + bs), false);
+                        x[static_cast<size_t>(n / 2)] = std::numeric_limits<float>::quiet_NaN();
+                        std::vector<uint8_t> packed;
+                        const DqStats s = quantizeDq(cb, x, bs, packed);
+                        checkDq(k, cb, packed, s, n, bs, {}, static_cast<size_t>(n % 3));
+                        // Thread-split style cuts: mid group, on a nested boundary, one block
+                        // before and after it, a one-block range.
+                        checkDq(k, cb, packed, s, n, bs, {1, 2, 100, 255, 256, 257, 300, 511, 512},
+                                1);
+                    }
+                }
+                std::vector<uint8_t> one;  // a lone value: one short block
+                const DqStats s1 = quantizeDq(cb, {0.5f}, bs, one);
+                checkDq(k, cb, one, s1, 1, bs, {}, 0);
+            }
+        }
+    });
+}
 
 TEST_CASE("4-bit quantization and dequantization match the reference for every blocksize") {
     forEachFast([](const CpuKernels& k) {
@@ -395,5 +505,75 @@ TEST_CASE("Q4_0 quantization matches the reference on subnormal, huge and non-fi
         ref.quantizeQ4_0(x.data(), nblocks, qRef.data());
         k.quantizeQ4_0(x.data(), nblocks, qFast.data());
         CHECK(firstDiff(qRef.data(), qFast.data(), qRef.size(), sizeof(block_q4_0)) == -1);
+    });
+}
+
+TEST_CASE("double-quant dequantization matches the definition on every code and odd statistics") {
+    // Every 8-bit code in every nested group; map entries, nested absmax values and offsets
+    // that stress the two roundings: zero, subnormal, huge (sums overflow), negative, NaN, Inf.
+    const float inf = std::numeric_limits<float>::infinity();
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    DqStats s;
+    s.map = dynamicMap();
+    s.map[3] = nan;
+    s.map[5] = inf;
+    s.map[6] = -inf;
+    s.map[7] = 1e-45f;
+    s.map[8] = 3.0e38f;
+    s.map[9] = -0.0f;
+    s.nested = {1.0f, 0.0f, 3.3e-39f, 3.0e38f, inf, nan, 1.2345678e-5f, 0.0370f, -2.0f};
+    const int64_t nb = static_cast<int64_t>(s.nested.size()) * kNestedBlocksize - 77;
+    s.codes.resize(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) {
+        s.codes[static_cast<size_t>(b)] = static_cast<uint8_t>(b * 37 + b / 256);
+    }
+    for (int bs : {32, 64, 256}) {
+        CAPTURE(bs);
+        const int64_t n = nb * bs - 3;
+        std::vector<uint8_t> packed(static_cast<size_t>((n + 1) / 2));
+        for (size_t i = 0; i < packed.size(); ++i)
+            packed[i] = static_cast<uint8_t>(i * 13 + i / 251);
+        for (float offset : {0.0f, 0.0137f, -1.5f, 1e-40f, 3.0e38f, inf, nan}) {
+            CAPTURE(offset);
+            s.offset = offset;
+            forEachImpl([&](const CpuKernels& k) {
+                for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
+                    checkDq(k, cb, packed, s, n, bs, {255, 256, 700, 1023, 1025}, 2);
+                }
+            });
+        }
+    }
+}
+
+TEST_CASE("large double-quant outputs (streaming stores) match the reference") {
+    const int64_t n = (int64_t{9} << 19) - 40;  // 9 MiB of f16, past the threshold; partial tail
+    auto x = randomValues(n, 23);
+    for (int64_t i = 64 * 300; i < 64 * 301; ++i)
+        x[static_cast<size_t>(i)] = 0.0f;  // all-zero block
+    std::vector<uint8_t> packed;
+    const DqStats s = quantizeDq(Codebook4::kNf4, x, 64, packed);
+    const int64_t nb = (n + 63) / 64;
+    const auto& ref = referenceKernels();
+    forEachFast([&](const CpuKernels& k) {
+        for (size_t skew : {size_t{0}, size_t{32}, size_t{2}}) {
+            CAPTURE(skew);
+            for (DType t : kOutTypes) {
+                CAPTURE(dtypeName(t));
+                const size_t bytes = static_cast<size_t>(n) * esz(t);
+                LineBuffer a(bytes, skew), b(bytes, skew);
+                ref.dequantize4bitDq(Codebook4::kNf4, packed.data(), s.view(), 0, n, 64, t, a.p);
+                k.dequantize4bitDq(Codebook4::kNf4, packed.data(), s.view(), 0, n, 64, t, b.p);
+                CHECK(b.same(a));
+                // Two halves, as two threads would split it: the second starts mid group.
+                const int64_t half = nb / 2 + 17;
+                std::memset(b.p, 0, bytes);
+                k.dequantize4bitDq(Codebook4::kNf4, packed.data(), s.view(), 0, half * 64, 64, t,
+                                   b.p);
+                k.dequantize4bitDq(Codebook4::kNf4, packed.data() + half * 32, s.view(), half,
+                                   n - half * 64, 64, t,
+                                   b.p + half * 64 * static_cast<int64_t>(esz(t)));
+                CHECK(b.same(a));
+            }
+        }
     });
 }
