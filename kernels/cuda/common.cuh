@@ -103,6 +103,18 @@ __device__ __forceinline__ float f16Exact(uint16_t h) {
     return v != v ? sli::f16ToF32(h) : v;
 }
 
+// One element of an f32 / f16 / bf16 source as f32, exactly, any alignment (read-only path).
+template <OutKind S>
+__device__ __forceinline__ float loadOne(const void* p, int64_t i) {
+    if constexpr (S == OutKind::kF32) {
+        return __ldg(static_cast<const float*>(p) + i);
+    } else if constexpr (S == OutKind::kF16) {
+        return f16Exact(__ldg(static_cast<const unsigned short*>(p) + i));
+    } else {
+        return sli::bf16ToF32(__ldg(static_cast<const unsigned short*>(p) + i));
+    }
+}
+
 // 16-byte read-only load through the non-coherent path (the data is not written by the kernel).
 __device__ __forceinline__ uint4 loadVec(const void* p) {
     return __ldg(reinterpret_cast<const uint4*>(p));

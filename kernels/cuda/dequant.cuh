@@ -357,17 +357,6 @@ struct ConvertArgs {
 
 namespace detail {
 
-template <OutKind S>
-__device__ __forceinline__ float loadOne(const void* p, int64_t i) {
-    if constexpr (S == OutKind::kF32) {
-        return __ldg(static_cast<const float*>(p) + i);
-    } else if constexpr (S == OutKind::kF16) {
-        return f16Exact(__ldg(static_cast<const unsigned short*>(p) + i));
-    } else {
-        return sli::bf16ToF32(__ldg(static_cast<const unsigned short*>(p) + i));
-    }
-}
-
 // A chunk is 8 elements (one 16-byte load of 16-bit values, two of f32).
 template <OutKind S, OutKind K, bool kVector>
 __global__ void __launch_bounds__(kThreads) convertKernel(ConvertArgs a) {

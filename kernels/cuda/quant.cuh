@@ -29,17 +29,6 @@ namespace sli::kernels::cuda {
 
 namespace detail {
 
-template <OutKind S>
-__device__ __forceinline__ float srcOne(const void* p, int64_t i) {
-    if constexpr (S == OutKind::kF32) {
-        return __ldg(static_cast<const float*>(p) + i);
-    } else if constexpr (S == OutKind::kF16) {
-        return f16Exact(__ldg(static_cast<const unsigned short*>(p) + i));
-    } else {
-        return sli::bf16ToF32(__ldg(static_cast<const unsigned short*>(p) + i));
-    }
-}
-
 // Loads 8 consecutive source values starting at element i; elements at or beyond n read as 0.
 template <OutKind S>
 __device__ __forceinline__ void load8(const void* src, int64_t i, int64_t n, bool vec, float (&v)[8]) {
@@ -61,7 +50,7 @@ __device__ __forceinline__ void load8(const void* src, int64_t i, int64_t n, boo
         }
     } else {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = i + j < n ? srcOne<S>(src, i + j) : 0.0f;
+        for (int j = 0; j < 8; ++j) v[j] = i + j < n ? loadOne<S>(src, i + j) : 0.0f;
     }
 }
 
@@ -161,13 +150,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t base = r * cols;
     float m = 0.0f;
     for (int64_t j = threadIdx.x; j < cols; j += kThreads) {
-        m = fmaxf(m, fabsf(__half2float(__float2half_rn(srcOne<S>(src, base + j)))));
+        m = fmaxf(m, fabsf(__half2float(__float2half_rn(loadOne<S>(src, base + j)))));
     }
     m = blockMax(m, sScratch);
     if (threadIdx.x == 0) scb[r] = m;
     const float scale = rules::int8Scale(m);
     for (int64_t j = threadIdx.x; j < cols; j += kThreads) {
-        const float w16 = __half2float(__float2half_rn(srcOne<S>(src, base + j)));
+        const float w16 = __half2float(__float2half_rn(loadOne<S>(src, base + j)));
         cb[base + j] = rules::int8Encode(w16, scale);
     }
 }
