@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -573,6 +574,71 @@ TEST_CASE("large double-quant outputs (streaming stores) match the reference") {
                                    n - half * 64, 64, t,
                                    b.p + half * 64 * static_cast<int64_t>(esz(t)));
                 CHECK(b.same(a));
+            }
+        }
+    });
+}
+
+TEST_CASE("Q4_0 dequantization matches the reference for every short block count and a "
+          "non-finite scale at every position") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // The fast loop takes two blocks a turn with the next table built ahead: every count
+        // from 1 to 12 blocks, each with a NaN, an Inf or a -Inf scale (general table) at each
+        // position in turn, the other scales random f16 values, negative ones included.
+        const uint16_t specials[] = {0x7e00, 0x7c00, 0xfc00};
+        std::mt19937 rng(77);
+        for (int64_t nblocks = 1; nblocks <= 12; ++nblocks) {
+            for (int64_t at = -1; at < nblocks; ++at) {
+                CAPTURE(nblocks);
+                CAPTURE(at);
+                std::vector<block_q4_0> q(static_cast<size_t>(nblocks));
+                for (int64_t b = 0; b < nblocks; ++b) {
+                    auto& blk = q[static_cast<size_t>(b)];
+                    blk.d = static_cast<uint16_t>(rng() & 0xfbff);  // finite: exponent < 31
+                    if (b == at) blk.d = specials[static_cast<size_t>(b) % 3];
+                    for (int j = 0; j < 16; ++j) blk.qs[j] = static_cast<uint8_t>(rng());
+                }
+                const int64_t n = nblocks * kQk4_0;
+                for (DType t : kOutTypes) {
+                    CAPTURE(dtypeName(t));
+                    Skewed src(q.size() * sizeof(block_q4_0), 3);
+                    std::memcpy(src.data(), q.data(), q.size() * sizeof(block_q4_0));
+                    Skewed a(static_cast<size_t>(n) * esz(t), 2), b(static_cast<size_t>(n) * esz(t), 2);
+                    ref.dequantizeQ4_0(q.data(), nblocks, t, a.data());
+                    k.dequantizeQ4_0(reinterpret_cast<const block_q4_0*>(src.data()), nblocks, t,
+                                     b.data());
+                    CHECK(firstDiff(a.data(), b.data(), static_cast<size_t>(n), esz(t)) == -1);
+                    CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+                }
+            }
+        }
+    });
+}
+
+TEST_CASE("int8 dequantization matches the reference for every row length up to 160") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // Rows are expanded 64 values a turn, then 16, then 8 and a partial 8: every length
+        // from 1 to 160 covers each combination of the tails. Three rows: a plain scale, one
+        // whose products have bf16 rounding ties, a negative one; every byte value occurs.
+        const float scales[] = {0.0123456f, bitsFloat(0x3c008000), -0.0456f};
+        const int64_t rows = 3;
+        for (int64_t cols = 1; cols <= 160; ++cols) {
+            CAPTURE(cols);
+            const size_t n = static_cast<size_t>(rows * cols);
+            std::vector<int8_t> q(n);
+            for (size_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 29 + 128));
+            for (bool llm : {false, true}) {
+                CAPTURE(llm);
+                for (DType t : kOutTypes) {
+                    CAPTURE(dtypeName(t));
+                    Skewed a(n * esz(t), 6), b(n * esz(t), 6);
+                    ref.dequantizeInt8(llm, q.data(), scales, rows, cols, t, a.data());
+                    k.dequantizeInt8(llm, q.data(), scales, rows, cols, t, b.data());
+                    CHECK(firstDiff(a.data(), b.data(), n, esz(t)) == -1);
+                    CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+                }
             }
         }
     });
