@@ -579,23 +579,40 @@ TEST_CASE("large double-quant outputs (streaming stores) match the reference") {
     });
 }
 
-TEST_CASE("Q4_0 dequantization matches the reference for every short block count and a "
-          "non-finite scale at every position") {
+TEST_CASE("Q4_0 dequantization matches the reference for short and chunk-edge block counts "
+          "with a non-finite scale at each position") {
     forEachFast([](const CpuKernels& k) {
         const auto& ref = referenceKernels();
-        // The fast loop takes two blocks a turn with the next table built ahead: every count
-        // from 1 to 12 blocks, each with a NaN, an Inf or a -Inf scale (general table) at each
-        // position in turn, the other scales random f16 values, negative ones included.
+        // The fast path takes runs of 64 blocks (checked once for NaN / Inf scales; bf16 two
+        // blocks a turn) and the rest one block at a time, with the next table built ahead:
+        // every count from 1 to 12 and counts around one and two runs, each without and with
+        // a NaN, Inf or -Inf scale at each position (at every position for short counts, at
+        // run edges and the last block for long ones). Other scales: random finite f16 values,
+        // negative ones, zeros and subnormals included.
         const uint16_t specials[] = {0x7e00, 0x7c00, 0xfc00};
         std::mt19937 rng(77);
-        for (int64_t nblocks = 1; nblocks <= 12; ++nblocks) {
-            for (int64_t at = -1; at < nblocks; ++at) {
+        std::vector<int64_t> counts;
+        for (int64_t c = 1; c <= 12; ++c) counts.push_back(c);
+        for (int64_t c : {63, 64, 65, 127, 128, 130, 193}) counts.push_back(c);
+        for (int64_t nblocks : counts) {
+            std::vector<int64_t> positions;
+            if (nblocks <= 12) {
+                for (int64_t at = -1; at < nblocks; ++at) positions.push_back(at);
+            } else {
+                for (int64_t at : {int64_t{-1}, int64_t{0}, int64_t{1}, int64_t{62}, int64_t{63},
+                                   int64_t{64}, int64_t{65}, int64_t{129}, nblocks - 1}) {
+                    if (at < nblocks) positions.push_back(at);
+                }
+            }
+            for (int64_t at : positions) {
                 CAPTURE(nblocks);
                 CAPTURE(at);
                 std::vector<block_q4_0> q(static_cast<size_t>(nblocks));
                 for (int64_t b = 0; b < nblocks; ++b) {
                     auto& blk = q[static_cast<size_t>(b)];
                     blk.d = static_cast<uint16_t>(rng() & 0xfbff);  // finite: exponent < 31
+                    if (b % 17 == 5) blk.d = static_cast<uint16_t>(rng() & 0x8000);  // +-0
+                    if (b % 13 == 7) blk.d = static_cast<uint16_t>(rng() & 0x83ff);  // subnormal
                     if (b == at) blk.d = specials[static_cast<size_t>(b) % 3];
                     for (int j = 0; j < 16; ++j) blk.qs[j] = static_cast<uint8_t>(rng());
                 }
