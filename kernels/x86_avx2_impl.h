@@ -615,8 +615,8 @@ inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksiz
 // of the 16 ymm registers, and it rebuilt two of them in every block (mov + vmovd +
 // vpbroadcastd, two of them shuffles on a shuffle-bound loop): 17 % slower.
 enum Q4Const {
-    kQ4K18, kQ4Half, kQ4Bit16, kQ4Tops, kQ4CtlLo, kQ4CtlHi, kQ4KeepHi, kQ4SignHi, kQ4K14, kQ4K58,
-    kQ4TopsHigh
+    kQ4K18, kQ4Half, kQ4Bit16, kQ4Tops, kQ4CtlLo, kQ4CtlHi, kQ4KeepHi, kQ4SignHi, kQ4K1357,
+    kQ4Dup, kQ4Pow2
 };
 alignas(32) const int32_t kQ4ConstWords[11][8] = {
     // k = 1..8 as floats
@@ -637,13 +637,15 @@ alignas(32) const int32_t kQ4ConstWords[11][8] = {
     // flip the sign of entries 0..7
     {static_cast<int32_t>(0x80808080u), static_cast<int32_t>(0x80808080u), 0, 0,
      static_cast<int32_t>(0x80808080u), static_cast<int32_t>(0x80808080u), 0, 0},
-    // k = 1..4 and 5..8 as floats, in both lanes (two blocks at once)
-    {0x3f800000, 0x40000000, 0x40400000, 0x40800000, 0x3f800000, 0x40000000, 0x40400000,
-     0x40800000},
-    {0x40a00000, 0x40c00000, 0x40e00000, 0x41000000, 0x40a00000, 0x40c00000, 0x40e00000,
-     0x41000000},
-    // the top halves into bytes 8..15, zeros below, per lane
-    {-1, -1, 0x07060302, 0x0f0e0b0a, -1, -1, 0x07060302, 0x0f0e0b0a},
+    // k = 1, 3, 5, 7 as floats, in both lanes (two blocks at once)
+    {0x3f800000, 0x40400000, 0x40a00000, 0x40e00000, 0x3f800000, 0x40400000, 0x40a00000,
+     0x40e00000},
+    // the top halves of k = 1, 1, 3, 1, 5, 3, 7, 1 per lane
+    {0x03020302, 0x03020706, 0x07060b0a, 0x03020f0e, 0x03020302, 0x03020706, 0x07060b0a,
+     0x03020f0e},
+    // plus 0, 1, 0, 2, 0, 1, 0, 3 in the bf16 exponent field: k = 1..8
+    {0x00800000, 0x01000000, 0x00800000, 0x01800000, 0x00800000, 0x01000000, 0x00800000,
+     0x01800000},
 };
 
 // The codes of k = 1..8 times d, in the low 16 bytes of both lanes. bf16: RNE of an exact,
@@ -710,17 +712,15 @@ inline void expandQ4_0(const uint8_t* p, int64_t nblocks, uint8_t* out, Table&& 
 inline Lut16 q4PairLut16Bf16(const __m256i* kc, const float* d) {
     const auto k = [kc](Q4Const i) { return _mm256_load_si256(kc + i); };
     const __m256 dd = _mm256_blend_ps(_mm256_broadcast_ss(d), _mm256_broadcast_ss(d + 1), 0xf0);
-    const auto round = [&](__m256 prod) {  // RNE to bf16 in the top halves (see q4Codes8)
-        const __m256i x = _mm256_castps_si256(prod);
-        const __m256i even =
-            _mm256_cmpeq_epi32(_mm256_and_si256(x, k(kQ4Bit16)), _mm256_setzero_si256());
-        return _mm256_add_epi32(_mm256_add_epi32(x, k(kQ4Half)), even);
-    };
-    const __m256i lo = round(_mm256_mul_ps(_mm256_castsi256_ps(k(kQ4K14)), dd));  // k = 1..4
-    const __m256i hi = round(_mm256_mul_ps(_mm256_castsi256_ps(k(kQ4K58)), dd));  // k = 5..8
+    // k = 1, 3, 5, 7 rounded (see q4Codes8); k = 2, 4, 8 and 6 are k = 1 and 3 times a power
+    // of two, exact in bf16 too: their codes are those of k = 1, 3 plus 1, 2 or 3 in the
+    // exponent field (d is finite and nonzero here, 8 d far from overflow).
+    const __m256i x = _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(k(kQ4K1357)), dd));
+    const __m256i even =
+        _mm256_cmpeq_epi32(_mm256_and_si256(x, k(kQ4Bit16)), _mm256_setzero_si256());
+    const __m256i r = _mm256_add_epi32(_mm256_add_epi32(x, k(kQ4Half)), even);
     // codes of k = 1..8: block 0 in lane 0, block 1 in lane 1
-    const __m256i h = _mm256_or_si256(_mm256_shuffle_epi8(lo, k(kQ4Tops)),
-                                      _mm256_shuffle_epi8(hi, k(kQ4TopsHigh)));
+    const __m256i h = _mm256_add_epi16(_mm256_shuffle_epi8(r, k(kQ4Dup)), k(kQ4Pow2));
     return q4Planes(kc, h);
 }
 
@@ -786,6 +786,10 @@ inline void dequantizeQ4_0Blocks(const uint8_t* p, int64_t nblocks, uint8_t* out
                 const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(dh + j));
                 const __m128i e = _mm_and_si128(h, _mm_set1_epi16(0x7c00));
                 special = _mm_or_si128(special, _mm_cmpeq_epi16(e, _mm_set1_epi16(0x7c00)));
+                if constexpr (D == DType::kBF16) {  // the pair tables also need d != 0
+                    const __m128i mag = _mm_and_si128(h, _mm_set1_epi16(0x7fff));
+                    special = _mm_or_si128(special, _mm_cmpeq_epi16(mag, _mm_setzero_si128()));
+                }
                 _mm256_store_ps(dv + j, _mm256_cvtph_ps(h));
             }
             uint8_t* oc = out + c0 * kQk4_0 * kEsz;
