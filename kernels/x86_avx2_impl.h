@@ -975,6 +975,9 @@ inline bool isFiniteF32(float f) {
 struct Int8Consts {
     __m256 scale, factor;
     __m256 scaleTop;  // scale * 2^-24 (kNoTie rows only, where that is exact)
+    // kSplit rows (LLM.int8, bf16): scale = +-m * 2^e with m < 2^15; g = +-factor * 2^e exact
+    __m256i mEven, mOdd;  // dwords m (low word) and m << 16 (high word)
+    __m256 g;
 };
 
 template <bool kLlm>
@@ -1011,24 +1014,38 @@ inline void put128(uint8_t* p, __m128i v) {
     }
 }
 
-template <DType D, StoreKind S, bool kLlm, bool kMayNaN, bool kNoTie = false>
+//
+// kSplit (LLM.int8 to bf16, kNoTie rows whose scale has at most 15 significant bits, as an
+// SCB taken from fp16 weights has 11): scale = m * 2^e, so q * scale is exact and the two
+// roundings of the reference are one, fl(q * m * (factor * 2^e)) with factor * 2^e exact.
+// vpmovsxbw widens 16 bytes in one op and vpmaddwd with (m, 0) / (0, m) yields the even /
+// odd q * m as exact int32: 11 vector ops per 16 values instead of 12.
+template <DType D, StoreKind S, bool kLlm, bool kMayNaN, bool kNoTie = false, bool kSplit = false>
 inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
     if constexpr (D == DType::kBF16 && !kMayNaN) {
         // Even elements in a, odd in b (lane 0: elements 0..7, lane 1: 8..15), so that the
         // rounded top halves interleave into element order with one vpblendw.
-        const __m256i src =
-            _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-        const auto lanes = [&](__m256i ctl) {
-            if constexpr (kNoTie) {  // q * 2^24 times scale * 2^-24
-                __m256 v =
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(src, ctl)), k.scaleTop);
-                if constexpr (kLlm) v = _mm256_mul_ps(v, k.factor);
-                return v;
-            }  // else vpsrad 24 sign-extends the top byte
-            return int8Scaled<kLlm>(k, _mm256_srai_epi32(_mm256_shuffle_epi8(src, ctl), 24));
-        };
-        const __m256 a = lanes(byteToTop<0, 2, 4, 6, 8, 10, 12, 14>());
-        const __m256 b = lanes(byteToTop<1, 3, 5, 7, 9, 11, 13, 15>());
+        __m256 a, b;
+        if constexpr (kSplit) {
+            const __m256i w =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+            a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(w, k.mEven)), k.g);
+            b = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(w, k.mOdd)), k.g);
+        } else {
+            const __m256i src =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+            const auto lanes = [&](__m256i ctl) {
+                if constexpr (kNoTie) {  // q * 2^24 times scale * 2^-24
+                    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(src, ctl)),
+                                             k.scaleTop);
+                    if constexpr (kLlm) v = _mm256_mul_ps(v, k.factor);
+                    return v;
+                }  // else vpsrad 24 sign-extends the top byte
+                return int8Scaled<kLlm>(k, _mm256_srai_epi32(_mm256_shuffle_epi8(src, ctl), 24));
+            };
+            a = lanes(byteToTop<0, 2, 4, 6, 8, 10, 12, 14>());
+            b = lanes(byteToTop<1, 3, 5, 7, 9, 11, 13, 15>());
+        }
         const auto round = [](__m256 v) {  // RNE of a non-NaN float, result in the top 16 bits
             const __m256i x = _mm256_castps_si256(v);
             if constexpr (kNoTie) return _mm256_add_epi32(x, _mm256_set1_epi32(0x8000));
@@ -1070,22 +1087,26 @@ inline bool int8RowHasBf16Tie(const Int8Consts& k) {
 // fault), let the loads keep up with the streaming stores (int8_dynamic: 0.95 -> 0.98 of
 // the floor).
 constexpr int64_t kInt8PrefetchAhead = 2048;
-template <DType D, StoreKind S, bool kLlm, bool kMayNaN, bool kNoTie = false>
-inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint8_t* o) {
+template <DType D, StoreKind S, bool kLlm, bool kMayNaN, bool kNoTie = false, bool kSplit = false>
+inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint8_t* o,
+                              int32_t m = 0, float g = 0.0f) {
     constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
     Int8Consts k;
     k.scale = _mm256_set1_ps(scale);
     k.factor = _mm256_set1_ps(kInt8DequantFactor);
     k.scaleTop = _mm256_set1_ps(scale * 0x1p-24f);
+    k.mEven = _mm256_set1_epi32(m);
+    k.mOdd = _mm256_set1_epi32(m << 16);
+    k.g = _mm256_set1_ps(g);
     int64_t c = 0;
     for (; c + 64 <= cols; c += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(row + c) + kInt8PrefetchAhead, _MM_HINT_T0);
         for (int j = 0; j < 64; j += 16) {
-            int8x16<D, S, kLlm, kMayNaN, kNoTie>(k, row + c + j, o + (c + j) * kEsz);
+            int8x16<D, S, kLlm, kMayNaN, kNoTie, kSplit>(k, row + c + j, o + (c + j) * kEsz);
         }
     }
     for (; c + 16 <= cols; c += 16) {
-        int8x16<D, S, kLlm, kMayNaN, kNoTie>(k, row + c, o + c * kEsz);
+        int8x16<D, S, kLlm, kMayNaN, kNoTie, kSplit>(k, row + c, o + c * kEsz);
     }
     for (; c < cols; c += 8) {
         int8_t tmp[16] = {};
@@ -1098,6 +1119,24 @@ inline void dequantizeInt8Row(const int8_t* row, float scale, int64_t cols, uint
             storePartial8(D, o, c, v, count);
         }
     }
+}
+
+// The kSplit form of an LLM.int8 row scale: scale = +-m * 2^e with 0 < m < 2^15 (at most
+// 15 significant bits) and g = +-kInt8DequantFactor * 2^e, the sign on g (a zero q then gives
+// the zero of the reference's sign). Only for normal scales with biased exponent 22..240:
+// factor * 2^e is then a normal float (exact), and q * scale never overflows.
+inline bool int8SplitScale(float scale, int32_t& m, float& g) {
+    uint32_t u;
+    std::memcpy(&u, &scale, 4);
+    const uint32_t ef = (u >> 23) & 0xff;
+    const uint32_t sig = (u & 0x7fffff) | 0x800000;
+    if (ef < 22 || ef > 240 || (sig & 0x1ff) != 0) return false;
+    m = static_cast<int32_t>(sig >> 9);                            // scale = m * 2^(ef - 141)
+    const uint32_t p2 = ((ef - 14) << 23) | (u & 0x80000000u);  // +-2^(ef - 141)
+    float pow2;
+    std::memcpy(&pow2, &p2, 4);
+    g = kInt8DequantFactor * pow2;
+    return true;
 }
 
 template <DType D, bool kLlm>
@@ -1117,7 +1156,17 @@ inline void dequantizeInt8As(const int8_t* q, const float* scale, int64_t rows, 
                 if (isFiniteF32(sc) && topExact && cols >= 1024 &&
                     !int8RowHasBf16Tie<kLlm>({_mm256_set1_ps(sc),
                                               _mm256_set1_ps(kInt8DequantFactor),
-                                              _mm256_setzero_ps()})) {
+                                              _mm256_setzero_ps(), _mm256_setzero_si256(),
+                                              _mm256_setzero_si256(), _mm256_setzero_ps()})) {
+                    if constexpr (kLlm) {
+                        int32_t m;
+                        float g;
+                        if (int8SplitScale(sc, m, g)) {
+                            dequantizeInt8Row<D, S, kLlm, false, true, true>(q + r * cols, sc,
+                                                                             cols, o, m, g);
+                            continue;
+                        }
+                    }
                     dequantizeInt8Row<D, S, kLlm, false, true>(q + r * cols, sc, cols, o);
                     continue;
                 }

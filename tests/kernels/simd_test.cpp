@@ -660,3 +660,49 @@ TEST_CASE("int8 dequantization matches the reference for every row length up to 
         }
     });
 }
+
+TEST_CASE("LLM.int8 dequantization matches the reference for fp16-exact scales and at the "
+          "exponent edges of the split-scale path") {
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        // Rows of >= 1024 values whose scale has at most 15 significant bits (an SCB from
+        // fp16 weights has 11) take the one-rounding path for bf16 outputs: random fp16
+        // scales of both signs, 15 and 16 significant bits, and biased exponents 21 / 22
+        // and 240 / 241 (the edges where factor * 2^e stays a normal float and q * scale
+        // stays finite), next to the general path for the other rows.
+        std::vector<float> scales = {bitsFloat(0x3c7ffe00), bitsFloat(0x3c7fff00),
+                                     bitsFloat(0x0a800000), bitsFloat(0x0b000000),
+                                     bitsFloat(0x8b7ffe00), bitsFloat(0x78000000),
+                                     bitsFloat(0x78800000), bitsFloat(0xf8000000),
+                                     bitsFloat(0x3f800000), bitsFloat(0x00800000)};
+        std::mt19937 rng(99);
+        for (int i = 0; i < 22; ++i) {
+            const uint16_t h = static_cast<uint16_t>(rng() & 0xffff);
+            if ((h & 0x7c00) == 0x7c00) continue;  // finite fp16 values only
+            scales.push_back(f16ToF32(h));
+        }
+        // 15 significant bits (bit 9 of the significand set) and 16 (bit 8 set): many, since
+        // an error in the last significand bit shows in about 1 bf16 value of 128
+        for (int i = 0; i < 48; ++i) {
+            const uint32_t sign = (rng() & 1u) << 31;
+            const uint32_t bit = i % 2 == 0 ? 0x200u : 0x100u;
+            scales.push_back(bitsFloat(sign | 0x3c000000u | (rng() & 0x7ffc00u) | bit));
+        }
+        const int64_t rows = static_cast<int64_t>(scales.size());
+        for (int64_t cols : {int64_t{1024}, int64_t{1040}, int64_t{1031}}) {
+            CAPTURE(cols);
+            const size_t n = static_cast<size_t>(rows * cols);
+            std::vector<int8_t> q(n);
+            for (size_t i = 0; i < n; ++i)
+                q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 11 + i / 256));
+            for (DType t : kOutTypes) {
+                CAPTURE(dtypeName(t));
+                Skewed a(n * esz(t), 4), b(n * esz(t), 4);
+                ref.dequantizeInt8(true, q.data(), scales.data(), rows, cols, t, a.data());
+                k.dequantizeInt8(true, q.data(), scales.data(), rows, cols, t, b.data());
+                CHECK(firstDiff(a.data(), b.data(), n, esz(t)) == -1);
+                CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+            }
+        }
+    });
+}
