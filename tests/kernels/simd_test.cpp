@@ -621,7 +621,8 @@ TEST_CASE("Q4_0 dequantization matches the reference for short and chunk-edge bl
                     CAPTURE(dtypeName(t));
                     Skewed src(q.size() * sizeof(block_q4_0), 3);
                     std::memcpy(src.data(), q.data(), q.size() * sizeof(block_q4_0));
-                    Skewed a(static_cast<size_t>(n) * esz(t), 2), b(static_cast<size_t>(n) * esz(t), 2);
+                    const size_t bytes = static_cast<size_t>(n) * esz(t);
+                    Skewed a(bytes, 2), b(bytes, 2);
                     ref.dequantizeQ4_0(q.data(), nblocks, t, a.data());
                     k.dequantizeQ4_0(reinterpret_cast<const block_q4_0*>(src.data()), nblocks, t,
                                      b.data());
@@ -645,7 +646,9 @@ TEST_CASE("int8 dequantization matches the reference for every row length up to 
             CAPTURE(cols);
             const size_t n = static_cast<size_t>(rows * cols);
             std::vector<int8_t> q(n);
-            for (size_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 29 + 128));
+            for (size_t i = 0; i < n; ++i) {
+                q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 29 + 128));
+            }
             for (bool llm : {false, true}) {
                 CAPTURE(llm);
                 for (DType t : kOutTypes) {
