@@ -20,10 +20,11 @@
 // never executed there, and its speed is unmeasured until a run on an AVX-512 host:
 //   SLI_ISA=avx512 build/bench/kernels_bench --benchmark_filter='dequantize/|quantize_kernel'
 //
-// Same rules as x86_avx2_impl.h: internal linkage only, no inline function with external
-// linkage, partial 4-bit blocks through the reference table, default MXCSR assumed, built with
-// -ffp-contract=off (no product is fused with a sum). The entries the issue does not ask to
-// widen are not left out: everything here is 512-bit.
+// Same rules as x86_avx2_impl.h: pure functions (no state, no allocation, no blocking, safe
+// to call concurrently on distinct outputs, no errors: dispatch.cpp validates first), internal
+// linkage only, no inline function with external linkage, partial 4-bit blocks through the
+// reference table, default MXCSR assumed, built with -ffp-contract=off (no product is fused
+// with a sum). Every CpuKernels entry has its own 512-bit body here (none falls back to AVX2).
 #pragma once
 
 #include "kernels/x86_avx2_impl.h"  // <immintrin.h>, StoreKind, hmax8
