@@ -10,6 +10,7 @@
 #include <map>
 
 #include "engine/engine_testing.h"
+#include "engine/trace.h"
 #include "engine_test_util.h"
 #include "io/fault_injecting_scheduler.h"
 #include "sli/engine.h"
@@ -469,6 +470,45 @@ TEST_CASE("the trace names every stage of every acquired layer") {
         CHECK(t.acquiredNs >= t.dequantizedNs);
         CHECK(t.releasedNs >= t.acquiredNs);
     }
+}
+
+TEST_CASE("the trace puts an H2D copy on its own track and starts verification at the first task") {
+    LayerTiming cpu;  // a CPU layer whose first task started before its read ended
+    cpu.layer = 0;
+    cpu.queuedNs = cpu.readStartNs = 1000;
+    cpu.dequantStartNs = 3000;
+    cpu.readDoneNs = 5000;
+    cpu.verifiedNs = 6000;
+    cpu.dequantizedNs = 7000;
+    cpu.acquireCalledNs = cpu.acquiredNs = 8000;
+    cpu.releasedNs = 9000;
+    LayerTiming gpu = cpu;  // a GPU layer: copy, then kernels after the CPU checksums
+    gpu.layer = 1;
+    gpu.dequantStartNs = 7500;
+    gpu.dequantizedNs = 7900;
+    gpu.copyStartNs = 6500;
+    gpu.copiedNs = 7400;
+    auto j = parseJson(traceJson({cpu, gpu}, {"model.layers.0", "model.layers.1"}));
+    REQUIRE(j.isOk());
+    std::map<std::pair<int64_t, std::string>, std::pair<double, double>> ev;  // (tid, name) -> ts, dur
+    std::map<int64_t, std::string> tracks;
+    for (const auto& e : j->find("traceEvents")->asArray()) {
+        const int64_t tid = e.find("tid")->asInt64().value_or(-1);
+        if (e.find("ph")->asString() == "M") {
+            tracks[tid] = e.find("args")->find("name")->asString();
+            continue;
+        }
+        ev[{tid, e.find("name")->asString()}] = {e.find("ts")->asDouble(), e.find("dur")->asDouble()};
+    }
+    CHECK(tracks[6] == "h2d copy");
+    CHECK(ev.count({6, "model.layers.0"}) == 0);  // no copy recorded: no event
+    REQUIRE(ev.count({6, "model.layers.1"}) == 1);
+    CHECK(ev[{6, "model.layers.1"}].first == doctest::Approx(6.5));  // microseconds
+    CHECK(ev[{6, "model.layers.1"}].second == doctest::Approx(0.9));
+    // verify: from the first task (3 us) on the CPU layer, from read done (5 us) on the GPU one
+    CHECK(ev[{2, "model.layers.0"}].first == doctest::Approx(3.0));
+    CHECK(ev[{2, "model.layers.0"}].second == doctest::Approx(3.0));
+    CHECK(ev[{2, "model.layers.1"}].first == doctest::Approx(5.0));
 }
 
 namespace {
