@@ -195,8 +195,8 @@ inline void store32(uint8_t* o, __m512 a, __m512 b) {
         const __m512i lo = _mm512_castsi256_si512(_mm512_cvtps_ph(a, kRne));
         put512<S>(o, _mm512_inserti64x4(lo, _mm512_cvtps_ph(b, kRne), 1));
     } else {
-        put512<S>(o, _mm512_permutex2var_epi16(bf16Top<kMayNaN>(a), oddWords(),
-                                               bf16Top<kMayNaN>(b)));
+        put512<S>(o,
+                  _mm512_permutex2var_epi16(bf16Top<kMayNaN>(a), oddWords(), bf16Top<kMayNaN>(b)));
     }
 }
 
@@ -238,9 +238,9 @@ inline __m512i table16(__m512 prod) {
         const __m256i h = _mm512_cvtps_ph(prod, kRne);
         return _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1);
     } else {  // word i <- top half of lane i mod 16
-        const __m512i idx = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3,
-                                             1, 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7,
-                                             5, 3, 1);
+        const __m512i idx =
+            _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 31, 29, 27,
+                             25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
         return _mm512_permutexvar_epi16(idx, bf16Top<true>(prod));
     }
 }
@@ -286,8 +286,7 @@ inline void expand32(__m512i t, const uint8_t* p, uint8_t* o) {
             i0 = _mm512_cvtepu8_epi32(b);
             i1 = _mm512_srli_epi32(i0, 4);
         } else {
-            const __m512i shifts =
-                _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+            const __m512i shifts = _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
             i0 = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b)), shifts);
             i1 = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(b, b)), shifts);
         }
@@ -440,7 +439,8 @@ inline __m512i nf4Codes(__m512 x) {
     __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, _mm512_set1_ps(t[7]), _CMP_GT_OQ),
                                        _mm512_set1_epi32(8));
     for (int step = 4; step >= 1; step /= 2) {
-        const __m512 tc = _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), thr);
+        const __m512 tc =
+            _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), thr);
         c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(x, tc, _CMP_GT_OQ), c,
                                   _mm512_set1_epi32(step));
     }
@@ -451,23 +451,24 @@ inline __m512i nf4Codes(__m512 x) {
 // NaN), then the code of k from a 16-entry table.
 inline __m512i fp4Codes(__m512 x) {
     const float* L = kFp4Thresholds;
-    const __m512 thr = _mm512_setr_ps(L[0], L[1], L[2], L[3], L[4], L[5], L[6], L[6], 0, 0, 0, 0,
-                                      0, 0, 0, 0);
+    const __m512 thr =
+        _mm512_setr_ps(L[0], L[1], L[2], L[3], L[4], L[5], L[6], L[6], 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512 a = _mm512_castsi512_ps(
         _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
     __m512i k = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a, _mm512_set1_ps(L[3]), _CMP_GT_OQ),
                                        _mm512_set1_epi32(4));
     for (int step = 2; step >= 1; step /= 2) {
-        const __m512 tk = _mm512_permutexvar_ps(_mm512_add_epi32(k, _mm512_set1_epi32(step - 1)), thr);
+        const __m512 tk =
+            _mm512_permutexvar_ps(_mm512_add_epi32(k, _mm512_set1_epi32(step - 1)), thr);
         k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(a, tk, _CMP_GT_OQ), k,
                                   _mm512_set1_epi32(step));
     }
     k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), k,
                               _mm512_set1_epi32(8));
     const uint8_t* m = kFp4MagnitudeCode;
-    const __m512i code = _mm512_setr_epi32(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7],
-                                           8 | m[0], 8 | m[1], 8 | m[2], 8 | m[3], 8 | m[4],
-                                           8 | m[5], 8 | m[6], 8 | m[7]);
+    const __m512i code =
+        _mm512_setr_epi32(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], 8 | m[0], 8 | m[1],
+                          8 | m[2], 8 | m[3], 8 | m[4], 8 | m[5], 8 | m[6], 8 | m[7]);
     return _mm512_permutexvar_epi32(k, code);
 }
 
@@ -482,8 +483,10 @@ inline __m512i codes16(__m512 xn) {
 
 // 32 codes (c0 = elements 0..15, c1 = 16..31) -> 16 bytes, element 2k in the high nibble.
 inline __m128i pack32(__m512i c0, __m512i c1) {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512i e = _mm512_permutex2var_epi32(c0, even, c1);
     const __m512i o = _mm512_permutex2var_epi32(c0, odd, c1);
     return _mm512_cvtepi32_epi8(_mm512_or_si512(_mm512_slli_epi32(e, 4), o));
@@ -526,8 +529,8 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
     }
 }
 
-inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize,
-                         uint8_t* packed, float* absmax) {
+inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize, uint8_t* packed,
+                         float* absmax) {
     const int64_t fullBlocks = n / blocksize;
     if (cb == Codebook4::kNf4) {
         quantize4bitBlocks<Codebook4::kNf4>(src, fullBlocks, blocksize, packed, absmax);
@@ -561,14 +564,13 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
         const __m512 a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), absMask));
         const float amax = hmax16(_mm512_max_ps(a0, _mm512_max_ps(a1, _mm512_setzero_ps())));
         const __m512 am = _mm512_set1_ps(amax);
-        const uint32_t mask =
-            static_cast<uint32_t>(_mm512_cmp_ps_mask(a0, am, _CMP_EQ_OQ)) |
-            (static_cast<uint32_t>(_mm512_cmp_ps_mask(a1, am, _CMP_EQ_OQ)) << 16);
+        const uint32_t mask = static_cast<uint32_t>(_mm512_cmp_ps_mask(a0, am, _CMP_EQ_OQ)) |
+                              (static_cast<uint32_t>(_mm512_cmp_ps_mask(a1, am, _CMP_EQ_OQ)) << 16);
         const float max = amax > 0.0f ? x[mask != 0 ? __builtin_ctz(mask) : 0] : 0.0f;
         const float d = max / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        const uint16_t dh = static_cast<uint16_t>(
-            _mm_cvtsi128_si32(_mm_cvtps_ph(_mm_set_ss(d), kRne)) & 0xffff);
+        const uint16_t dh =
+            static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_cvtps_ph(_mm_set_ss(d), kRne)) & 0xffff);
         const __m512 vid = _mm512_set1_ps(id);
         const __m512 half = _mm512_set1_ps(8.5f);
         const auto q = [&](__m512 v) {
@@ -618,18 +620,21 @@ inline void dequantizeInt8As(const int8_t* q, const float* scale, int64_t rows, 
                              uint8_t* out) {
     // Streaming only when every row starts on a cache line.
     const bool rowsAligned = (cols * kEsz<D>) % 64 == 0;
-    withStoreKind(out, rows * cols * kEsz<D>, [&]<StoreKind S>() {
-        for (int64_t r = 0; r < rows; ++r) {
-            const float sc = loadF32(scale, r);
-            uint8_t* o = out + r * cols * kEsz<D>;
-            // q * scale is NaN only for a NaN or infinite scale (q = 0 times Inf).
-            if (isFiniteF32(sc)) {
-                dequantizeInt8Row<D, S, kLlm, false>(q + r * cols, sc, cols, o);
-            } else {
-                dequantizeInt8Row<D, S, kLlm, true>(q + r * cols, sc, cols, o);
+    withStoreKind(
+        out, rows * cols * kEsz<D>,
+        [&]<StoreKind S>() {
+            for (int64_t r = 0; r < rows; ++r) {
+                const float sc = loadF32(scale, r);
+                uint8_t* o = out + r * cols * kEsz<D>;
+                // q * scale is NaN only for a NaN or infinite scale (q = 0 times Inf).
+                if (isFiniteF32(sc)) {
+                    dequantizeInt8Row<D, S, kLlm, false>(q + r * cols, sc, cols, o);
+                } else {
+                    dequantizeInt8Row<D, S, kLlm, true>(q + r * cols, sc, cols, o);
+                }
             }
-        }
-    }, rowsAligned);
+        },
+        rowsAligned);
 }
 
 inline void dequantizeInt8(bool llmInt8, const int8_t* q, const float* scale, int64_t rows,
@@ -743,7 +748,8 @@ inline void convert(DType from, const void* src, int64_t n, DType to, void* out)
         }
         int64_t i = 0;
         for (; i + 64 <= bytes; i += 64) {
-            put512<StoreKind::kStream>(o + i, _mm512_loadu_si512(reinterpret_cast<const void*>(s + i)));
+            put512<StoreKind::kStream>(o + i,
+                                       _mm512_loadu_si512(reinterpret_cast<const void*>(s + i)));
         }
         _mm_sfence();
         std::memcpy(o + i, s + i, static_cast<size_t>(bytes - i));
