@@ -316,10 +316,8 @@ inline void dequantize4bitBlocks(const float* lut, const uint8_t* packed, const 
 }
 
 // Double-quant absmax of block b: fl32(fl32(map[code] * nested) + offset), two scalar SSE
-// instructions (explicitly unfused).
-inline __m128 dqAbsmax(const DoubleQuantAbsmax& dq, int64_t b, __m128 nested, __m128 offset) {
-    return _mm_add_ss(_mm_mul_ss(_mm_load_ss(dq.map + dq.codes[b]), nested), offset);
-}
+// instructions (explicitly unfused): the AVX2 file's.
+using x86::dqAbsmax;
 
 // As x86_avx2_impl.h: kDqChunk absmax values rebuilt into an L1 array (within one nested
 // group), then the plain block loop over them. first = the tensor's index of block 0.
