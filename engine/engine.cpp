@@ -80,7 +80,6 @@ namespace {
 
 constexpr const char* kLog = "engine";
 constexpr uint64_t kArenaAlign = 64;
-constexpr uint32_t kMaxRequestBytes = 1u << 30;  // one ReadRequest covers at most 1 GiB
 
 int64_t nowNs(std::chrono::steady_clock::time_point origin) {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
