@@ -7,9 +7,12 @@
 #   3. runs the CUDA test suite (meson test --suite cuda),
 #   4. runs bench/cuda_bench (H2D, dequant-kernel and pipeline ratios),
 #   5. runs a brief `slibench --tiny --device cuda:0` (sli::Engine on the GPU: h2d stage),
+#   6. runs the CPU kernel tests on the host CPU (these machines' CPUs usually have AVX-512,
+#      which the development VM lacks: the AVX-512 kernels then run natively, bit-exact
+#      against the scalar reference) and a short kernels_bench per ISA,
 # and writes everything under $OUT (default ./gpu-check-out): gpu_check.log, nvidia-smi.txt,
 # meson-testlog.txt, cuda_bench.txt, cuda_bench.json, slibench_cuda.txt, slibench_cuda.json,
-# slibench_cuda_trace.json, summary.txt.
+# slibench_cuda_trace.json, cpu.txt, kernels-test.txt, kernels_bench_<isa>.{txt,json}, summary.txt.
 #
 # Usage on the device machine, from the repository root:   bash bench/gpu_check.sh
 # Environment: OUT, GPU_ARCHS (default 90), JOBS (default nproc), BENCH_ARGS (extra flags for
@@ -138,12 +141,41 @@ if [ "$sb_rc" != 0 ]; then
   echo "slibench --device cuda:0 FAILED (exit $sb_rc)"
 fi
 
+step "host CPU kernels (AVX-512 natively when this CPU has it)"
+grep -m1 'model name' /proc/cpuinfo | tee "$OUT/cpu.txt"
+grep -m1 -o 'avx512[a-z_]*' /proc/cpuinfo >/dev/null && has512=1 || has512=0
+grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|f16c|avx512(f|bw|vl|dq))$' | tr '\n' ' ' | tee -a "$OUT/cpu.txt"
+echo | tee -a "$OUT/cpu.txt"
+if ninja -C "$BUILD" -j "$JOBS" tests/kernels/test_kernels bench/kernels_bench; then
+  SLI_TEST_DATA="$ROOT/tests" SLI_LOG=error timeout 120 "$BUILD/tests/kernels/test_kernels" \
+    > "$OUT/kernels-test.txt" 2>&1
+  kt_rc=$?
+  tail -3 "$OUT/kernels-test.txt"
+  if [ "$kt_rc" != 0 ]; then
+    status=1
+    echo "kernel tests FAILED (exit $kt_rc)"
+  fi
+  isas="avx2"
+  [ "$has512" = 1 ] && isas="avx2 avx512"
+  for isa in $isas; do
+    SLI_ISA=$isa timeout 60 "$BUILD/bench/kernels_bench" \
+      --benchmark_filter='streamfill/32|movefloor|dequantize/(nf4|int8|int4)|quantize_kernel' \
+      --benchmark_min_time=0.1 --benchmark_out="$OUT/kernels_bench_$isa.json" \
+      --benchmark_out_format=json > "$OUT/kernels_bench_$isa.txt" 2>&1 || echo "kernels_bench $isa failed"
+  done
+else
+  status=1
+  echo "kernel test / bench build FAILED"
+fi
+
 step "summary"
 {
   echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
   echo "tests: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')"
   grep -E 'ratio|wall' "$OUT/cuda_bench.txt" 2>/dev/null
   grep -E 'h2d' "$OUT/slibench_cuda.txt" 2>/dev/null
+  echo "cpu: $(cat "$OUT/cpu.txt" 2>/dev/null | tr '\n' ' ')"
+  echo "kernel tests: $(grep -E '^\[doctest\] (test cases|Status)' "$OUT/kernels-test.txt" 2>/dev/null | tr '\n' ' ')"
   echo "status: $status   elapsed: $(( $(date +%s) - START ))s"
 } | tee "$OUT/summary.txt"
 exit $status

@@ -797,7 +797,8 @@ int main(int argc, char** argv) {
                         r.cold ? "cold" : "warm", r.backend.c_str(), r.r.stages.h2d, device.c_str());
         }
     }
-    std::printf("  (stage times are busy times, the union of per-layer intervals; overlap = wall / slowest stage;\n"
+    std::printf("  (stage times are busy times, the union of per-layer intervals (CPU dequant: workers' busy\n"
+                "   seconds / workers); overlap = wall / slowest stage;\n"
                 "   vs limit: cold = read GB/s / raw O_DIRECT read of the same files, warm = / memcpy;\n"
                 "   naive = pread, verify, dequantize, execute, next layer; pinned bytes %s)\n\n",
                 runs.empty() ? "-" : human(runs.front().r.pinnedBytes).c_str());

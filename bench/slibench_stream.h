@@ -3,9 +3,11 @@
 // (memcpy bandwidth, page-cache dropping, resident-memory probes).
 //
 // Stage times of engine runs are busy times: the UNION of the per-layer intervals the engine
-// records (Engine::timings()), so work spread over several workers is not counted twice;
-// verify is the exception (workers' CPU seconds: verification is interleaved with dequant in
-// each tensor task, so it has no interval of its own).
+// records (Engine::timings()), so work spread over several workers is not counted twice.
+// Exceptions: the CPU dequant stage is the workers' busy seconds on tensor tasks divided by the
+// number of workers (tasks start as their tensor's bytes land, so a layer's dequant window
+// includes waits for the rest of its read and would overstate the stage), and verify is the
+// workers' CPU seconds of checksumming (interleaved with dequant in each task).
 //
 // Ownership: plain values. Blocking: everything blocks the calling thread (the executor).
 // Thread safety: none needed (slibench's main thread). Errors: Status from the engine / io,

@@ -3,11 +3,17 @@
 // Threads:
 //   io thread      owns the ReadScheduler (one ring per submitting thread). It assigns free
 //                  slots to upcoming plan positions (at most `prefetchDepth` ahead of the
-//                  executor), submits one O_DIRECT read of each layer file's data region into
-//                  the slot's pinned buffer, and on completion queues one task per tensor.
+//                  executor) and submits O_DIRECT reads of each layer file's data region, one
+//                  per read chunk, into the slot's pinned buffer. As chunks land it tracks the
+//                  contiguous landed prefix and queues a task for each tensor whose bytes that
+//                  prefix now covers, so tensors are verified while the rest of their layer is
+//                  still being read (and the last layer's tail of work is one tensor, not one
+//                  layer).
 //   workers (W)    take tensor tasks in FIFO order: verify the tensor's extents (xxh3), decode
 //                  (zstd statistics into per-worker scratch) and dequantize straight from the
-//                  pinned buffer into the slot's pooled output arena.
+//                  pinned buffer into the slot's pooled output arena. A slot is done when its
+//                  reads and all its tensor tasks are (tasksLeft counts the tensors + 1 for
+//                  the reads), never earlier: no buffer is reused under a read in flight.
 //   executor       calls acquire(i); waits (condition variable) until the slot holding the
 //                  next plan occurrence of i is ready, and gets a Lease; Lease release frees
 //                  the slot and wakes the io thread.
@@ -22,7 +28,8 @@
 // pool bounded by deviceBudgetBytes) does the device half. Each pinned slot holds the layer's
 // data region followed by a tail where workers decompress statistics (so every part of every
 // view lies in one pinned block that is copied as one H2D transfer). Slot states:
-//   kFree -> kReading -> kDecoding (workers verify + decode) -> kVerified -> kSubmitting ->
+//   kFree -> kReading (workers may already verify + decode landed tensors) -> kDecoding (all
+//   landed; workers finish) -> kVerified -> kSubmitting ->
 //   kCopying (submitted; freed when the pipeline's copied event fires, polled without blocking)
 // Submission ("pump") is done by whichever thread makes progress possible (the worker that
 // finishes a layer, or the io thread after a release), one at a time, strictly in plan order,
@@ -73,7 +80,6 @@ namespace {
 
 constexpr const char* kLog = "engine";
 constexpr uint64_t kArenaAlign = 64;
-constexpr uint32_t kMaxRequestBytes = 1u << 30;  // one ReadRequest covers at most 1 GiB
 
 int64_t nowNs(std::chrono::steady_clock::time_point origin) {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
@@ -108,6 +114,10 @@ struct LayerSource {
     // the data region); regionBytes = data region + that tail (what one H2D copy moves).
     std::vector<uint64_t> statsOffsets;
     uint64_t regionBytes = 0;
+    // Per tensor: end of its last stored byte in the data region; landOrder: tensor indices by
+    // that end, the order in which a sequential read completes them.
+    std::vector<uint64_t> tensorEnd;
+    std::vector<uint32_t> landOrder;
 };
 
 struct SlotData {
@@ -116,7 +126,13 @@ struct SlotData {
     uint64_t pos = 0;         // plan position
     bool discard = false;     // skipped by acquire(): free once the io/decode finishes
     int readsLeft = 0;
-    std::atomic<int> tasksLeft{0};
+    std::atomic<int> tasksLeft{0};  // tensor tasks not finished + 1 while reads are in flight
+    // Read chunks of the data region that have landed (sized at open() for the largest layer),
+    // how many of them form a contiguous prefix, and how many tensors (in landOrder) have been
+    // queued because that prefix covers them.
+    std::vector<uint8_t> chunkLanded;
+    uint32_t chunks = 0, landedChunks = 0;
+    size_t nextLand = 0;
     Status error;             // first error of this layer (guarded by Impl::mu)
     io::PinnedPool::Slot buffer;
     // Output tensors: huge-page memory faulted in at open(), so the first pass through a slot
@@ -158,6 +174,7 @@ struct Engine::Impl {
     std::vector<std::string> layerNames;
     DType outDType = DType::kF16;
     uint64_t maxDataBytes = 0, maxOutBytes = 0, maxScratch = 0;
+    uint32_t readChunk = 0;  // bytes per read request (the scheduler's chunk size)
     int depth = 2;
     std::unique_ptr<io::PinnedPool> pool;
     std::vector<std::unique_ptr<SlotData>> slots;
@@ -216,6 +233,8 @@ struct Engine::Impl {
     // Stage timestamps and counters of a layer handed to the executor (mu held).
     void noteAcquiredLocked(LayerTiming& timing, int64_t calledNs);
     void finishTaskLocked(int s);
+    // Queues the tasks of slot s's tensors covered by its landed prefix (all = every tensor).
+    void queueLandedLocked(int s, bool all);
     Result<Layer*> layerView(int s, int64_t layer);
 };
 
@@ -291,6 +310,20 @@ Status Engine::Impl::openLayers() {
             tail += alignUp(t.scratchBytes(), kDeviceAlign);
         }
         src.regionBytes = tail;
+        // Extents past the data region are the index's error to report (decodeTensor names
+        // it); such a tensor is queued once the whole region has landed.
+        for (const auto& t : src.index.tensors) {
+            uint64_t end = 0;
+            for (const auto& e : t.parts) {
+                if (!e.empty()) end = std::max(end, e.offset + e.storedBytes - std::min(e.offset, src.index.dataStart));
+            }
+            src.tensorEnd.push_back(std::min(end, src.index.dataBytes()));
+        }
+        src.landOrder.resize(src.index.tensors.size());
+        for (size_t t = 0; t < src.landOrder.size(); ++t) src.landOrder[t] = static_cast<uint32_t>(t);
+        std::stable_sort(src.landOrder.begin(), src.landOrder.end(), [&src](uint32_t a, uint32_t b) {
+            return src.tensorEnd[a] < src.tensorEnd[b];
+        });
         maxRegionBytes = std::max(maxRegionBytes, src.regionBytes);
         maxTensors = std::max(maxTensors, src.index.tensors.size());
         if (gpu()) {
@@ -365,6 +398,7 @@ Status Engine::Impl::allocate() {
         slots.push_back(std::move(slot));
     }
     stats.slots = static_cast<int>(nslots);
+    stats.workers = workersWanted;
     stats.pinnedBytes = pool->stats().totalBytes;
     stats.hostOutputBytes = hostOut * nslots;
     if (gpu()) SLI_RETURN_IF_ERROR(openGpu());
@@ -398,6 +432,9 @@ Status Engine::Impl::allocate() {
     }
     SLI_ASSIGN_OR_RETURN(scheduler, factory ? factory(so) : io::makeReadScheduler(so));
     backendName = scheduler->backendName();
+    readChunk = so.chunkBytes;
+    const uint64_t maxChunks = std::max<uint64_t>(1, (maxDataBytes + readChunk - 1) / readChunk);
+    for (auto& slot : slots) slot->chunkLanded.assign(maxChunks, 0);
     for (auto& l : layers) {
         Status s = scheduler->registerFile(l.file.fd(), l.file.path());
         if (!s.isOk()) SLI_DEBUG(kLog, "file registration: %s", s.toString().c_str());
@@ -663,21 +700,25 @@ void Engine::Impl::ioLoop() {
                 slot.timing.sequence = pos;
                 slot.timing.queuedNs = nowNs(origin);
                 slot.timing.bytesRead = src.index.dataBytes();
-                slot.readsLeft = 0;
-                uint64_t off = 0;
+                // One request per read chunk (chunk k tagged k << 32 | slot), so completions
+                // say which part of the layer has landed.
                 const uint64_t total = src.index.dataBytes();
-                do {
-                    const uint64_t len = std::min<uint64_t>(total - off, kMaxRequestBytes);
+                slot.chunks = static_cast<uint32_t>(std::max<uint64_t>(1, (total + readChunk - 1) / readChunk));
+                std::fill_n(slot.chunkLanded.begin(), slot.chunks, uint8_t{0});
+                slot.landedChunks = 0;
+                slot.nextLand = 0;
+                slot.readsLeft = static_cast<int>(slot.chunks);
+                slot.tasksLeft.store(static_cast<int>(src.index.tensors.size()) + 1);
+                for (uint32_t k = 0; k < slot.chunks; ++k) {
+                    const uint64_t off = static_cast<uint64_t>(k) * readChunk;
                     io::ReadRequest r;
                     r.fd = src.file.fd();
                     r.offset = src.index.dataStart + off;
-                    r.length = static_cast<uint32_t>(len);
+                    r.length = static_cast<uint32_t>(std::min<uint64_t>(total - std::min(off, total), readChunk));
                     r.dst = slot.buffer.data() + off;
-                    r.tag = s;
+                    r.tag = static_cast<uint64_t>(k) << 32 | static_cast<uint64_t>(s);
                     batch.push_back(r);
-                    ++slot.readsLeft;
-                    off += len;
-                } while (off < total);
+                }
                 slot.timing.readStartNs = nowNs(origin);
             }
             if (batch.empty() && scheduler->pending() == 0) {
@@ -695,10 +736,13 @@ void Engine::Impl::ioLoop() {
             if (!st.isOk()) {
                 std::lock_guard<std::mutex> lock(mu);
                 for (const auto& r : batch) {
-                    SlotData& slot = *slots[r.tag];
+                    const int s = static_cast<int>(r.tag & 0xffffffffu);
+                    SlotData& slot = *slots[static_cast<size_t>(s)];
                     if (slot.error.isOk()) slot.error = st;
+                    // No task was queued (nothing landed): the slot carries the error.
                     if (--slot.readsLeft == 0) {
-                        slot.state = SlotState::kReady;  // carries the error
+                        slot.tasksLeft.store(0);
+                        slot.state = SlotState::kReady;
                         readyCv.notify_all();
                     }
                 }
@@ -710,38 +754,60 @@ void Engine::Impl::ioLoop() {
         if (n == 0) continue;
         std::lock_guard<std::mutex> lock(mu);
         for (size_t k = 0; k < n; ++k) {
-            const int s = static_cast<int>(done[k].tag);
+            const int s = static_cast<int>(done[k].tag & 0xffffffffu);
+            const uint32_t chunk = static_cast<uint32_t>(done[k].tag >> 32);
             SlotData& slot = *slots[static_cast<size_t>(s)];
             if (!done[k].ok() && slot.error.isOk()) {
                 slot.error = done[k].status.withContext(
                     "layer " + std::to_string(slot.layer) + " (" +
                     layers[static_cast<size_t>(slot.layer)].name + ")");
             }
-            if (--slot.readsLeft > 0) continue;
+            slot.chunkLanded[chunk] = 1;
+            while (slot.landedChunks < slot.chunks && slot.chunkLanded[slot.landedChunks]) {
+                ++slot.landedChunks;
+            }
+            if (--slot.readsLeft > 0) {
+                queueLandedLocked(s, false);
+                continue;
+            }
             slot.timing.readDoneNs = nowNs(origin);
             stats.layersRead++;
             stats.bytesRead += slot.timing.bytesRead;
             stats.readSeconds += (slot.timing.readDoneNs - slot.timing.readStartNs) / 1e9;
-            if (slot.discard) {
-                freeSlotLocked(s);
+            if (layers[static_cast<size_t>(slot.layer)].index.tensors.empty()) {
+                slot.tasksLeft.store(0);  // nothing to verify or decode
+                if (slot.discard) {
+                    freeSlotLocked(s);
+                } else {
+                    slot.state = SlotState::kReady;
+                    readyCv.notify_all();
+                }
                 continue;
             }
-            const auto& src = layers[static_cast<size_t>(slot.layer)];
-            if (!slot.error.isOk() || src.index.tensors.empty()) {
-                slot.state = SlotState::kReady;
-                readyCv.notify_all();
-                continue;
-            }
-            slot.state = SlotState::kDecoding;
-            slot.tasksLeft.store(static_cast<int>(src.index.tensors.size()));
-            for (size_t t = 0; t < src.index.tensors.size(); ++t) tasks.push_back({s, t});
-            taskCv.notify_all();
+            if (slot.state == SlotState::kReading) slot.state = SlotState::kDecoding;
+            queueLandedLocked(s, true);
+            finishTaskLocked(s);  // the reads' share: the slot is done once its tasks are
         }
     }
     scheduler->cancelAll();
     std::vector<io::ReadCompletion> drain(64);
     while (scheduler->pending() > 0 && scheduler->reap(drain, std::chrono::milliseconds(10)) > 0) {
     }
+}
+
+void Engine::Impl::queueLandedLocked(int s, bool all) {
+    SlotData& slot = *slots[static_cast<size_t>(s)];
+    const LayerSource& src = layers[static_cast<size_t>(slot.layer)];
+    const uint64_t landed =
+        all ? UINT64_MAX : static_cast<uint64_t>(slot.landedChunks) * readChunk;
+    const size_t first = slot.nextLand;
+    while (slot.nextLand < src.landOrder.size()) {
+        const uint32_t t = src.landOrder[slot.nextLand];
+        if (src.tensorEnd[t] > landed) break;
+        tasks.push_back({s, t});  // a failed or discarded slot's tasks are skipped by workers
+        ++slot.nextLand;
+    }
+    if (slot.nextLand > first) taskCv.notify_all();
 }
 
 void Engine::Impl::finishTaskLocked(int s) {
@@ -760,7 +826,6 @@ void Engine::Impl::finishTaskLocked(int s) {
     }
     slot.timing.dequantizedNs = nowNs(origin);
     stats.layersDequantized++;
-    stats.dequantSeconds += (slot.timing.dequantizedNs - slot.timing.dequantStartNs) / 1e9;
     if (slot.discard) {
         freeSlotLocked(s);
         return;
@@ -842,10 +907,11 @@ void Engine::Impl::workerLoop(int /*id*/) {
         const int64_t t2 = nowNs(origin);
         std::unique_lock<std::mutex> lock(mu);
         stats.verifySeconds += (t1 - t0) / 1e9;
+        if (!gpu()) stats.dequantSeconds += (t2 - t0) / 1e9;  // GPU: the kernels' event times
+        slot.timing.dequantBusyNs += t2 - t0;
         slot.timing.verifiedNs = std::max(slot.timing.verifiedNs, t1);
         slot.timing.bytesProduced +=
             static_cast<uint64_t>(entry.info.numel()) * dtypeSize(src.outDTypes[task.tensor]);
-        (void)t2;
         if (!st.isOk() && slot.error.isOk()) {
             slot.error = st.withContext("layer " + std::to_string(slot.layer) + " (" + src.name +
                                         ") tensor " + entry.info.name + " in " + src.index.path);

@@ -32,9 +32,9 @@ void event(std::string& out, bool& first, const std::string& name, int tid, int6
 std::string traceJson(const std::vector<LayerTiming>& timings,
                       const std::vector<std::string>& layerNames) {
     std::string out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
-    const char* tracks[] = {"read", "verify", "dequant", "executor", "acquire wait"};
+    const char* tracks[] = {"read", "verify", "dequant", "executor", "acquire wait", "h2d copy"};
     bool first = true;
-    for (int tid = 0; tid < 5; ++tid) {
+    for (int tid = 0; tid < 6; ++tid) {
         if (!first) out += ",\n";
         first = false;
         out += "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 1, \"tid\": " +
@@ -46,7 +46,12 @@ std::string traceJson(const std::vector<LayerTiming>& timings,
                                : "layer " + std::to_string(t.layer);
         const int64_t readStart = t.readStartNs > 0 ? t.readStartNs : t.queuedNs;
         event(out, first, name, 1, readStart, t.readDoneNs, t.layer, t.sequence, t.bytesRead);
-        event(out, first, name, 2, t.readDoneNs, t.verifiedNs, t.layer, t.sequence, t.bytesRead);
+        // CPU tasks start as their tensor's bytes land, so verification can begin before the
+        // read ends; on the GPU dequantStartNs is the kernels' start, after it.
+        const int64_t verifyStart = t.dequantStartNs > 0 && t.dequantStartNs < t.readDoneNs
+                                        ? t.dequantStartNs
+                                        : t.readDoneNs;
+        event(out, first, name, 2, verifyStart, t.verifiedNs, t.layer, t.sequence, t.bytesRead);
         event(out, first, name, 3, t.dequantStartNs, t.dequantizedNs, t.layer, t.sequence,
               t.bytesProduced);
         event(out, first, name, 4, t.acquiredNs, t.releasedNs, t.layer, t.sequence,
@@ -54,6 +59,7 @@ std::string traceJson(const std::vector<LayerTiming>& timings,
         if (t.acquiredNs > t.acquireCalledNs) {
             event(out, first, name, 5, t.acquireCalledNs, t.acquiredNs, t.layer, t.sequence, 0);
         }
+        event(out, first, name, 6, t.copyStartNs, t.copiedNs, t.layer, t.sequence, t.bytesRead);
     }
     out += "\n]}\n";
     return out;

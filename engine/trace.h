@@ -3,8 +3,10 @@
 // Produces the JSON Object Format ("traceEvents" with complete "X" events, microseconds) that
 // chrome://tracing and ui.perfetto.dev read. Each stage gets its own track (tid) so overlap
 // between reading layer i+1 and executing layer i is visible at a glance:
-//   read (queued -> read done), verify, dequant, held by executor (acquired -> released),
-//   and acquire wait (the executor blocked in acquire()).
+//   read (queued -> read done), verify (from the first tensor task, which may start before the
+//   read ends, to the last checksum), dequant, held by executor (acquired -> released),
+//   acquire wait (the executor blocked in acquire()) and, on the GPU path, the H2D copy.
+// A stage with no time recorded (0) has no event.
 // Pure function of its input; thread-safe.
 #pragma once
 

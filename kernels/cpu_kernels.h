@@ -72,5 +72,8 @@ const CpuKernels& referenceKernels() noexcept;
 // must also check the CPU supports the ISA before calling into them.
 const CpuKernels* avx2Kernels() noexcept;
 const CpuKernels* avx512Kernels() noexcept;
+// Test only (tests/kernels, when SIMDe is installed): the AVX-512 bodies built with the AVX2
+// flags on SIMDe's emulated intrinsics. Runs on any CPU that can run avx2Kernels().
+const CpuKernels* avx512KernelsEmulated() noexcept;
 
 }  // namespace sli::kernels

@@ -7,6 +7,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "kernels/cpu_kernels.h"
 #include "kernels/reference.h"
 #include "sli/kernels.h"
@@ -32,11 +36,29 @@ bool cpuHasAvx2() {
 #endif
 }
 
+// Whether the OS saves the AVX-512 register state on context switches: CPUID.1:ECX.OSXSAVE, then
+// XCR0 bits 1 (SSE), 2 (AVX), 5 (opmask), 6 (ZMM0-15 upper halves), 7 (ZMM16-31). A CPU may
+// report AVX-512 while the kernel does not enable it (old kernels, some hypervisors); the
+// instructions then fault. Checked here explicitly rather than trusting the compiler runtime
+// behind __builtin_cpu_supports to do it.
+bool osSavesZmmState() {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) == 0 || (c & bit_OSXSAVE) == 0) return false;
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    constexpr unsigned kZmmState = 0xe6;
+    return (lo & kZmmState) == kZmmState;
+#else
+    return false;
+#endif
+}
+
 bool cpuHasAvx512() {
 #if defined(__x86_64__) || defined(__i386__)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma") && osSavesZmmState();
 #else
     return false;
 #endif
@@ -57,7 +79,10 @@ const CpuKernels& selectKernels() {
         SLI_WARN("kernels", "SLI_ISA=%s is not one of scalar, avx2, avx512: ignored", want.c_str());
     }
     if (want == "avx512" && !avx512) {
-        SLI_WARN("kernels", "SLI_ISA=avx512 but this CPU or build has no AVX-512 kernels");
+        SLI_WARN("kernels", "SLI_ISA=avx512 but %s: using %s",
+                 avx512Kernels() ? "this CPU (or its OS) does not support AVX-512F/BW/VL/DQ"
+                                 : "this build has no AVX-512 kernels",
+                 avx2 ? avx2->name : referenceKernels().name);
     }
     if (avx512) return *avx512;
     if (avx2) return *avx2;

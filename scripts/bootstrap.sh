@@ -4,7 +4,7 @@
 set -euo pipefail
 
 pkgs=(meson ninja-build pkg-config g++ liburing-dev libzstd-dev libxxhash-dev libboost-dev
-      doctest-dev libbenchmark-dev)
+      doctest-dev libbenchmark-dev libsimde-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,9 @@
 // forever, as token-by-token decoding needs; or an explicit list). While the executor works on
 // layer plan[k], the engine has already read plan[k+1..k+D] (D = prefetch depth) from disk
 // into pinned slots (io_uring with O_DIRECT, or a pread pool), verified each extent's xxh3, and
-// dequantized them on worker threads into pooled host tensors.
+// dequantized them on worker threads into pooled host tensors. Each tensor is verified and
+// dequantized as soon as the read chunks covering it have landed, while the rest of its layer
+// is still being read; the layer is handed out only once all of it has been read and done.
 //
 //   auto engine = sli::Engine::open(options);           // Result<std::unique_ptr<Engine>>
 //   for (int64_t i = 0; i < (*engine)->numLayers(); ++i) {
@@ -114,6 +116,11 @@ struct LayerTiming {
     // recorded at open(); 0 until known). On the GPU path dequantStartNs / dequantizedNs are
     // the dequant kernels' events and verifiedNs the CPU workers' checksum pass.
     int64_t copyStartNs = 0, copiedNs = 0;
+    // CPU: [dequantStartNs, dequantizedNs] runs from the first tensor task's start to the last
+    // one's end; tasks start as soon as their tensor's bytes have landed, so this window can
+    // overlap the layer's read. dequantBusyNs is the workers' time on the layer's tasks
+    // (verify + decode + dequantize, summed over tensors): the stage's actual work.
+    int64_t dequantBusyNs = 0;
     uint64_t bytesRead = 0;      // quantized bytes read from disk
     uint64_t bytesProduced = 0;  // full-precision bytes handed out
 };
@@ -127,6 +134,7 @@ struct EngineStats {
     uint64_t pinnedBytes = 0, hostOutputBytes = 0;
     uint64_t deviceBytes = 0;  // GPU: device buffers held (staging + outputs)
     int slots = 0;
+    int workers = 0;         // CPU worker threads (verify, decode, dequantize)
     std::string ioBackend;   // what was actually used: "io_uring" or "pread"
     bool directIo = false;   // whether O_DIRECT was actually used
     std::string device = "cpu";

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -48,6 +49,26 @@ std::vector<float> dequantF32(const QuantizedTensor& q, int threads = 1) {
 TEST_CASE("activeIsa names one of the implementations") {
     const std::string isa = activeIsa();
     CHECK((isa == "scalar" || isa == "avx2" || isa == "avx512"));
+}
+
+TEST_CASE("activeIsa picks avx512 only on a CPU with it and falls back from SLI_ISA=avx512") {
+#if defined(__x86_64__) || defined(__i386__)
+    const std::string isa = activeIsa();
+    const bool has512 = avx512Kernels() && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq");
+    const bool has2 = avx2Kernels() && __builtin_cpu_supports("avx2") &&
+                      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!has512) CHECK(isa != "avx512");
+    if (!has2) CHECK(isa != "avx2");
+    const char* force = std::getenv("SLI_ISA");  // set by the meson test dispatch_isa_avx512
+    if (force != nullptr && std::string(force) == "avx512" && !has512) {
+        CHECK(isa == (has2 ? "avx2" : "scalar"));
+    }
+    if (force != nullptr && std::string(force) == "scalar") CHECK(isa == "scalar");
+#else
+    CHECK(std::string(activeIsa()) == "scalar");
+#endif
 }
 
 TEST_CASE("quantize rejects bad input with an error naming the tensor") {

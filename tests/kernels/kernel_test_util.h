@@ -13,7 +13,8 @@
 
 namespace sli::kernels::testing {
 
-// Every SIMD implementation built into the library that this CPU can run.
+// Every SIMD implementation built into the library that this CPU can run, and the AVX-512
+// bodies on SIMDe emulation (avx512KernelsEmulated, "avx512-simde") when that was built.
 inline std::vector<const CpuKernels*> fastKernels() {
     std::vector<const CpuKernels*> out;
 #if defined(__x86_64__) || defined(__i386__)
@@ -25,6 +26,12 @@ inline std::vector<const CpuKernels*> fastKernels() {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
         out.push_back(avx512Kernels());
     }
+#if SLI_HAVE_AVX512_EMULATED
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+        out.push_back(avx512KernelsEmulated());
+    }
+#endif
 #endif
     return out;
 }

@@ -3,11 +3,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <map>
 
 #include "engine/engine_testing.h"
+#include "engine/trace.h"
 #include "engine_test_util.h"
 #include "io/fault_injecting_scheduler.h"
 #include "sli/engine.h"
@@ -342,6 +345,96 @@ TEST_CASE("shutdown with reads in flight is clean") {
     }
 }
 
+namespace {
+
+// Holds back, for `hold`, the completion of the last read request of each file in a submitted
+// batch (the end of that layer's data region), so the layer's other chunks land well before it.
+class HoldLastScheduler final : public io::ReadScheduler {
+public:
+    HoldLastScheduler(std::unique_ptr<io::ReadScheduler> inner, std::chrono::milliseconds hold)
+        : inner_(std::move(inner)), hold_(hold) {}
+    const char* backendName() const noexcept override { return inner_->backendName(); }
+    const io::ReadSchedulerOptions& options() const noexcept override { return inner_->options(); }
+    Status registerFile(int fd, std::string name) override { return inner_->registerFile(fd, std::move(name)); }
+    void unregisterFile(int fd) override { inner_->unregisterFile(fd); }
+    Status registerBuffers(std::span<const io::MemoryRegion> r) override { return inner_->registerBuffers(r); }
+    Status submit(std::span<const io::ReadRequest> requests) override {
+        std::map<int, uint64_t> lastEnd;
+        for (const auto& r : requests) lastEnd[r.fd] = std::max(lastEnd[r.fd], r.offset + r.length);
+        for (const auto& r : requests) {
+            if (r.offset + r.length == lastEnd[r.fd]) heldTags_.push_back(r.tag);
+        }
+        return inner_->submit(requests);
+    }
+    size_t reap(std::span<io::ReadCompletion> out, std::chrono::nanoseconds timeout) override {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (true) {
+            size_t n = 0;
+            const auto now = std::chrono::steady_clock::now();
+            while (n < out.size() && !held_.empty() && held_.front().first <= now) {
+                out[n++] = std::move(held_.front().second);
+                held_.erase(held_.begin());
+            }
+            if (n > 0) return n;
+            std::vector<io::ReadCompletion> got(out.size());
+            const size_t k = inner_->reap(got, std::chrono::milliseconds(1));
+            for (size_t i = 0; i < k; ++i) {
+                auto it = std::find(heldTags_.begin(), heldTags_.end(), got[i].tag);
+                if (it != heldTags_.end()) {
+                    heldTags_.erase(it);
+                    held_.emplace_back(std::chrono::steady_clock::now() + hold_, std::move(got[i]));
+                } else {
+                    out[n++] = std::move(got[i]);
+                }
+            }
+            if (n > 0 || pending() == 0) return n;
+            if (timeout >= std::chrono::nanoseconds::zero() && std::chrono::steady_clock::now() >= deadline) return 0;
+        }
+    }
+    size_t pending() const noexcept override { return inner_->pending() + held_.size(); }
+    void cancelAll() override { inner_->cancelAll(); }
+
+private:
+    std::unique_ptr<io::ReadScheduler> inner_;
+    std::chrono::milliseconds hold_;
+    std::vector<uint64_t> heldTags_;
+    std::vector<std::pair<std::chrono::steady_clock::time_point, io::ReadCompletion>> held_;
+};
+
+}  // namespace
+
+TEST_CASE("tensors are verified and decoded as their bytes land; a layer is ready only once all of it has") {
+    TempDir tmp;
+    // f32 NONE: 64 KiB, 144 KiB and 512 B tensors per layer, read in 8 KiB chunks.
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNone);
+    testing::setReadSchedulerFactoryForTesting(
+        [](const io::ReadSchedulerOptions& so) -> Result<std::unique_ptr<io::ReadScheduler>> {
+            auto s = io::makeReadScheduler(so);
+            if (!s.isOk()) return s.status();
+            return std::unique_ptr<io::ReadScheduler>(
+                new HoldLastScheduler(std::move(s).value(), std::chrono::milliseconds(60)));
+        });
+    EngineOptions o = baseOptions(tc);
+    o.chunkBytes = 8192;
+    o.prefetchDepth = 1;
+    o.recordTrace = true;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    checkStream(**e, tc, {0, 1, 2, 3}, DType::kF32);
+    const auto timings = (*e)->timings();
+    REQUIRE(timings.size() == 4);
+    for (const auto& t : timings) {
+        // The first tensor's task ran while the layer's last chunk was held back ...
+        CHECK_MESSAGE(t.dequantStartNs < t.readDoneNs, "layer " << t.layer);
+        // ... and the layer was handed out only after that chunk and every task.
+        CHECK(t.dequantizedNs >= t.readDoneNs);
+        CHECK(t.acquiredNs >= t.dequantizedNs);
+        CHECK(t.dequantBusyNs > 0);
+        CHECK(t.dequantBusyNs <= 2 * (t.dequantizedNs - t.dequantStartNs));  // 2 workers
+    }
+    testing::setReadSchedulerFactoryForTesting({});
+}
+
 TEST_CASE("the trace names every stage of every acquired layer") {
     TempDir tmp;
     TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
@@ -377,6 +470,45 @@ TEST_CASE("the trace names every stage of every acquired layer") {
         CHECK(t.acquiredNs >= t.dequantizedNs);
         CHECK(t.releasedNs >= t.acquiredNs);
     }
+}
+
+TEST_CASE("the trace puts an H2D copy on its own track and starts verification at the first task") {
+    LayerTiming cpu;  // a CPU layer whose first task started before its read ended
+    cpu.layer = 0;
+    cpu.queuedNs = cpu.readStartNs = 1000;
+    cpu.dequantStartNs = 3000;
+    cpu.readDoneNs = 5000;
+    cpu.verifiedNs = 6000;
+    cpu.dequantizedNs = 7000;
+    cpu.acquireCalledNs = cpu.acquiredNs = 8000;
+    cpu.releasedNs = 9000;
+    LayerTiming gpu = cpu;  // a GPU layer: copy, then kernels after the CPU checksums
+    gpu.layer = 1;
+    gpu.dequantStartNs = 7500;
+    gpu.dequantizedNs = 7900;
+    gpu.copyStartNs = 6500;
+    gpu.copiedNs = 7400;
+    auto j = parseJson(traceJson({cpu, gpu}, {"model.layers.0", "model.layers.1"}));
+    REQUIRE(j.isOk());
+    std::map<std::pair<int64_t, std::string>, std::pair<double, double>> ev;  // (tid, name) -> ts, dur
+    std::map<int64_t, std::string> tracks;
+    for (const auto& e : j->find("traceEvents")->asArray()) {
+        const int64_t tid = e.find("tid")->asInt64().value_or(-1);
+        if (e.find("ph")->asString() == "M") {
+            tracks[tid] = e.find("args")->find("name")->asString();
+            continue;
+        }
+        ev[{tid, e.find("name")->asString()}] = {e.find("ts")->asDouble(), e.find("dur")->asDouble()};
+    }
+    CHECK(tracks[6] == "h2d copy");
+    CHECK(ev.count({6, "model.layers.0"}) == 0);  // no copy recorded: no event
+    REQUIRE(ev.count({6, "model.layers.1"}) == 1);
+    CHECK(ev[{6, "model.layers.1"}].first == doctest::Approx(6.5));  // microseconds
+    CHECK(ev[{6, "model.layers.1"}].second == doctest::Approx(0.9));
+    // verify: from the first task (3 us) on the CPU layer, from read done (5 us) on the GPU one
+    CHECK(ev[{2, "model.layers.0"}].first == doctest::Approx(3.0));
+    CHECK(ev[{2, "model.layers.0"}].second == doctest::Approx(3.0));
+    CHECK(ev[{2, "model.layers.1"}].first == doctest::Approx(5.0));
 }
 
 namespace {

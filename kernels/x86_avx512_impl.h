@@ -1,0 +1,765 @@
+// AVX-512 (F + BW + VL + DQ, with F16C and FMA; no VBMI, no FP16) kernel bodies, included by
+// avx512.cpp. Internal to kernels/.
+//
+// What it is: the dequantization of every mode (NF4 / FP4 with plain or double-quant absmax,
+// Q4_0, LLM.int8, int8_dynamic, none) and the NF4 / FP4 / LLM.int8 / int8_dynamic / Q4_0
+// quantizers on 512-bit vectors. The 16-entry code tables of a block are built once per block
+// (16 products in one vector, converted once) and expanded by vpermw (f16 / bf16: 32 values
+// per instruction) or vpermps (f32: 16 values); large line-aligned outputs are written with
+// 64-byte non-temporal stores (the StoreKind rule of x86_avx2_impl.h). The quantizers find
+// NF4 / FP4 codes by a branchless binary search over a vpermps threshold table, with opmask
+// compares.
+//
+// Verification: this file is checked bit for bit against the scalar reference by
+// tests/kernels/simd_test.cpp. On the development machine (AMD Zen 3, no AVX-512) that runs only
+// through SIMDe emulation: built with -DSLI_AVX512_VIA_SIMDE=1 and the AVX2 flags, the
+// _mm512_* intrinsics come from <simde/x86/avx512.h> (Debian libsimde-dev), and the few that
+// SIMDe 0.7 lacks come from the shims below, built from the equivalent AVX2 / F16C
+// instructions on the two 256-bit halves (the streaming-store shim also aborts on a misaligned
+// address, as the real instruction faults). The native build is compiled and linked but was
+// never executed there, and its speed is unmeasured until a run on an AVX-512 host:
+//   SLI_ISA=avx512 build/bench/kernels_bench --benchmark_filter='dequantize/|quantize_kernel'
+//
+// Same rules as x86_avx2_impl.h: pure functions (no state, no allocation, no blocking, safe
+// to call concurrently on distinct outputs, no errors: dispatch.cpp validates first), internal
+// linkage only, no inline function with external linkage, partial 4-bit blocks through the
+// reference table, default MXCSR assumed, built with -ffp-contract=off (no product is fused
+// with a sum). Every CpuKernels entry has its own 512-bit body here (none falls back to AVX2).
+#pragma once
+
+#include "kernels/x86_avx2_impl.h"  // <immintrin.h>, StoreKind, hmax8
+
+#if SLI_AVX512_VIA_SIMDE
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#endif
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cpu_kernels.h"
+
+namespace sli::kernels {
+namespace {
+namespace x86_512 {
+
+#if SLI_AVX512_VIA_SIMDE
+// ---- SIMDe shims: intrinsics SIMDe 0.7 does not provide, from the 256-bit equivalents -----
+// (Unconditional #undef / #define: a newer SIMDe that has them is simply not used for these.)
+
+template <typename To, typename From>
+inline To bitCopy(const From& f) {
+    static_assert(sizeof(To) == sizeof(From));
+    To t;
+    std::memcpy(&t, &f, sizeof t);
+    return t;
+}
+struct I256x2 {
+    __m256i h[2];
+};
+struct F256x2 {
+    __m256 h[2];
+};
+
+inline __m512 emuCvtepi32Ps(__m512i a) {
+    const auto x = bitCopy<I256x2>(a);
+    return bitCopy<__m512>(F256x2{{_mm256_cvtepi32_ps(x.h[0]), _mm256_cvtepi32_ps(x.h[1])}});
+}
+inline __m512i emuCvttpsEpi32(__m512 a) {
+    const auto x = bitCopy<F256x2>(a);
+    return bitCopy<__m512i>(I256x2{{_mm256_cvttps_epi32(x.h[0]), _mm256_cvttps_epi32(x.h[1])}});
+}
+inline __m512i emuCvtepi8Epi32(__m128i a) {
+    return bitCopy<__m512i>(
+        I256x2{{_mm256_cvtepi8_epi32(a), _mm256_cvtepi8_epi32(_mm_srli_si128(a, 8))}});
+}
+inline __m512i emuCvtepu8Epi32(__m128i a) {
+    return bitCopy<__m512i>(
+        I256x2{{_mm256_cvtepu8_epi32(a), _mm256_cvtepu8_epi32(_mm_srli_si128(a, 8))}});
+}
+inline __m512i emuCvtepu16Epi32(__m256i a) {
+    return bitCopy<__m512i>(I256x2{{_mm256_cvtepu16_epi32(_mm256_castsi256_si128(a)),
+                                    _mm256_cvtepu16_epi32(_mm256_extracti128_si256(a, 1))}});
+}
+template <int kImm>
+inline __m256i emuCvtpsPh(__m512 a) {
+    const auto x = bitCopy<F256x2>(a);
+    return _mm256_set_m128i(_mm256_cvtps_ph(x.h[1], kImm), _mm256_cvtps_ph(x.h[0], kImm));
+}
+inline __m512 emuCvtphPs(__m256i a) {
+    return bitCopy<__m512>(F256x2{{_mm256_cvtph_ps(_mm256_castsi256_si128(a)),
+                                   _mm256_cvtph_ps(_mm256_extracti128_si256(a, 1))}});
+}
+inline __m128i emuCvtepi32Epi8(__m512i a) {  // vpmovdb: truncation
+    int32_t x[16];
+    std::memcpy(x, &a, 64);
+    alignas(16) uint8_t b[16];
+    for (int i = 0; i < 16; ++i) b[i] = static_cast<uint8_t>(x[i] & 0xff);
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(b));
+}
+inline void emuStreamSi512(void* p, __m512i v) {
+    if ((reinterpret_cast<uintptr_t>(p) & 63) != 0) std::abort();  // vmovntdq would fault
+    std::memcpy(p, &v, 64);
+}
+
+#undef _mm512_cvtepi32_ps
+#define _mm512_cvtepi32_ps(a) emuCvtepi32Ps(a)
+#undef _mm512_cvttps_epi32
+#define _mm512_cvttps_epi32(a) emuCvttpsEpi32(a)
+#undef _mm512_cvtepi8_epi32
+#define _mm512_cvtepi8_epi32(a) emuCvtepi8Epi32(a)
+#undef _mm512_cvtepu8_epi32
+#define _mm512_cvtepu8_epi32(a) emuCvtepu8Epi32(a)
+#undef _mm512_cvtepu16_epi32
+#define _mm512_cvtepu16_epi32(a) emuCvtepu16Epi32(a)
+#undef _mm512_cvtps_ph
+#define _mm512_cvtps_ph(a, imm) emuCvtpsPh<(imm)>(a)
+#undef _mm512_cvtph_ps
+#define _mm512_cvtph_ps(a) emuCvtphPs(a)
+#undef _mm512_cvtepi32_epi8
+#define _mm512_cvtepi32_epi8(a) emuCvtepi32Epi8(a)
+#undef _mm512_stream_si512
+#define _mm512_stream_si512(p, v) emuStreamSi512((p), (v))
+#endif  // SLI_AVX512_VIA_SIMDE
+
+using x86::StoreKind;
+using x86::withStoreKind;
+
+constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+inline int64_t minI64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+inline float loadF32(const void* p, int64_t i) {
+    float v;
+    std::memcpy(&v, static_cast<const uint8_t*>(p) + i * 4, 4);
+    return v;
+}
+
+inline bool isFiniteF32(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return (u & 0x7f800000u) != 0x7f800000u;
+}
+
+template <DType D>
+constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
+
+// ---- stores and conversions ------------------------------------------------------------------
+
+template <StoreKind S>
+inline void put512(uint8_t* p, __m512i v) {
+    if constexpr (S == StoreKind::kStream) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+    } else {
+        _mm512_storeu_si512(reinterpret_cast<void*>(p), v);
+    }
+}
+
+// Max over the 16 lanes (no NaN in v).
+inline float hmax16(__m512 v) {
+    const __m512i x = _mm512_castps_si512(v);
+    const __m256 lo = _mm256_castsi256_ps(_mm512_castsi512_si256(x));
+    const __m256 hi = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(x, 1));
+    return x86::hmax8(_mm256_max_ps(lo, hi));
+}
+
+// 16 x f32 -> RNE bf16 in the TOP half of each 32-bit lane (low half garbage), exactly
+// sli::f32ToBf16: x + 0x7fff + lsb; a NaN keeps its top bits with the quiet bit set.
+template <bool kMayNaN>
+inline __m512i bf16Top(__m512 v) {
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb);
+    if constexpr (!kMayNaN) {
+        return r;
+    } else {
+        const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        return _mm512_mask_blend_epi32(nan, r, _mm512_or_si512(x, _mm512_set1_epi32(0x400000)));
+    }
+}
+
+// vpermw / vpermt2w index: word i <- word 2 i + 1 (the top halves), for i in 0..31.
+inline __m512i oddWords() {
+    return _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,  //
+                            31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+}
+
+// 32 values (a = elements 0..15, b = 16..31) stored as D at o: 64 bytes (f16 / bf16) or 128.
+template <DType D, StoreKind S, bool kMayNaN = true>
+inline void store32(uint8_t* o, __m512 a, __m512 b) {
+    if constexpr (D == DType::kF32) {
+        put512<S>(o, _mm512_castps_si512(a));
+        put512<S>(o + 64, _mm512_castps_si512(b));
+    } else if constexpr (D == DType::kF16) {
+        const __m512i lo = _mm512_castsi256_si512(_mm512_cvtps_ph(a, kRne));
+        put512<S>(o, _mm512_inserti64x4(lo, _mm512_cvtps_ph(b, kRne), 1));
+    } else {
+        put512<S>(o,
+                  _mm512_permutex2var_epi16(bf16Top<kMayNaN>(a), oddWords(), bf16Top<kMayNaN>(b)));
+    }
+}
+
+// The first `count` (< 32) of 32 values.
+template <DType D, bool kMayNaN = true>
+inline void storePartial32(uint8_t* o, __m512 a, __m512 b, int64_t count) {
+    alignas(64) uint8_t tmp[128];
+    store32<D, StoreKind::kPlain, kMayNaN>(tmp, a, b);
+    std::memcpy(o, tmp, static_cast<size_t>(count * kEsz<D>));
+}
+
+// 16 values of type From at p as f32 (exact).
+template <DType From>
+inline __m512 load16(const uint8_t* p) {
+    if constexpr (From == DType::kF32) {
+        return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
+    } else {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        if constexpr (From == DType::kF16) {
+            return _mm512_cvtph_ps(h);
+        } else {
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+    }
+}
+
+// ---- 16-entry tables and their expansion ------------------------------------------------------
+//
+// A block's output depends only on its 4-bit codes: the 16 products fl32(lut[c] * scale) are one
+// vector multiply, converted once to D. For f16 / bf16 the table holds the 16 results twice
+// (32 words: vpermw reads 5 index bits and the expansion leaves bit 4 set in some indices);
+// for f32 it is the 16 floats (vpermps reads 4 bits).
+
+template <DType D>
+inline __m512i table16(__m512 prod) {
+    if constexpr (D == DType::kF32) {
+        return _mm512_castps_si512(prod);
+    } else if constexpr (D == DType::kF16) {
+        const __m256i h = _mm512_cvtps_ph(prod, kRne);
+        return _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1);
+    } else {  // word i <- top half of lane i mod 16
+        const __m512i idx =
+            _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 31, 29, 27,
+                             25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        return _mm512_permutexvar_epi16(idx, bf16Top<true>(prod));
+    }
+}
+
+// vpshufb control (the same in each 128-bit lane pattern given per lane) that puts source byte
+// src(i) of a 16-byte broadcast into the low byte of 16-bit word i, high byte zero.
+// kQ4 = false (bitsandbytes): element 2k is the high nibble of byte k, 2k + 1 the low nibble.
+// kQ4 = true (Q4_0): element j < 16 is the low nibble of byte j, j + 16 its high nibble.
+template <bool kQ4>
+inline __m512i wordIndices(const uint8_t* p) {
+    constexpr char z = static_cast<char>(0x80);
+    const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    __m512i ctl, shifts;
+    if constexpr (kQ4) {  // word i <- byte i mod 16; words 16..31 take the high nibble
+        ctl = _mm512_set_epi8(z, 15, z, 14, z, 13, z, 12, z, 11, z, 10, z, 9, z, 8,  //
+                              z, 7, z, 6, z, 5, z, 4, z, 3, z, 2, z, 1, z, 0,        //
+                              z, 15, z, 14, z, 13, z, 12, z, 11, z, 10, z, 9, z, 8,  //
+                              z, 7, z, 6, z, 5, z, 4, z, 3, z, 2, z, 1, z, 0);
+        shifts = _mm512_set_epi16(4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,  //
+                                  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    } else {  // word i <- byte i / 2; even words take the high nibble
+        ctl = _mm512_set_epi8(z, 15, z, 15, z, 14, z, 14, z, 13, z, 13, z, 12, z, 12,  //
+                              z, 11, z, 11, z, 10, z, 10, z, 9, z, 9, z, 8, z, 8,      //
+                              z, 7, z, 7, z, 6, z, 6, z, 5, z, 5, z, 4, z, 4,          //
+                              z, 3, z, 3, z, 2, z, 2, z, 1, z, 1, z, 0, z, 0);
+        shifts = _mm512_set_epi16(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4,  //
+                                  0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+    }
+    // Unshifted words keep the whole byte: bit 4 may be set, which the doubled table absorbs.
+    return _mm512_srlv_epi16(_mm512_shuffle_epi8(b, ctl), shifts);
+}
+
+// 32 values from 16 source bytes with the table t.
+template <bool kQ4, DType D, StoreKind S>
+inline void expand32(__m512i t, const uint8_t* p, uint8_t* o) {
+    if constexpr (D != DType::kF32) {
+        put512<S>(o, _mm512_permutexvar_epi16(wordIndices<kQ4>(p), t));
+    } else {
+        const __m512 tf = _mm512_castsi512_ps(t);
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        __m512i i0, i1;  // dword indices of elements 0..15 and 16..31 (vpermps reads 4 bits)
+        if constexpr (kQ4) {
+            i0 = _mm512_cvtepu8_epi32(b);
+            i1 = _mm512_srli_epi32(i0, 4);
+        } else {
+            const __m512i shifts = _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+            i0 = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b)), shifts);
+            i1 = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(b, b)), shifts);
+        }
+        put512<S>(o, _mm512_castps_si512(_mm512_permutexvar_ps(i0, tf)));
+        put512<S>(o + 64, _mm512_castps_si512(_mm512_permutexvar_ps(i1, tf)));
+    }
+}
+
+// ---- NF4 / FP4 dequantization ----------------------------------------------------------------
+
+template <DType D, StoreKind S>
+inline void dequantize4bitBlock(__m512 codes, __m512 scale, const uint8_t* p, int blocksize,
+                                uint8_t* o) {
+    const __m512i t = table16<D>(_mm512_mul_ps(codes, scale));
+    for (int i = 0; i < blocksize; i += 32) expand32<false, D, S>(t, p + i / 2, o + i * kEsz<D>);
+}
+
+template <DType D, StoreKind S>
+inline void dequantize4bitBlocks(const float* lut, const uint8_t* packed, const float* absmax,
+                                 int64_t nblocks, int blocksize, uint8_t* out) {
+    const __m512 codes = _mm512_loadu_ps(lut);
+    for (int64_t b = 0; b < nblocks; ++b) {
+        dequantize4bitBlock<D, S>(codes, _mm512_set1_ps(loadF32(absmax, b)),
+                                  packed + b * (blocksize / 2), blocksize,
+                                  out + b * blocksize * kEsz<D>);
+    }
+}
+
+// Double-quant absmax of block b: fl32(fl32(map[code] * nested) + offset), two scalar SSE
+// instructions (explicitly unfused): the AVX2 file's.
+using x86::dqAbsmax;
+
+// As x86_avx2_impl.h: kDqChunk absmax values rebuilt into an L1 array (within one nested
+// group), then the plain block loop over them. first = the tensor's index of block 0.
+constexpr int64_t kDqChunk = 64;
+
+template <DType D, StoreKind S>
+inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
+                                   const DoubleQuantAbsmax& dq, int64_t first, int64_t nblocks,
+                                   int blocksize, uint8_t* out) {
+    const __m512 codes = _mm512_loadu_ps(lut);
+    const __m128 offset = _mm_set_ss(dq.offset);
+    alignas(64) float absmax[kDqChunk];
+    for (int64_t b = 0; b < nblocks;) {
+        const int64_t g = (first + b) / kNestedBlocksize;
+        const int64_t end =
+            minI64(minI64(nblocks, (g + 1) * kNestedBlocksize - first), b + kDqChunk);
+        const __m128 nested = _mm_set_ss(loadF32(dq.nestedAbsmax, g));
+        for (int64_t j = b; j < end; ++j) {
+            _mm_store_ss(absmax + (j - b), dqAbsmax(dq, first + j, nested, offset));
+        }
+        for (int64_t j = b; j < end; ++j) {
+            dequantize4bitBlock<D, S>(codes, _mm512_set1_ps(absmax[j - b]),
+                                      packed + j * (blocksize / 2), blocksize,
+                                      out + j * blocksize * kEsz<D>);
+        }
+        b = end;
+    }
+}
+
+// Runs fn.template operator()<D>() for the runtime dtype.
+template <typename Fn>
+inline void forDType(DType dst, Fn&& fn) {
+    if (dst == DType::kF16) {
+        fn.template operator()<DType::kF16>();
+    } else if (dst == DType::kBF16) {
+        fn.template operator()<DType::kBF16>();
+    } else {
+        fn.template operator()<DType::kF32>();
+    }
+}
+
+inline void dequantize4bit(Codebook4 cb, const uint8_t* packed, const float* absmax, int64_t n,
+                           int blocksize, DType dst, void* out) {
+    const float* lut = cb == Codebook4::kNf4 ? kNf4Codebook : kFp4Codebook;
+    const int64_t fullBlocks = n / blocksize;
+    auto* o = static_cast<uint8_t*>(out);
+    forDType(dst, [&]<DType D>() {
+        withStoreKind(o, fullBlocks * blocksize * kEsz<D>, [&]<StoreKind S>() {
+            dequantize4bitBlocks<D, S>(lut, packed, absmax, fullBlocks, blocksize, o);
+        });
+    });
+    const int64_t done = fullBlocks * blocksize;
+    if (done < n) {  // partial last block
+        const int64_t esz = dst == DType::kF32 ? 4 : 2;
+        referenceKernels().dequantize4bit(cb, packed + done / 2, absmax + fullBlocks, n - done,
+                                          blocksize, dst, o + done * esz);
+    }
+}
+
+inline void dequantize4bitDq(Codebook4 cb, const uint8_t* packed, const DoubleQuantAbsmax& dq,
+                             int64_t firstBlock, int64_t n, int blocksize, DType dst, void* out) {
+    const float* lut = cb == Codebook4::kNf4 ? kNf4Codebook : kFp4Codebook;
+    const int64_t fullBlocks = n / blocksize;
+    auto* o = static_cast<uint8_t*>(out);
+    forDType(dst, [&]<DType D>() {
+        withStoreKind(o, fullBlocks * blocksize * kEsz<D>, [&]<StoreKind S>() {
+            dequantize4bitDqBlocks<D, S>(lut, packed, dq, firstBlock, fullBlocks, blocksize, o);
+        });
+    });
+    const int64_t done = fullBlocks * blocksize;
+    if (done < n) {  // partial last block: its absmax, then the reference decode
+        const int64_t b = firstBlock + fullBlocks;
+        const float am = _mm_cvtss_f32(
+            dqAbsmax(dq, b, _mm_set_ss(loadF32(dq.nestedAbsmax, b / kNestedBlocksize)),
+                     _mm_set_ss(dq.offset)));
+        const int64_t esz = dst == DType::kF32 ? 4 : 2;
+        referenceKernels().dequantize4bit(cb, packed + done / 2, &am, n - done, blocksize, dst,
+                                          o + done * esz);
+    }
+}
+
+// ---- Q4_0 dequantization ---------------------------------------------------------------------
+
+template <DType D, StoreKind S>
+inline void dequantizeQ4_0Blocks(const uint8_t* p, int64_t nblocks, uint8_t* out) {
+    const __m512 codes = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t b = 0; b < nblocks; ++b) {
+        const uint8_t* blk = p + b * static_cast<int64_t>(sizeof(block_q4_0));
+        uint16_t dh;
+        std::memcpy(&dh, blk, 2);
+        const float d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(dh)));
+        const __m512i t = table16<D>(_mm512_mul_ps(codes, _mm512_set1_ps(d)));
+        expand32<true, D, S>(t, blk + 2, out + b * kQk4_0 * kEsz<D>);
+    }
+}
+
+inline void dequantizeQ4_0(const block_q4_0* src, int64_t nblocks, DType dst, void* out) {
+    const auto* p = reinterpret_cast<const uint8_t*>(src);
+    auto* o = static_cast<uint8_t*>(out);
+    forDType(dst, [&]<DType D>() {
+        withStoreKind(o, nblocks * kQk4_0 * kEsz<D>,
+                      [&]<StoreKind S>() { dequantizeQ4_0Blocks<D, S>(p, nblocks, o); });
+    });
+}
+
+// ---- NF4 / FP4 quantization ------------------------------------------------------------------
+//
+// Codes by a branchless binary search: c = 0; for step 8, 4, 2, 1: c += step where
+// x > t[c + step - 1] (vpermps fetches each lane's threshold, an opmask compare decides). The
+// thresholds ascend, so this counts the thresholds below x, as the reference; every compare is
+// false for NaN, so NaN gives 0.
+
+inline __m512i nf4Codes(__m512 x) {
+    const float* t = kNf4Thresholds;
+    const __m512 thr = _mm512_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9],
+                                      t[10], t[11], t[12], t[13], t[14], t[14]);
+    __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, _mm512_set1_ps(t[7]), _CMP_GT_OQ),
+                                       _mm512_set1_epi32(8));
+    for (int step = 4; step >= 1; step /= 2) {
+        const __m512 tc =
+            _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), thr);
+        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(x, tc, _CMP_GT_OQ), c,
+                                  _mm512_set1_epi32(step));
+    }
+    return c;
+}
+
+// FP4: k = magnitude thresholds below |x| (the same search over 7), + 8 for x < 0 (not -0, not
+// NaN), then the code of k from a 16-entry table.
+inline __m512i fp4Codes(__m512 x) {
+    const float* L = kFp4Thresholds;
+    const __m512 thr =
+        _mm512_setr_ps(L[0], L[1], L[2], L[3], L[4], L[5], L[6], L[6], 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512 a = _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
+    __m512i k = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a, _mm512_set1_ps(L[3]), _CMP_GT_OQ),
+                                       _mm512_set1_epi32(4));
+    for (int step = 2; step >= 1; step /= 2) {
+        const __m512 tk =
+            _mm512_permutexvar_ps(_mm512_add_epi32(k, _mm512_set1_epi32(step - 1)), thr);
+        k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(a, tk, _CMP_GT_OQ), k,
+                                  _mm512_set1_epi32(step));
+    }
+    k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), k,
+                              _mm512_set1_epi32(8));
+    const uint8_t* m = kFp4MagnitudeCode;
+    const __m512i code =
+        _mm512_setr_epi32(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], 8 | m[0], 8 | m[1],
+                          8 | m[2], 8 | m[3], 8 | m[4], 8 | m[5], 8 | m[6], 8 | m[7]);
+    return _mm512_permutexvar_epi32(k, code);
+}
+
+template <Codebook4 CB>
+inline __m512i codes16(__m512 xn) {
+    if constexpr (CB == Codebook4::kNf4) {
+        return nf4Codes(xn);
+    } else {
+        return fp4Codes(xn);
+    }
+}
+
+// 32 codes (c0 = elements 0..15, c1 = 16..31) -> 16 bytes, element 2k in the high nibble.
+inline __m128i pack32(__m512i c0, __m512i c1) {
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i e = _mm512_permutex2var_epi32(c0, even, c1);
+    const __m512i o = _mm512_permutex2var_epi32(c0, odd, c1);
+    return _mm512_cvtepi32_epi8(_mm512_or_si512(_mm512_slli_epi32(e, 4), o));
+}
+
+// Software prefetch kPrefetchAhead bytes ahead (as the AVX2 quantizers).
+constexpr int64_t kPrefetchAhead = 4096;
+
+// max |x| over count (a multiple of 32) floats; max(|x|, acc) keeps acc for a NaN |x|.
+inline float absMax(const float* x, int64_t count) {
+    const __m512i absMask = _mm512_set1_epi32(0x7fffffff);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < count; i += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(x + i) + kPrefetchAhead, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(x + i) + kPrefetchAhead + 64, _MM_HINT_T0);
+        const __m512 a = _mm512_castsi512_ps(
+            _mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(x + i)), absMask));
+        const __m512 b = _mm512_castsi512_ps(
+            _mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(x + i + 16)), absMask));
+        acc0 = _mm512_max_ps(a, acc0);
+        acc1 = _mm512_max_ps(b, acc1);
+    }
+    return hmax16(_mm512_max_ps(acc0, acc1));
+}
+
+template <Codebook4 CB>
+inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize, uint8_t* packed,
+                               float* absmax) {
+    for (int64_t g = 0; g < nblocks; ++g) {
+        const float* x = src + g * blocksize;
+        const float am = absMax(x, blocksize);
+        std::memcpy(absmax + g, &am, 4);
+        const __m512 s = _mm512_set1_ps(1.0f / am);  // inf for an all-zero block: 0 * inf = NaN
+        uint8_t* out = packed + g * (blocksize / 2);
+        for (int i = 0; i < blocksize; i += 32) {
+            const __m512i c0 = codes16<CB>(_mm512_mul_ps(_mm512_loadu_ps(x + i), s));
+            const __m512i c1 = codes16<CB>(_mm512_mul_ps(_mm512_loadu_ps(x + i + 16), s));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), pack32(c0, c1));
+        }
+    }
+}
+
+inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize, uint8_t* packed,
+                         float* absmax) {
+    const int64_t fullBlocks = n / blocksize;
+    if (cb == Codebook4::kNf4) {
+        quantize4bitBlocks<Codebook4::kNf4>(src, fullBlocks, blocksize, packed, absmax);
+    } else {
+        quantize4bitBlocks<Codebook4::kFp4>(src, fullBlocks, blocksize, packed, absmax);
+    }
+    const int64_t done = fullBlocks * blocksize;
+    if (done < n) {
+        referenceKernels().quantize4bit(cb, src + done, n - done, blocksize, packed + done / 2,
+                                        absmax + fullBlocks);
+    }
+}
+
+// ---- Q4_0 quantization -----------------------------------------------------------------------
+//
+// Per block: max |x| (NaN never wins), the first element of that magnitude gives the signed
+// max (an all-zero or all-NaN block keeps +0.0), d = max / -8, id = d ? 1 / d : 0 (scalar IEEE,
+// as the reference), t = fl(fl(x * id) + 8.5), q = t >= 1 ? min(t, 15) truncated : 0 (NaN ->
+// 0), element j in the low nibble of byte j and j + 16 in its high nibble.
+
+inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
+    const __m512i absMask = _mm512_set1_epi32(0x7fffffff);
+    auto* out = reinterpret_cast<uint8_t*>(dst);
+    for (int64_t b = 0; b < nblocks; ++b) {
+        const float* x = src + b * kQk4_0;
+        _mm_prefetch(reinterpret_cast<const char*>(x) + kPrefetchAhead, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(x) + kPrefetchAhead + 64, _MM_HINT_T0);
+        const __m512 x0 = _mm512_loadu_ps(x);
+        const __m512 x1 = _mm512_loadu_ps(x + 16);
+        const __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), absMask));
+        const __m512 a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), absMask));
+        const float amax = hmax16(_mm512_max_ps(a0, _mm512_max_ps(a1, _mm512_setzero_ps())));
+        const __m512 am = _mm512_set1_ps(amax);
+        const uint32_t mask = static_cast<uint32_t>(_mm512_cmp_ps_mask(a0, am, _CMP_EQ_OQ)) |
+                              (static_cast<uint32_t>(_mm512_cmp_ps_mask(a1, am, _CMP_EQ_OQ)) << 16);
+        const float max = amax > 0.0f ? x[mask != 0 ? __builtin_ctz(mask) : 0] : 0.0f;
+        const float d = max / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const uint16_t dh =
+            static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_cvtps_ph(_mm_set_ss(d), kRne)) & 0xffff);
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512 half = _mm512_set1_ps(8.5f);
+        const auto q = [&](__m512 v) {
+            const __m512 t = _mm512_add_ps(_mm512_mul_ps(v, vid), half);
+            const __mmask16 ge1 = _mm512_cmp_ps_mask(t, _mm512_set1_ps(1.0f), _CMP_GE_OQ);
+            return _mm512_maskz_mov_epi32(
+                ge1, _mm512_cvttps_epi32(_mm512_min_ps(t, _mm512_set1_ps(15.0f))));
+        };
+        const __m128i qs =
+            _mm512_cvtepi32_epi8(_mm512_or_si512(q(x0), _mm512_slli_epi32(q(x1), 4)));
+        uint8_t* o = out + b * static_cast<int64_t>(sizeof(block_q4_0));
+        std::memcpy(o, &dh, 2);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), qs);
+    }
+}
+
+// ---- INT8 / INT8_DYNAMIC ---------------------------------------------------------------------
+
+// 32 int8 at p -> 32 values fl32(q * scale) (and for LLM.int8 a second rounded product).
+template <bool kLlm>
+inline __m512 int8x16(const int8_t* p, __m512 scale, __m512 factor) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), scale);
+    if constexpr (kLlm) v = _mm512_mul_ps(v, factor);
+    return v;
+}
+
+template <DType D, StoreKind S, bool kLlm, bool kMayNaN>
+inline void dequantizeInt8Row(const int8_t* row, float sc, int64_t cols, uint8_t* o) {
+    const __m512 scale = _mm512_set1_ps(sc);
+    const __m512 factor = _mm512_set1_ps(kInt8DequantFactor);
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        store32<D, S, kMayNaN>(o + c * kEsz<D>, int8x16<kLlm>(row + c, scale, factor),
+                               int8x16<kLlm>(row + c + 16, scale, factor));
+    }
+    if (c < cols) {
+        alignas(16) int8_t tmp[32] = {};
+        std::memcpy(tmp, row + c, static_cast<size_t>(cols - c));
+        storePartial32<D, kMayNaN>(o + c * kEsz<D>, int8x16<kLlm>(tmp, scale, factor),
+                                   int8x16<kLlm>(tmp + 16, scale, factor), cols - c);
+    }
+}
+
+template <DType D, bool kLlm>
+inline void dequantizeInt8As(const int8_t* q, const float* scale, int64_t rows, int64_t cols,
+                             uint8_t* out) {
+    // Streaming only when every row starts on a cache line.
+    const bool rowsAligned = (cols * kEsz<D>) % 64 == 0;
+    withStoreKind(
+        out, rows * cols * kEsz<D>,
+        [&]<StoreKind S>() {
+            for (int64_t r = 0; r < rows; ++r) {
+                const float sc = loadF32(scale, r);
+                uint8_t* o = out + r * cols * kEsz<D>;
+                // q * scale is NaN only for a NaN or infinite scale (q = 0 times Inf).
+                if (isFiniteF32(sc)) {
+                    dequantizeInt8Row<D, S, kLlm, false>(q + r * cols, sc, cols, o);
+                } else {
+                    dequantizeInt8Row<D, S, kLlm, true>(q + r * cols, sc, cols, o);
+                }
+            }
+        },
+        rowsAligned);
+}
+
+inline void dequantizeInt8(bool llmInt8, const int8_t* q, const float* scale, int64_t rows,
+                           int64_t cols, DType dst, void* out) {
+    auto* o = static_cast<uint8_t*>(out);
+    forDType(dst, [&]<DType D>() {
+        if (llmInt8) {
+            dequantizeInt8As<D, true>(q, scale, rows, cols, o);
+        } else {
+            dequantizeInt8As<D, false>(q, scale, rows, cols, o);
+        }
+    });
+}
+
+// 16 floats at x[c..], zero-filled past cols.
+inline __m512 loadRow16(const float* x, int64_t c, int64_t cols) {
+    if (c + 16 <= cols) return _mm512_loadu_ps(x + c);
+    alignas(64) float tmp[16] = {};
+    std::memcpy(tmp, x + c, static_cast<size_t>(cols - c) * 4);
+    return _mm512_load_ps(tmp);
+}
+
+inline __m512 f16RoundTrip(__m512 v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, kRne)); }
+
+// kLlm: LLM.int8 (fp16 first, scale = 127 / absmax, clamp to +-127); else int8_dynamic
+// (scale = max(absmax / 127.5, eps), multiply by 1 / scale, clamp to [-128, 127]).
+template <bool kLlm>
+inline void quantizeInt8Rows(const float* src, int64_t rows, int64_t cols, int8_t* qOut,
+                             float* scaleOut) {
+    const __m512i absMask = _mm512_set1_epi32(0x7fffffff);
+    const auto value = [](__m512 v) {
+        if constexpr (kLlm) {
+            return f16RoundTrip(v);
+        } else {
+            return v;
+        }
+    };
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* x = src + r * cols;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t c = 0; c < cols; c += 16) {
+            const __m512 a = _mm512_castsi512_ps(
+                _mm512_and_si512(_mm512_castps_si512(value(loadRow16(x, c, cols))), absMask));
+            acc = _mm512_max_ps(a, acc);
+        }
+        const float am = hmax16(acc);
+        float mul;
+        if constexpr (kLlm) {
+            std::memcpy(reinterpret_cast<uint8_t*>(scaleOut) + r * 4, &am, 4);
+            mul = 127.0f / am;  // +inf for a zero row: 0 * inf = NaN -> 0
+        } else {
+            float scale = am / 127.5f;
+            if (!(scale >= kInt8DynamicEps)) scale = kInt8DynamicEps;  // fmax(scale, eps)
+            std::memcpy(reinterpret_cast<uint8_t*>(scaleOut) + r * 4, &scale, 4);
+            mul = 1.0f / scale;  // 0 for an Inf row: Inf * 0 = NaN -> 0
+        }
+        const __m512 m = _mm512_set1_ps(mul);
+        const __m512 lo = _mm512_set1_ps(kLlm ? -127.0f : -128.0f);
+        const __m512 hi = _mm512_set1_ps(127.0f);
+        for (int64_t c = 0; c < cols; c += 16) {
+            __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(value(loadRow16(x, c, cols)), m), kRne);
+            q = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), q);  // NaN -> 0
+            q = _mm512_max_ps(_mm512_min_ps(q, hi), lo);
+            const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q));
+            if (c + 16 <= cols) {
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(qOut + r * cols + c), b);
+            } else {
+                alignas(16) int8_t tmp[16];
+                _mm_store_si128(reinterpret_cast<__m128i*>(tmp), b);
+                std::memcpy(qOut + r * cols + c, tmp, static_cast<size_t>(cols - c));
+            }
+        }
+    }
+}
+
+inline void quantizeInt8(const float* src, int64_t rows, int64_t cols, int8_t* cbOut, float* scb) {
+    quantizeInt8Rows<true>(src, rows, cols, cbOut, scb);
+}
+
+inline void quantizeInt8Dynamic(const float* src, int64_t rows, int64_t cols, int8_t* qOut,
+                                float* scaleOut) {
+    quantizeInt8Rows<false>(src, rows, cols, qOut, scaleOut);
+}
+
+// ---- NONE ------------------------------------------------------------------------------------
+
+template <DType From, DType To, StoreKind S>
+inline void convertRun(const uint8_t* src, int64_t n, uint8_t* out) {
+    constexpr int64_t kIsz = kEsz<From>;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        store32<To, S>(out + i * kEsz<To>, load16<From>(src + i * kIsz),
+                       load16<From>(src + (i + 16) * kIsz));
+    }
+    if (i < n) {
+        alignas(64) uint8_t tmp[128] = {};
+        std::memcpy(tmp, src + i * kIsz, static_cast<size_t>((n - i) * kIsz));
+        storePartial32<To>(out + i * kEsz<To>, load16<From>(tmp), load16<From>(tmp + 16 * kIsz),
+                           n - i);
+    }
+}
+
+inline void convert(DType from, const void* src, int64_t n, DType to, void* out) {
+    const auto* s = static_cast<const uint8_t*>(src);
+    auto* o = static_cast<uint8_t*>(out);
+    if (from == to) {  // a copy; large line-aligned outputs stream past the caches
+        const int64_t bytes = n * (to == DType::kF32 ? 4 : 2);
+        if (x86::storeKindFor(o, bytes) == StoreKind::kPlain) {
+            std::memcpy(o, s, static_cast<size_t>(bytes));
+            return;
+        }
+        int64_t i = 0;
+        for (; i + 64 <= bytes; i += 64) {
+            put512<StoreKind::kStream>(o + i,
+                                       _mm512_loadu_si512(reinterpret_cast<const void*>(s + i)));
+        }
+        _mm_sfence();
+        std::memcpy(o + i, s + i, static_cast<size_t>(bytes - i));
+        return;
+    }
+    forDType(from, [&]<DType F>() {
+        forDType(to, [&]<DType T>() {
+            withStoreKind(o, n * kEsz<T>, [&]<StoreKind S>() { convertRun<F, T, S>(s, n, o); });
+        });
+    });
+}
+
+}  // namespace x86_512
+}  // namespace
+}  // namespace sli::kernels
