@@ -296,12 +296,11 @@ inline __m128 dqAbsmax(const DoubleQuantAbsmax& dq, int64_t b, __m128 nested, __
 // first block.
 constexpr int64_t kDqChunk = 64;
 
-template <DType D, StoreKind S>
-inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
-                                   const DoubleQuantAbsmax& dq, int64_t first, int64_t nblocks,
-                                   int blocksize, uint8_t* out) {
-    constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
-    const Codes16 codes = codesFor<D>(lut);
+// The chunked rebuild itself (shared with x86_avx512_impl.h): calls block(j, a) for every
+// block j of [0, nblocks), a pointing at its rebuilt absmax in the L1 array.
+template <typename BlockFn>
+inline void forEachDqBlock(const DoubleQuantAbsmax& dq, int64_t first, int64_t nblocks,
+                           BlockFn&& block) {
     const __m128 offset = _mm_set_ss(dq.offset);
     alignas(64) float absmax[kDqChunk];
     for (int64_t b = 0; b < nblocks;) {
@@ -312,13 +311,21 @@ inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
         for (int64_t j = b; j < end; ++j) {
             _mm_store_ss(absmax + (j - b), dqAbsmax(dq, first + j, nested, offset));
         }
-        for (int64_t j = b; j < end; ++j) {
-            dequantize4bitBlock<D, S>(codes, _mm256_broadcast_ss(absmax + (j - b)),
-                                      packed + j * (blocksize / 2), blocksize,
-                                      out + j * blocksize * kEsz);
-        }
+        for (int64_t j = b; j < end; ++j) block(j, absmax + (j - b));
         b = end;
     }
+}
+
+template <DType D, StoreKind S>
+inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
+                                   const DoubleQuantAbsmax& dq, int64_t first, int64_t nblocks,
+                                   int blocksize, uint8_t* out) {
+    constexpr int64_t kEsz = D == DType::kF32 ? 4 : 2;
+    const Codes16 codes = codesFor<D>(lut);
+    forEachDqBlock(dq, first, nblocks, [&](int64_t j, const float* a) {
+        dequantize4bitBlock<D, S>(codes, _mm256_broadcast_ss(a), packed + j * (blocksize / 2),
+                                  blocksize, out + j * blocksize * kEsz);
+    });
 }
 
 template <DType D>

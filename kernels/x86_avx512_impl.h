@@ -319,32 +319,19 @@ inline void dequantize4bitBlocks(const float* lut, const uint8_t* packed, const 
 // instructions (explicitly unfused): the AVX2 file's.
 using x86::dqAbsmax;
 
-// As x86_avx2_impl.h: kDqChunk absmax values rebuilt into an L1 array (within one nested
-// group), then the plain block loop over them. first = the tensor's index of block 0.
-constexpr int64_t kDqChunk = 64;
+// As x86_avx2_impl.h: the absmax rebuilt kDqChunk blocks at a time into an L1 array (within
+// one nested group), then the plain block step. first = the tensor's index of block 0.
+using x86::forEachDqBlock;
 
 template <DType D, StoreKind S>
 inline void dequantize4bitDqBlocks(const float* lut, const uint8_t* packed,
                                    const DoubleQuantAbsmax& dq, int64_t first, int64_t nblocks,
                                    int blocksize, uint8_t* out) {
     const __m512 codes = _mm512_loadu_ps(lut);
-    const __m128 offset = _mm_set_ss(dq.offset);
-    alignas(64) float absmax[kDqChunk];
-    for (int64_t b = 0; b < nblocks;) {
-        const int64_t g = (first + b) / kNestedBlocksize;
-        const int64_t end =
-            minI64(minI64(nblocks, (g + 1) * kNestedBlocksize - first), b + kDqChunk);
-        const __m128 nested = _mm_set_ss(loadF32(dq.nestedAbsmax, g));
-        for (int64_t j = b; j < end; ++j) {
-            _mm_store_ss(absmax + (j - b), dqAbsmax(dq, first + j, nested, offset));
-        }
-        for (int64_t j = b; j < end; ++j) {
-            dequantize4bitBlock<D, S>(codes, _mm512_set1_ps(absmax[j - b]),
-                                      packed + j * (blocksize / 2), blocksize,
-                                      out + j * blocksize * kEsz<D>);
-        }
-        b = end;
-    }
+    forEachDqBlock(dq, first, nblocks, [&](int64_t j, const float* a) {
+        dequantize4bitBlock<D, S>(codes, _mm512_set1_ps(*a), packed + j * (blocksize / 2),
+                                  blocksize, out + j * blocksize * kEsz<D>);
+    });
 }
 
 // Runs fn.template operator()<D>() for the runtime dtype.
