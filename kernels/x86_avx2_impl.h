@@ -366,6 +366,21 @@ inline void dequantize4bitDqAs(const float* lut, const uint8_t* packed, const Do
     });
 }
 
+// The partial last block of a double-quant range (n not a multiple of blocksize): its absmax,
+// then the reference decode. Shared with x86_avx512_impl.h.
+inline void dequantize4bitDqTail(Codebook4 cb, const uint8_t* packed, const DoubleQuantAbsmax& dq,
+                                 int64_t firstBlock, int64_t fullBlocks, int64_t n, int blocksize,
+                                 DType dst, uint8_t* o) {
+    const int64_t done = fullBlocks * blocksize;
+    if (done >= n) return;
+    const int64_t b = firstBlock + fullBlocks;
+    const float am = _mm_cvtss_f32(dqAbsmax(
+        dq, b, _mm_set_ss(loadF32(dq.nestedAbsmax, b / kNestedBlocksize)), _mm_set_ss(dq.offset)));
+    const int64_t esz = dst == DType::kF32 ? 4 : 2;
+    referenceKernels().dequantize4bit(cb, packed + done / 2, &am, n - done, blocksize, dst,
+                                      o + done * esz);
+}
+
 inline void dequantize4bitDq(Codebook4 cb, const uint8_t* packed, const DoubleQuantAbsmax& dq,
                              int64_t firstBlock, int64_t n, int blocksize, DType dst, void* out) {
     const float* lut = cb == Codebook4::kNf4 ? kNf4Codebook : kFp4Codebook;
@@ -378,16 +393,7 @@ inline void dequantize4bitDq(Codebook4 cb, const uint8_t* packed, const DoubleQu
     } else {
         dequantize4bitDqAs<DType::kF32>(lut, packed, dq, firstBlock, fullBlocks, blocksize, o);
     }
-    const int64_t done = fullBlocks * blocksize;
-    if (done < n) {  // partial last block: its absmax, then the reference decode
-        const int64_t b = firstBlock + fullBlocks;
-        const float am = _mm_cvtss_f32(
-            dqAbsmax(dq, b, _mm_set_ss(loadF32(dq.nestedAbsmax, b / kNestedBlocksize)),
-                     _mm_set_ss(dq.offset)));
-        const int64_t esz = dst == DType::kF32 ? 4 : 2;
-        referenceKernels().dequantize4bit(cb, packed + done / 2, &am, n - done, blocksize, dst,
-                                          o + done * esz);
-    }
+    dequantize4bitDqTail(cb, packed, dq, firstBlock, fullBlocks, n, blocksize, dst, o);
 }
 
 // ---- NF4 / FP4 quantization --------------------------------------------------------------------

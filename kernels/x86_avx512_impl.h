@@ -374,16 +374,7 @@ inline void dequantize4bitDq(Codebook4 cb, const uint8_t* packed, const DoubleQu
             dequantize4bitDqBlocks<D, S>(lut, packed, dq, firstBlock, fullBlocks, blocksize, o);
         });
     });
-    const int64_t done = fullBlocks * blocksize;
-    if (done < n) {  // partial last block: its absmax, then the reference decode
-        const int64_t b = firstBlock + fullBlocks;
-        const float am = _mm_cvtss_f32(
-            dqAbsmax(dq, b, _mm_set_ss(loadF32(dq.nestedAbsmax, b / kNestedBlocksize)),
-                     _mm_set_ss(dq.offset)));
-        const int64_t esz = dst == DType::kF32 ? 4 : 2;
-        referenceKernels().dequantize4bit(cb, packed + done / 2, &am, n - done, blocksize, dst,
-                                          o + done * esz);
-    }
+    x86::dequantize4bitDqTail(cb, packed, dq, firstBlock, fullBlocks, n, blocksize, dst, o);
 }
 
 // ---- Q4_0 dequantization ---------------------------------------------------------------------
