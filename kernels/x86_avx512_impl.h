@@ -507,17 +507,9 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
 
 inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize, uint8_t* packed,
                          float* absmax) {
-    const int64_t fullBlocks = n / blocksize;
-    if (cb == Codebook4::kNf4) {
-        quantize4bitBlocks<Codebook4::kNf4>(src, fullBlocks, blocksize, packed, absmax);
-    } else {
-        quantize4bitBlocks<Codebook4::kFp4>(src, fullBlocks, blocksize, packed, absmax);
-    }
-    const int64_t done = fullBlocks * blocksize;
-    if (done < n) {
-        referenceKernels().quantize4bit(cb, src + done, n - done, blocksize, packed + done / 2,
-                                        absmax + fullBlocks);
-    }
+    x86::quantize4bitWith(cb, src, n, blocksize, packed, absmax, [&]<Codebook4 CB>(int64_t full) {
+        quantize4bitBlocks<CB>(src, full, blocksize, packed, absmax);
+    });
 }
 
 // ---- Q4_0 quantization -----------------------------------------------------------------------
