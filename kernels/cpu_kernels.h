@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/blocks.h"
 #include "sli/dtype.h"
@@ -72,6 +73,14 @@ const CpuKernels& referenceKernels() noexcept;
 // must also check the CPU supports the ISA before calling into them.
 const CpuKernels* avx2Kernels() noexcept;
 const CpuKernels* avx512Kernels() noexcept;
+
+// Start-up self-test (kernels/self_test.cpp): runs every entry of `k` and of the reference on
+// a few thousand fixed values (each mode and output dtype, a partial 4-bit block, an all-zero
+// block, NaN, huge and subnormal values) and compares the bits. Returns the name of the first
+// entry that disagrees, or an empty string. Dispatch runs it on the table it is about to use
+// (under a millisecond) and falls back to the next ISA if it fails: a guard for tables that
+// have never run on real hardware of their ISA before (the AVX-512 one, verified by emulation).
+std::string selfTestAgainstReference(const CpuKernels& k);
 // Test only (tests/kernels, when SIMDe is installed): the AVX-512 bodies built with the AVX2
 // flags on SIMDe's emulated intrinsics. Runs on any CPU that can run avx2Kernels().
 const CpuKernels* avx512KernelsEmulated() noexcept;

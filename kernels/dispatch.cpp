@@ -71,11 +71,13 @@ const CpuKernels& selectKernels() {
     const std::string want = force ? force : "";
     if (want == "scalar") return referenceKernels();
     if (want == "avx2") {
-        if (avx2) return *avx2;
-        SLI_WARN("kernels", "SLI_ISA=avx2 but this CPU or build has no AVX2 kernels: using scalar");
-        return referenceKernels();
+        if (!avx2) {
+            SLI_WARN("kernels", "SLI_ISA=avx2 but this CPU or build has no AVX2 kernels: using scalar");
+            return referenceKernels();
+        }
+        avx512 = nullptr;
     }
-    if (!want.empty() && want != "avx512" && want != "auto") {
+    if (!want.empty() && want != "avx2" && want != "avx512" && want != "auto") {
         SLI_WARN("kernels", "SLI_ISA=%s is not one of scalar, avx2, avx512: ignored", want.c_str());
     }
     if (want == "avx512" && !avx512) {
@@ -84,8 +86,16 @@ const CpuKernels& selectKernels() {
                                  : "this build has no AVX-512 kernels",
                  avx2 ? avx2->name : referenceKernels().name);
     }
-    if (avx512) return *avx512;
-    if (avx2) return *avx2;
+    // The start-up self-test guards each fast table (the AVX-512 one has been verified only
+    // through emulation on the development machines): one that disagrees with the reference is
+    // not used.
+    for (const CpuKernels* k : {avx512, avx2}) {
+        if (k == nullptr) continue;
+        const std::string bad = selfTestAgainstReference(*k);
+        if (bad.empty()) return *k;
+        SLI_ERROR("kernels", "%s kernels disagree with the scalar reference (%s) in the start-up "
+                  "self-test: not used", k->name, bad.c_str());
+    }
     return referenceKernels();
 }
 

@@ -71,6 +71,43 @@ TEST_CASE("activeIsa picks avx512 only on a CPU with it and falls back from SLI_
 #endif
 }
 
+namespace {
+
+// Entries that call the reference and then flip one output bit: what a miscompiled or
+// mis-emulated fast path would look like to the self-test.
+void flippedDequantizeQ4_0(const block_q4_0* src, int64_t nblocks, DType dst, void* out) {
+    referenceKernels().dequantizeQ4_0(src, nblocks, dst, out);
+    static_cast<uint8_t*>(out)[nblocks * kQk4_0 - 1] ^= 1;  // the last value's low byte
+}
+void flippedQuantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize, uint8_t* packed,
+                         float* absmax) {
+    referenceKernels().quantize4bit(cb, src, n, blocksize, packed, absmax);
+    if (cb == Codebook4::kFp4) packed[n / 4] ^= 0x10;  // only FP4, one nibble mid-tensor
+}
+void flippedConvert(DType from, const void* src, int64_t n, DType to, void* out) {
+    referenceKernels().convert(from, src, n, to, out);
+    if (from == DType::kBF16 && to == DType::kF16) static_cast<uint8_t*>(out)[2] ^= 1;
+}
+
+}  // namespace
+
+TEST_CASE("the start-up self-test passes every table this build has and names an entry that disagrees") {
+    CHECK(selfTestAgainstReference(referenceKernels()).empty());
+    for (const CpuKernels* k : testing::fastKernels()) {
+        CAPTURE(k->name);
+        CHECK(selfTestAgainstReference(*k).empty());
+    }
+    CpuKernels broken = referenceKernels();
+    broken.dequantizeQ4_0 = flippedDequantizeQ4_0;
+    CHECK(selfTestAgainstReference(broken) == "dequantizeQ4_0");
+    broken = referenceKernels();
+    broken.quantize4bit = flippedQuantize4bit;
+    CHECK(selfTestAgainstReference(broken) == "quantize4bit");
+    broken = referenceKernels();
+    broken.convert = flippedConvert;
+    CHECK(selfTestAgainstReference(broken) == "convert");
+}
+
 TEST_CASE("quantize rejects bad input with an error naming the tensor") {
     std::vector<float> src(64 * 32, 1.0f);
     SUBCASE("a source of the wrong length") {
