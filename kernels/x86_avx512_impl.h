@@ -216,7 +216,17 @@ inline __m512 load16(const uint8_t* p) {
     } else {
         const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
         if constexpr (From == DType::kF16) {
-            return _mm512_cvtph_ps(h);
+            // NaNs widened bit for bit, as sli::f16ToF32 (vcvtph2ps quiets signalling ones)
+            const __m512 v = _mm512_cvtph_ps(h);
+            const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            if (nan == 0) return v;
+            const __m512i w = _mm512_cvtepu16_epi32(h);
+            const __m512i bits = _mm512_or_si512(
+                _mm512_or_si512(
+                    _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(0x8000)), 16),
+                    _mm512_set1_epi32(0x7f800000)),
+                _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(0x3ff)), 13));
+            return _mm512_mask_mov_ps(v, nan, _mm512_castsi512_ps(bits));
         } else {
             return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
         }
@@ -705,22 +715,27 @@ inline void convertRun(const uint8_t* src, int64_t n, uint8_t* out) {
     }
 }
 
+// A same-type conversion: a copy, large line-aligned outputs streamed past the caches (its own
+// function, as in the AVX2 table: inlined beside convert()'s lambdas, GCC kept the pointers on
+// the stack there).
+inline void copyOut(const uint8_t* s, int64_t bytes, uint8_t* o) {
+    if (x86::storeKindFor(o, bytes) == StoreKind::kPlain) {
+        std::memcpy(o, s, static_cast<size_t>(bytes));
+        return;
+    }
+    int64_t i = 0;
+    for (; i + 64 <= bytes; i += 64) {
+        put512<StoreKind::kStream>(o + i, _mm512_loadu_si512(reinterpret_cast<const void*>(s + i)));
+    }
+    _mm_sfence();
+    std::memcpy(o + i, s + i, static_cast<size_t>(bytes - i));
+}
+
 inline void convert(DType from, const void* src, int64_t n, DType to, void* out) {
     const auto* s = static_cast<const uint8_t*>(src);
     auto* o = static_cast<uint8_t*>(out);
-    if (from == to) {  // a copy; large line-aligned outputs stream past the caches
-        const int64_t bytes = n * (to == DType::kF32 ? 4 : 2);
-        if (x86::storeKindFor(o, bytes) == StoreKind::kPlain) {
-            std::memcpy(o, s, static_cast<size_t>(bytes));
-            return;
-        }
-        int64_t i = 0;
-        for (; i + 64 <= bytes; i += 64) {
-            put512<StoreKind::kStream>(o + i,
-                                       _mm512_loadu_si512(reinterpret_cast<const void*>(s + i)));
-        }
-        _mm_sfence();
-        std::memcpy(o + i, s + i, static_cast<size_t>(bytes - i));
+    if (from == to) {
+        copyOut(s, n * (to == DType::kF32 ? 4 : 2), o);
         return;
     }
     forDType(from, [&]<DType F>() {

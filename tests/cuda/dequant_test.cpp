@@ -12,7 +12,7 @@ constexpr DType kOutTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 void checkAgainstReference(const QuantizedTensor& t, size_t inMisalign, size_t outMisalign) {
     DeviceTensor d = upload(t, inMisalign);
     for (DType dst : kOutTypes) {
-        CAPTURE(dtypeName(dst));
+        CAPTURE(std::string(dtypeName(dst)));
         Status s;
         const auto got = deviceDequantize(d.view, dst, outMisalign, &s);
         REQUIRE_MESSAGE(s.isOk(), s.toString());

@@ -92,7 +92,7 @@ TEST_CASE("engine on cuda:0 hands out device tensors equal to the CPU path's for
         for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
             for (int depth : {0, 2}) {
                 CAPTURE(modeName(mode));
-                CAPTURE(dtypeName(dt));
+                CAPTURE(std::string(dtypeName(dt)));
                 CAPTURE(depth);
                 EngineOptions o = gpuOptions(tc);
                 o.computeDType = dt;

@@ -137,7 +137,7 @@ void runCyclic(DType dst, bool defaultStream) {
 
 TEST_CASE("hands out tensors equal to the reference in cyclic order while later layers load") {
     for (DType dst : {DType::kF16, DType::kBF16, DType::kF32}) {
-        CAPTURE(dtypeName(dst));
+        CAPTURE(std::string(dtypeName(dst)));
         runCyclic(dst, false);
     }
 }

@@ -88,7 +88,7 @@ TEST_CASE("quantizes NF4 and FP4 byte-identically to the host rules for every bl
                     CAPTURE(fp4);
                     CAPTURE(bs);
                     CAPTURE(n);
-                    CAPTURE(dtypeName(t));
+                    CAPTURE(std::string(dtypeName(t)));
                     const auto src = asType(hardInput(n, static_cast<uint64_t>(n * 31 + bs)), t);
                     std::vector<uint8_t> gotP, wantP;
                     std::vector<float> gotA, wantA;

@@ -301,7 +301,7 @@ TEST_CASE("double-quant dequantization equals the reference definition for any t
                           q.part(QuantPart::kNestedAbsmax).as<float>(), map.data(),
                           q.info.nestedOffset, 0, nb, absmax.data());
         for (DType t : {DType::kF16, DType::kBF16, DType::kF32}) {
-            CAPTURE(dtypeName(t));
+            CAPTURE(std::string(dtypeName(t)));
             std::vector<uint8_t> want(static_cast<size_t>(n) * dtypeSize(t));
             referenceKernels().dequantize4bit(Codebook4::kNf4, q.part(QuantPart::kPayload).data(),
                                               absmax.data(), n, bs, t, want.data());

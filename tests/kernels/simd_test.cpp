@@ -57,7 +57,7 @@ void check4bit(const CpuKernels& k, Codebook4 cb, const std::vector<float>& x, i
     CHECK(firstDiff(aRef.data(), aFast.data(), aRef.size(), 4) == -1);
     CHECK(firstDiff(pRef.data(), pFast.data(), nbytes, 1) == -1);
     for (DType t : kOutTypes) {
-        CAPTURE(dtypeName(t));
+        CAPTURE(std::string(dtypeName(t)));
         Skewed oRef(static_cast<size_t>(n) * esz(t), skew), oFast(static_cast<size_t>(n) * esz(t), skew);
         Skewed packed(nbytes, skew);
         std::memcpy(packed.data(), pRef.data(), nbytes);
@@ -267,7 +267,7 @@ TEST_CASE("large line-aligned outputs (non-temporal stores) match the reference 
         for (size_t skew : {size_t{0}, size_t{32}, size_t{16}, size_t{2}}) {
             CAPTURE(skew);
             for (DType t : kOutTypes) {
-                CAPTURE(dtypeName(t));
+                CAPTURE(std::string(dtypeName(t)));
                 const size_t bytes = static_cast<size_t>(n) * esz(t);
                 LineBuffer a(bytes, skew), b(bytes, skew);
                 ref.dequantize4bit(Codebook4::kNf4, packed.data(), absmax.data(), n, 64, t, a.p);
@@ -282,7 +282,7 @@ TEST_CASE("large line-aligned outputs (non-temporal stores) match the reference 
                     CHECK(b.same(a));
                 }
                 for (DType from : kOutTypes) {
-                    CAPTURE(dtypeName(from));
+                    CAPTURE(std::string(dtypeName(from)));
                     std::vector<uint8_t> src(static_cast<size_t>(n) * esz(from));
                     ref.convert(DType::kF32, x.data(), n, from, src.data());
                     ref.convert(from, src.data(), n, t, a.p);
@@ -394,13 +394,33 @@ TEST_CASE("dtype conversion (mode none) matches the reference for every pair") {
             std::vector<uint8_t> src(x.size() * esz(from));
             ref.convert(DType::kF32, x.data(), static_cast<int64_t>(x.size()), from, src.data());
             for (DType to : kOutTypes) {
-                CAPTURE(dtypeName(from));
-                CAPTURE(dtypeName(to));
+                CAPTURE(std::string(dtypeName(from)));
+                CAPTURE(std::string(dtypeName(to)));
                 Skewed a(x.size() * esz(to), 3), b(x.size() * esz(to), 3);
                 ref.convert(from, src.data(), static_cast<int64_t>(x.size()), to, a.data());
                 k.convert(from, src.data(), static_cast<int64_t>(x.size()), to, b.data());
                 CHECK(firstDiff(a.data(), b.data(), x.size(), esz(to)) == -1);
                 CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+            }
+        }
+    });
+}
+
+TEST_CASE("dtype conversion (mode none) matches the reference on every f16 and bf16 bit pattern") {
+    // All 65536 patterns of each 16-bit source type, signalling NaNs, subnormals and both
+    // infinities included, as stored bits (not produced by a conversion that would quiet them).
+    std::vector<uint16_t> all(65536);
+    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+    forEachFast([&](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        for (DType from : {DType::kF16, DType::kBF16}) {
+            for (DType to : kOutTypes) {
+                CAPTURE(std::string(dtypeName(from)));
+                CAPTURE(std::string(dtypeName(to)));
+                Skewed a(all.size() * esz(to), 0), b(all.size() * esz(to), 0);
+                ref.convert(from, all.data(), static_cast<int64_t>(all.size()), to, a.data());
+                k.convert(from, all.data(), static_cast<int64_t>(all.size()), to, b.data());
+                CHECK(firstDiff(a.data(), b.data(), all.size(), esz(to)) == -1);
             }
         }
     });
@@ -439,7 +459,7 @@ TEST_CASE("int8 dequantization matches the reference for every byte value and od
             for (bool llm : {false, true}) {
                 CAPTURE(llm);
                 for (DType t : kOutTypes) {
-                    CAPTURE(dtypeName(t));
+                    CAPTURE(std::string(dtypeName(t)));
                     Skewed a(n * esz(t), 0), b(n * esz(t), 0);
                     ref.dequantizeInt8(llm, q.data(), scales, rows, cols, t, a.data());
                     k.dequantizeInt8(llm, q.data(), scales, rows, cols, t, b.data());
@@ -464,7 +484,7 @@ TEST_CASE("Q4_0 dequantization matches the reference for every f16 scale") {
         }
         const int64_t n = static_cast<int64_t>(q.size()) * kQk4_0;
         for (DType t : kOutTypes) {
-            CAPTURE(dtypeName(t));
+            CAPTURE(std::string(dtypeName(t)));
             std::vector<uint8_t> a(static_cast<size_t>(n) * esz(t)), b(a.size());
             ref.dequantizeQ4_0(q.data(), static_cast<int64_t>(q.size()), t, a.data());
             k.dequantizeQ4_0(q.data(), static_cast<int64_t>(q.size()), t, b.data());
@@ -559,7 +579,7 @@ TEST_CASE("large double-quant outputs (streaming stores) match the reference") {
         for (size_t skew : {size_t{0}, size_t{32}, size_t{2}}) {
             CAPTURE(skew);
             for (DType t : kOutTypes) {
-                CAPTURE(dtypeName(t));
+                CAPTURE(std::string(dtypeName(t)));
                 const size_t bytes = static_cast<size_t>(n) * esz(t);
                 LineBuffer a(bytes, skew), b(bytes, skew);
                 ref.dequantize4bitDq(Codebook4::kNf4, packed.data(), s.view(), 0, n, 64, t, a.p);
@@ -618,7 +638,7 @@ TEST_CASE("Q4_0 dequantization matches the reference for short and chunk-edge bl
                 }
                 const int64_t n = nblocks * kQk4_0;
                 for (DType t : kOutTypes) {
-                    CAPTURE(dtypeName(t));
+                    CAPTURE(std::string(dtypeName(t)));
                     Skewed src(q.size() * sizeof(block_q4_0), 3);
                     std::memcpy(src.data(), q.data(), q.size() * sizeof(block_q4_0));
                     const size_t bytes = static_cast<size_t>(n) * esz(t);
@@ -652,7 +672,7 @@ TEST_CASE("int8 dequantization matches the reference for every row length up to 
             for (bool llm : {false, true}) {
                 CAPTURE(llm);
                 for (DType t : kOutTypes) {
-                    CAPTURE(dtypeName(t));
+                    CAPTURE(std::string(dtypeName(t)));
                     Skewed a(n * esz(t), 6), b(n * esz(t), 6);
                     ref.dequantizeInt8(llm, q.data(), scales, rows, cols, t, a.data());
                     k.dequantizeInt8(llm, q.data(), scales, rows, cols, t, b.data());
@@ -699,7 +719,7 @@ TEST_CASE("LLM.int8 dequantization matches the reference for fp16-exact scales a
             for (size_t i = 0; i < n; ++i)
                 q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 11 + i / 256));
             for (DType t : kOutTypes) {
-                CAPTURE(dtypeName(t));
+                CAPTURE(std::string(dtypeName(t)));
                 Skewed a(n * esz(t), 4), b(n * esz(t), 4);
                 ref.dequantizeInt8(true, q.data(), scales.data(), rows, cols, t, a.data());
                 k.dequantizeInt8(true, q.data(), scales.data(), rows, cols, t, b.data());

@@ -575,7 +575,7 @@ TEST_CASE("integer tensors (position ids, masks) are handed out as stored, in pl
                 for (int depth : {0, 2}) {
                     CAPTURE(compressPayload);
                     CAPTURE(backend);
-                    CAPTURE(dtypeName(outDType));
+                    CAPTURE(std::string(dtypeName(outDType)));
                     CAPTURE(depth);
                     EngineOptions o = baseOptions(tc);
                     o.ioBackend = backend;
