@@ -1105,15 +1105,19 @@ inline void int8x16(const Int8Consts& k, const int8_t* p, uint8_t* o) {
 
 // Whether some int8 q of a row with this (finite) scale gives a product whose low 16 bits
 // are exactly 0x8000: a bf16 rounding tie. The products of -q are those of q negated (every
-// rounding is symmetric) and q = 0 gives a zero, so q = 1..128 decide (16 vectors, 1/32 of a
-// 4096-wide row); a tie-free row rounds half up (x + 0x8000), which then equals RNE.
+// rounding is symmetric) and q = 0 gives a zero, so q = 1..128 decide. The caller only asks
+// for scales with |scale| >= 2^-102 (or zero): every product and intermediate is then a
+// normal float, so q = 2^k * q' (q' odd) gives the product of q' times 2^k exactly, with the
+// same low 16 bits (or infinity, which has no tie). The odd q = 1, 3, ..., 127 decide: 8
+// vectors, 1/64 of a 4096-wide row (half the work of checking all 128; with no check at all
+// LLM.int8 -> bf16 measured up to 6 % faster, so the check is a visible part of the row).
 template <bool kLlm>
 inline bool int8RowHasBf16Tie(const Int8Consts& k) {
     __m256i any = _mm256_setzero_si256();
     const __m256i low = _mm256_set1_epi32(0xffff), tie = _mm256_set1_epi32(0x8000);
-    for (int q = 1; q <= 128; q += 8) {
-        const __m256i qs =
-            _mm256_add_epi32(_mm256_set1_epi32(q), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15);
+    for (int q = 0; q < 128; q += 16) {
+        const __m256i qs = _mm256_add_epi32(_mm256_set1_epi32(q), odd);
         const __m256i x = _mm256_castps_si256(int8Scaled<kLlm>(k, qs));
         any = _mm256_or_si256(any, _mm256_cmpeq_epi32(_mm256_and_si256(x, low), tie));
     }

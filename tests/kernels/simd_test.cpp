@@ -654,6 +654,44 @@ TEST_CASE("Q4_0 dequantization matches the reference for short and chunk-edge bl
     });
 }
 
+TEST_CASE("int8 -> bf16: a rounding tie at any single q is honoured, not only at q = 1") {
+    // The fast bf16 path rounds half up on rows with no tie, which it detects from a subset
+    // of q (tests/kernels: the odd ones). For each q0 here, a scale whose products have a
+    // tie at q0 (and so at its multiples by powers of two) but none at q = 1, found by a
+    // deterministic search with the reference's own arithmetic; a 1024-wide row holding
+    // every byte value must come out as the reference's RNE.
+    const auto product = [](bool llm, int q, float sc) {
+        const float p = static_cast<float>(q) * sc;  // -ffp-contract=off: two roundings
+        return llm ? p * kInt8DequantFactor : p;
+    };
+    const auto isTie = [](float v) { return (floatBits(v) & 0xffffu) == 0x8000u; };
+    forEachFast([&](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        const int64_t cols = 1024;
+        std::vector<int8_t> q(static_cast<size_t>(cols));
+        for (int64_t i = 0; i < cols; ++i) q[static_cast<size_t>(i)] = static_cast<int8_t>(i);
+        for (bool llm : {false, true}) {
+            for (int q0 : {3, 5, 7, 96, 127}) {
+                CAPTURE(llm);
+                CAPTURE(q0);
+                float sc = 0.0f;
+                for (uint32_t bits = 0x3c123456u; bits < 0x3c123456u + (1u << 24); ++bits) {
+                    const float c = bitsFloat(bits);
+                    if (isTie(product(llm, q0, c)) && !isTie(product(llm, 1, c))) {
+                        sc = c;
+                        break;
+                    }
+                }
+                REQUIRE(sc != 0.0f);
+                std::vector<uint16_t> a(static_cast<size_t>(cols)), b(static_cast<size_t>(cols));
+                ref.dequantizeInt8(llm, q.data(), &sc, 1, cols, DType::kBF16, a.data());
+                k.dequantizeInt8(llm, q.data(), &sc, 1, cols, DType::kBF16, b.data());
+                CHECK(firstDiff(a.data(), b.data(), static_cast<size_t>(cols), 2) == -1);
+            }
+        }
+    });
+}
+
 TEST_CASE("int8 dequantization matches the reference for every row length up to 160") {
     forEachFast([](const CpuKernels& k) {
         const auto& ref = referenceKernels();
