@@ -60,6 +60,11 @@ Model shape:
   --layers N            decoder layers (default 32)
   --seed N              generator seed (default 1)
   --tiny                a very small model and one repetition (smoke test)
+Your own cache (instead of the synthetic model):
+  --cache DIR           stream an existing layer cache (what `sli quantize --cache DIR`
+                        wrote: the cache root, a model's directory or one cache
+                        directory); every measurement below runs on it
+  --model-id ID         which model, when DIR holds several
 Streaming:
   --mode LIST           comma-separated: none,int8,int8_dynamic,nf4,fp4,int4
                         (default none,int8,nf4,fp4,int4)
@@ -103,6 +108,7 @@ struct Options {
     bool verify = true;
     bool tiny = false;
     bool targetsOnly = false;
+    std::string cachePath, cacheModelId;  // --cache / --model-id: an existing cache
     // internal: the budget-8x child process
     bool rssChild = false;
     std::string childCacheDir;
@@ -139,7 +145,7 @@ int64_t parseInt(const std::string& flag, const std::string& v, int64_t lo) {
 
 Options parseArgs(int argc, char** argv) {
     Options o;
-    bool shapeGiven = false, repeatGiven = false;
+    bool shapeGiven = false, repeatGiven = false, modeGiven = false;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         std::string val;
@@ -168,7 +174,10 @@ Options parseArgs(int argc, char** argv) {
         else if (a == "--layers") { o.shape.layers = parseInt(a, next(), 1); shapeGiven = true; }
         else if (a == "--seed") o.shape.seed = static_cast<uint64_t>(parseInt(a, next(), 0));
         else if (a == "--tiny") o.tiny = true;
+        else if (a == "--cache") o.cachePath = next();
+        else if (a == "--model-id") o.cacheModelId = next();
         else if (a == "--mode" || a == "--modes") {
+            modeGiven = true;
             o.modes.clear();
             std::stringstream ss(next());
             std::string m;
@@ -211,6 +220,11 @@ Options parseArgs(int argc, char** argv) {
         else if (a == "--internal-rss-child") { o.rssChild = true; o.childCacheDir = next(); }
         else die("unknown option \"" + std::string(argv[i]) + "\" (see --help)", 2);
     }
+    if (!o.cachePath.empty() && (shapeGiven || modeGiven || o.tiny)) {
+        die("--cache streams an existing cache: --mode, --tiny and the model-shape options do "
+            "not apply", 2);
+    }
+    if (!o.cacheModelId.empty() && o.cachePath.empty()) die("--model-id needs --cache", 2);
     if (o.tiny && !shapeGiven) {
         o.shape.hidden = 128;
         o.shape.intermediate = 256;
@@ -509,8 +523,8 @@ int main(int argc, char** argv) {
         }
     }
     if (Status s = o.shape.validate(); !s.isOk()) die(s.message(), 2);
-    // Work directory: must be creatable and writable.
-    {
+    // Work directory (synthetic model only): must be creatable and writable.
+    if (o.cachePath.empty()) {
         std::error_code ec;
         fs::create_directories(o.workdir, ec);
         const std::string probe = o.workdir + "/.write-test";
@@ -535,18 +549,27 @@ int main(int argc, char** argv) {
     auto progress = [](const std::string& s) { gStatus.set(s); };
 
     // ---- model and caches ----------------------------------------------------------------
-    auto model = ensureModel(o.workdir, o.shape, progress);
-    if (!model.isOk()) die("synthetic model: " + model.status().toString());
+    std::optional<GeneratedModel> model;  // the synthetic model (not with --cache)
     std::vector<CacheBuild> caches;
-    std::vector<QuantizeSample> samples;
-    for (QuantizationMode m : o.modes) {
-        auto c = ensureCache(o.workdir, *model, m, std::max(1, o.threads), progress);
-        if (!c.isOk()) die(std::string("cache for mode ") + modeName(m) + ": " + c.status().toString());
+    std::vector<QuantizeSample> samples;  // one per cache of the synthetic model
+    if (!o.cachePath.empty()) {
+        gStatus.set("reading the cache " + o.cachePath);
+        auto c = openCache(o.cachePath, o.cacheModelId);
+        if (!c.isOk()) die(c.status().toString());
         caches.push_back(std::move(c).value());
-        gStatus.set(std::string("measuring quantize throughput: ") + modeName(m));
-        auto q = sampleQuantize(*model, m, o.tiny ? 2 : 2, o.threads);
-        if (!q.isOk()) die(std::string("quantize sample, mode ") + modeName(m) + ": " + q.status().toString());
-        samples.push_back(*q);
+    } else {
+        auto m = ensureModel(o.workdir, o.shape, progress);
+        if (!m.isOk()) die("synthetic model: " + m.status().toString());
+        model = std::move(m).value();
+        for (QuantizationMode mode : o.modes) {
+            auto c = ensureCache(o.workdir, *model, mode, std::max(1, o.threads), progress);
+            if (!c.isOk()) die(std::string("cache for mode ") + modeName(mode) + ": " + c.status().toString());
+            caches.push_back(std::move(c).value());
+            gStatus.set(std::string("measuring quantize throughput: ") + modeName(mode));
+            auto q = sampleQuantize(*model, mode, 2, o.threads);
+            if (!q.isOk()) die(std::string("quantize sample, mode ") + modeName(mode) + ": " + q.status().toString());
+            samples.push_back(*q);
+        }
     }
     size_t largest = 0;
     for (size_t i = 0; i < caches.size(); ++i) {
@@ -582,7 +605,7 @@ int main(int argc, char** argv) {
     bool anyQuantizedRun = false;
     for (size_t ci = 0; ci < caches.size(); ++ci) {
         const CacheBuild& cb = caches[ci];
-        const std::string mode = modeName(cb.mode);
+        const std::string mode = cb.name();
         gStatus.set("raw read limit: " + mode);
         dropPageCache();
         auto raw = io::measureRawRead(cb.files, best->chunkBytes, best->queueDepth, rawBackend);
@@ -697,7 +720,7 @@ int main(int argc, char** argv) {
     std::optional<RunRecord> ovNoop;
     if (ovRun) {
         size_t ci = 0;
-        for (size_t i = 0; i < caches.size(); ++i) if (modeName(caches[i].mode) == ovRun->mode) ci = i;
+        for (size_t i = 0; i < caches.size(); ++i) if (caches[i].name() == ovRun->mode) ci = i;
         StreamOptions so = baseStreamOptions(o, caches[ci].dir, device, chunk, qd, true);
         so.backend = accBackend;
         so.batch = 0;
@@ -728,8 +751,8 @@ int main(int argc, char** argv) {
         const Json& j = *child;
         childPeak = j.find("peak_rss_bytes")->asUint64().value_or(0);
         RunRecord rec;
-        rec.name = std::string("budget-1/8/") + modeName(big.mode) + "/cold/" + accBackend;
-        rec.mode = modeName(big.mode);
+        rec.name = "budget-1/8/" + big.name() + "/cold/" + accBackend;
+        rec.mode = big.name();
         rec.backend = accBackend;
         rec.cold = true;
         rec.dropped = droppable;
@@ -753,10 +776,18 @@ int main(int argc, char** argv) {
     // ---- report ----------------------------------------------------------------------------
     const double totalSeconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - tStart).count();
-    std::printf("slibench %s — synthetic %s: %lld layers, %.0f M weights, %s bf16 (%s)\n",
-                SLI_VERSION, o.shape.key().c_str(), static_cast<long long>(o.shape.layers),
-                o.shape.params() / 1e6, human(model->bytes).c_str(),
-                model->reused ? "reused" : fmt("generated in %.1f s", model->seconds).c_str());
+    if (model) {
+        std::printf("slibench %s — synthetic %s: %lld layers, %.0f M weights, %s bf16 (%s)\n",
+                    SLI_VERSION, o.shape.key().c_str(), static_cast<long long>(o.shape.layers),
+                    o.shape.params() / 1e6, human(model->bytes).c_str(),
+                    model->reused ? "reused" : fmt("generated in %.1f s", model->seconds).c_str());
+    } else {
+        const CacheBuild& c = caches.front();
+        std::printf("slibench %s — cache %s (%s): %zu layers, %.0f M weights, %s of layer files, "
+                    "%.3f bits/weight\n",
+                    SLI_VERSION, c.dir.c_str(), c.name().c_str(), c.files.size(), c.params / 1e6,
+                    human(c.fileBytes).c_str(), c.bitsPerWeight());
+    }
     std::printf("machine: %s, %d cores, %s, io_uring %s, CUDA no, kernels %s; load average %s at start, %s at end\n",
                 mach.cpu.c_str(), mach.cores, mach.kernel.c_str(), mach.uringUsable ? "yes" : "no",
                 mach.isa.c_str(), mach.loadavg.c_str(), loadAverage().c_str());
@@ -772,23 +803,28 @@ int main(int argc, char** argv) {
     std::printf("engine:  depth %d, budget %s, chunk %u KiB, queue depth %u, threads %d, executor batch %d x %d pass(es)\n\n",
                 o.depth, human(o.budget).c_str(), chunk / 1024, qd, o.threads, o.batch, o.passes);
 
-    std::printf("Quantize                kernel GB/s   pipeline GB/s   cache        bits/weight\n");
-    for (size_t i = 0; i < caches.size(); ++i) {
-        const auto& c = caches[i];
-        std::printf("  %-20s  %9.2f   %13s   %-10s   %8.3f\n", modeName(c.mode), samples[i].gbps(),
-                    c.reused ? "(cached)" : fmt("%.2f", c.sourceBytes / c.buildSeconds / 1e9).c_str(),
-                    human(c.fileBytes).c_str(), c.bitsPerWeight());
+    if (model) {
+        std::printf("Quantize                kernel GB/s   pipeline GB/s   cache        bits/weight\n");
+        for (size_t i = 0; i < caches.size(); ++i) {
+            const auto& c = caches[i];
+            std::printf("  %-20s  %9.2f   %13s   %-10s   %8.3f\n", c.name().c_str(), samples[i].gbps(),
+                        c.reused ? "(cached)" : fmt("%.2f", c.sourceBytes / c.buildSeconds / 1e9).c_str(),
+                        human(c.fileBytes).c_str(), c.bitsPerWeight());
+        }
+        std::printf("  (source bf16 GB/s; kernel = bf16->f32 + quantize on 2 layers; pipeline = read, quantize, write)\n\n");
     }
-    std::printf("  (source bf16 GB/s; kernel = bf16->f32 + quantize on 2 layers; pipeline = read, quantize, write)\n\n");
 
     std::printf("Streaming   mode  io    backend   read GB/s  out GB/s  layers/s  wall s   read  dequant  exec  overlap  vs limit  naive s  speedup  peak RSS\n");
     for (const auto& r : runs) {
-        std::printf("  %-12s %-5s %-9s %9.2f %9.2f %9.1f %7.3f %6.3f %7.3f %6.3f %7.2f %8.2f %8.3f %7.2fx %9s\n",
+        // naive loader columns: "-" where it did not run (--targets-only)
+        const bool naive = r.baselineWall > 0 && r.r.wallSeconds > 0;
+        std::printf("  %-12s %-5s %-9s %9.2f %9.2f %9.1f %7.3f %6.3f %7.3f %6.3f %7.2f %8.2f %8s %8s %9s\n",
                     r.mode.c_str(), r.cold ? "cold" : "warm", r.backend.c_str(), r.r.readGbps(),
                     r.r.outputGbps(), r.r.wallSeconds > 0 ? r.r.layers / r.r.wallSeconds : 0,
                     r.r.wallSeconds, r.r.stages.read, r.r.stages.dequant, r.r.stages.execute,
-                    r.r.overlap(), r.readVsLimit(), r.baselineWall,
-                    r.r.wallSeconds > 0 ? r.baselineWall / r.r.wallSeconds : 0,
+                    r.r.overlap(), r.readVsLimit(),
+                    naive ? fmt("%.3f", r.baselineWall).c_str() : "-",
+                    naive ? fmt("%.2fx", r.baselineWall / r.r.wallSeconds).c_str() : "-",
                     human(r.peakRss).c_str());
     }
     if (device != "cpu") {
@@ -824,7 +860,7 @@ int main(int argc, char** argv) {
     const std::pair<const char*, double> kModels[] = {{"7B", 7e9}, {"13B", 13e9}, {"70B", 70e9}, {"405B", 405e9}};
     std::printf("Weight memory from measured bits/weight (GB = 1e9 bytes)\n  mode          bits/w       7B       13B       70B      405B\n");
     for (const auto& c : caches) {
-        std::printf("  %-12s %7.3f", modeName(c.mode), c.bitsPerWeight());
+        std::printf("  %-12s %7.3f", c.name().c_str(), c.bitsPerWeight());
         for (auto [n, p] : kModels) std::printf(" %9.2f", p * c.bitsPerWeight() / 8 / 1e9);
         (void)kModels;
         std::printf("\n");
@@ -840,7 +876,7 @@ int main(int argc, char** argv) {
     std::printf("Targets (issue 5)\n");
     std::printf("  cold read (engine, no-op consumer) vs raw O_DIRECT %s read, %s cache, median of %d alternating: %.2f / %.2f GB/s = %.3f (>= 0.95) %s\n"
                 "    (engine GB/s:%s; raw GB/s:%s; median of pairwise ratios %.3f)\n",
-                rawBackendName.c_str(), modeName(acc.mode), o.repeat, medEng, medRaw, readRatio, pass(okRead).c_str(),
+                rawBackendName.c_str(), acc.name().c_str(), o.repeat, medEng, medRaw, readRatio, pass(okRead).c_str(),
                 list(engRead).c_str(), list(rawRead).c_str(), medPair);
     if (!rawVerifyRead.empty()) {
         const double medRv = median(rawVerifyRead);
@@ -857,11 +893,11 @@ int main(int argc, char** argv) {
     }
     if (rssRun) {
         std::printf("  peak RSS streaming the %s cache (%s) with a budget of 1/8 (%s, %d slots): %s <= %s %s\n",
-                    modeName(big.mode), human(big.fileBytes).c_str(), human(budget8).c_str(), rssRun->r.slots,
+                    big.name().c_str(), human(big.fileBytes).c_str(), human(budget8).c_str(), rssRun->r.slots,
                     human(childPeak).c_str(), human(rssLimit).c_str(), pass(okRss).c_str());
     } else {
         std::printf("  peak RSS with a budget of 1/8 of the %s cache: not measured (%s)\n",
-                    modeName(big.mode), rssNote.c_str());
+                    big.name().c_str(), rssNote.c_str());
     }
     if (!traceWrittenFor.empty()) std::printf("  trace of %s written to %s\n", traceWrittenFor.c_str(), o.tracePath.c_str());
 
@@ -869,9 +905,16 @@ int main(int argc, char** argv) {
     const RunRecord* head = ovRun;
     std::printf("\nHeadline: cold streaming at %.3f of the raw disk read (%.2f GB/s); ", readRatio, medEng);
     if (head) {
-        std::printf("%s %s: %.2f GB/s read, %.2f GB/s bf16 out, overlap %.2f, %.2fx the naive loader; ",
-                    head->mode.c_str(), head->backend.c_str(), head->r.readGbps(), head->r.outputGbps(),
-                    head->r.overlap(), head->baselineWall / std::max(1e-9, head->r.wallSeconds));
+        const char* outName = "bf16";
+        for (const auto& c : caches) if (c.name() == head->mode) outName = dtypeName(c.computeDType);
+        std::printf("%s %s: %.2f GB/s read, %.2f GB/s %s out, overlap %.2f", head->mode.c_str(),
+                    head->backend.c_str(), head->r.readGbps(), head->r.outputGbps(), outName,
+                    head->r.overlap());
+        if (head->baselineWall > 0) {  // no naive loader with --targets-only
+            std::printf(", %.2fx the naive loader",
+                        head->baselineWall / std::max(1e-9, head->r.wallSeconds));
+        }
+        std::printf("; ");
     }
     if (nfSpeed > 0) {
         std::printf("NF4 loads %.2fx %s than unquantized; ", nfSpeed >= 1 ? nfSpeed : 1 / nfSpeed,
@@ -902,15 +945,23 @@ int main(int argc, char** argv) {
         m.set("loadavg_end", Json::string(loadAverage()));
         root.set("machine", std::move(m));
         Json md = Json::object();
-        md.set("key", Json::string(o.shape.key()));
-        md.set("hidden", Json::integer(o.shape.hidden));
-        md.set("intermediate", Json::integer(o.shape.intermediate));
-        md.set("heads", Json::integer(o.shape.heads));
-        md.set("kv_heads", Json::integer(o.shape.kvHeads));
-        md.set("layers", Json::integer(o.shape.layers));
-        md.set("params", Json::integer(o.shape.params()));
-        md.set("bytes", unum(model->bytes));
-        md.set("reused", Json::boolean(model->reused));
+        if (model) {
+            md.set("key", Json::string(o.shape.key()));
+            md.set("hidden", Json::integer(o.shape.hidden));
+            md.set("intermediate", Json::integer(o.shape.intermediate));
+            md.set("heads", Json::integer(o.shape.heads));
+            md.set("kv_heads", Json::integer(o.shape.kvHeads));
+            md.set("layers", Json::integer(o.shape.layers));
+            md.set("params", Json::integer(o.shape.params()));
+            md.set("bytes", unum(model->bytes));
+            md.set("reused", Json::boolean(model->reused));
+        } else {  // --cache: what the cache holds
+            const CacheBuild& c = caches.front();
+            md.set("cache_dir", Json::string(c.dir));
+            md.set("layers", Json::integer(static_cast<int64_t>(c.files.size())));
+            md.set("params", unum(c.params));
+            md.set("cache_bytes", unum(c.fileBytes));
+        }
         root.set("model", std::move(md));
         Json rl = Json::array();
         for (const auto& r : runs) rl.push(r.toJson(device));
@@ -921,8 +972,8 @@ int main(int argc, char** argv) {
         for (size_t i = 0; i < caches.size(); ++i) {
             const auto& c = caches[i];
             Json q = Json::object();
-            q.set("mode", Json::string(modeName(c.mode)));
-            q.set("kernel_gbps", num(samples[i].gbps()));
+            q.set("mode", Json::string(c.name()));
+            q.set("kernel_gbps", i < samples.size() ? num(samples[i].gbps()) : Json::null());
             q.set("pipeline_gbps", c.reused ? Json::null() : num(c.sourceBytes / c.buildSeconds / 1e9));
             q.set("cache_bytes", unum(c.fileBytes));
             q.set("params", unum(c.params));
@@ -946,7 +997,7 @@ int main(int argc, char** argv) {
         root.set("limits", std::move(lim));
         Json a = Json::object();
         Json a1 = Json::object();
-        a1.set("mode", Json::string(modeName(acc.mode)));
+        a1.set("mode", Json::string(acc.name()));
         a1.set("consumer", Json::string("no-op"));
         a1.set("repeat", Json::integer(o.repeat));
         Json ea = Json::array(), ra = Json::array();
@@ -976,7 +1027,7 @@ int main(int argc, char** argv) {
         a2.set("met", Json::boolean(okOv));
         a.set("overlap", std::move(a2));
         Json a3 = Json::object();
-        a3.set("mode", Json::string(modeName(big.mode)));
+        a3.set("mode", Json::string(big.name()));
         a3.set("cache_bytes", unum(big.fileBytes));
         a3.set("budget_bytes", unum(budget8));
         a3.set("peak_rss_bytes", rssRun ? unum(childPeak) : Json::null());

@@ -225,12 +225,70 @@ QuantizationConfig configForMode(QuantizationMode mode) {
     return c;
 }
 
+namespace {
+
+// Fills cb.files / fileBytes / params from the layer files `m` lists under cb.dir, reading
+// (and so checking) each file's index.
+Status scanLayers(const io::CacheManifest& m, CacheBuild& cb) {
+    cb.files.clear();
+    cb.fileBytes = cb.params = 0;
+    for (const auto& l : m.layers) {
+        const std::string path = cb.dir + "/" + l.file;
+        SLI_ASSIGN_OR_RETURN(io::LayerFileIndex idx, io::readLayerIndex(path));
+        cb.files.push_back(path);
+        cb.fileBytes += idx.dataEnd;
+        for (const auto& t : idx.tensors) cb.params += static_cast<uint64_t>(t.info.numel());
+    }
+    if (m.layers.empty()) return Status::notFound("cache " + cb.dir + " lists no layers");
+    return Status();
+}
+
+}  // namespace
+
+Result<CacheBuild> openCache(const std::string& root, const std::string& modelId) {
+    std::error_code ec;
+    if (!fs::is_directory(root, ec)) {
+        return Status::notFound("cache " + root + ": no such directory");
+    }
+    SLI_ASSIGN_OR_RETURN(auto dirs, io::findCacheDirs(root));
+    std::vector<std::string> matching;
+    std::vector<io::CacheManifest> manifests;
+    for (const auto& d : dirs) {
+        SLI_ASSIGN_OR_RETURN(io::CacheManifest m, io::readManifest(d));
+        if (!modelId.empty() && m.modelId != modelId) continue;
+        matching.push_back(d);
+        manifests.push_back(std::move(m));
+    }
+    if (matching.empty()) {
+        return Status::notFound("no layer cache" +
+                                (modelId.empty() ? std::string() : " for model " + modelId) +
+                                " under " + root + " (sli quantize --cache writes one)");
+    }
+    if (matching.size() > 1) {
+        std::string list;
+        for (const auto& d : matching) list += "\n  " + d;
+        return Status::invalidArgument("several layer caches under " + root +
+                                       " match; name one directory or a model id:" + list);
+    }
+    CacheBuild cb;
+    cb.dir = matching[0];
+    cb.reused = true;
+    const io::CacheManifest& m = manifests[0];
+    SLI_ASSIGN_OR_RETURN(QuantizationConfig cfg, QuantizationConfig::fromJsonString(m.configJson));
+    cb.mode = cfg.mode;
+    cb.computeDType = cfg.computeDType;
+    if (!m.policyJson.empty()) cb.label = "mixed";
+    SLI_RETURN_IF_ERROR(scanLayers(m, cb));
+    return cb;
+}
+
 Result<CacheBuild> ensureCache(const std::string& workdir, const GeneratedModel& model,
                                QuantizationMode mode, int threads, const ProgressFn& progress) {
     const QuantizationConfig cfg = configForMode(mode);
     SLI_RETURN_IF_ERROR(cfg.validate());
     CacheBuild cb;
     cb.mode = mode;
+    cb.computeDType = cfg.computeDType;
     cb.sourceBytes = model.bytes;
     const std::string root = workdir + "/caches";
     cb.dir = io::cacheDirFor(root, model.modelId, LayerCache::fingerprint(cfg));
@@ -242,17 +300,7 @@ Result<CacheBuild> ensureCache(const std::string& workdir, const GeneratedModel&
             !m.policyJson.empty()) {
             return Status::invalidArgument("made from another source or configuration");
         }
-        cb.files.clear();
-        cb.fileBytes = cb.params = 0;
-        for (const auto& l : m.layers) {
-            const std::string path = cb.dir + "/" + l.file;
-            SLI_ASSIGN_OR_RETURN(io::LayerFileIndex idx, io::readLayerIndex(path));
-            cb.files.push_back(path);
-            cb.fileBytes += idx.dataEnd;
-            for (const auto& t : idx.tensors) cb.params += static_cast<uint64_t>(t.info.numel());
-        }
-        if (m.layers.empty()) return Status::notFound("no layers");
-        return Status();
+        return scanLayers(m, cb);
     };
     std::error_code ec;
     if (fs::exists(cb.dir + "/" + io::kManifestName, ec)) {

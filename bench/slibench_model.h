@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "sli/config.h"
+#include "sli/dtype.h"
 #include "sli/status.h"
 
 namespace sli::bench {
@@ -63,6 +64,8 @@ QuantizationConfig configForMode(QuantizationMode mode);
 
 struct CacheBuild {
     QuantizationMode mode = QuantizationMode::kNone;
+    std::string label;               // how reports name it; empty: the mode's name
+    DType computeDType = DType::kBF16;  // what dequantization produces (the config's)
     std::string dir;                 // the cache directory holding MANIFEST.json
     std::vector<std::string> files;  // layer files, in layer order
     uint64_t fileBytes = 0;          // bytes of the layer files
@@ -71,6 +74,7 @@ struct CacheBuild {
     double buildSeconds = 0;         // ingestCheckpoint wall time (read, quantize, write,
                                      // fsync); 0 when reused
     uint64_t sourceBytes = 0;
+    std::string name() const { return label.empty() ? std::string(modeName(mode)) : label; }
     double bitsPerWeight() const {
         return params ? 8.0 * static_cast<double>(fileBytes) / static_cast<double>(params) : 0;
     }
@@ -81,6 +85,12 @@ struct CacheBuild {
 // (engine/ingest.h, what `sli quantize` runs). 2-D tensors take `mode`, norms stay bf16.
 Result<CacheBuild> ensureCache(const std::string& workdir, const GeneratedModel& model,
                                QuantizationMode mode, int threads, const ProgressFn& progress);
+
+// An existing layer cache, as `sli quantize --cache ROOT` wrote it (slibench --cache): ROOT is
+// a cache root, a model directory in it or one cache directory; modelId (may be empty) picks
+// a model when ROOT holds several. Exactly one cache must match (the engine's own rule). Its
+// label is its mode's name, or "mixed" for a per-tensor policy (--preset mixed).
+Result<CacheBuild> openCache(const std::string& root, const std::string& modelId);
 
 // Quantize throughput of LayerQuantizer on the first `layers` layers of the model, in memory:
 // bf16 -> f32 and the quantize kernel are timed (not the read, no write); source GB/s.

@@ -127,6 +127,7 @@ Status Executor::run(const Layer& layer) {
     if (batch_ <= 0) return Status();  // a no-op consumer: acquire and release only
     for (int p = 0; p < passes_; ++p) {
         for (const Tensor& t : layer) {
+            if (!dtypeIsFloat(t.dtype())) continue;  // integer buffers (position ids, masks)
             if (t.shape().size() != 2) {
                 const int64_t n = t.numel();
                 row_.resize(static_cast<size_t>(n));
@@ -258,9 +259,14 @@ Result<StreamResult> streamNaive(const StreamOptions& o, const std::vector<std::
         const DType dt = cfg.computeDType;
         std::vector<uint64_t> offs;
         uint64_t outBytes = 0;
+        // As the engine: integer / bool tensors (position ids, masks) are handed out as stored.
+        const auto outDTypeOf = [&](const io::CacheTensorEntry& e) {
+            const bool raw = e.info.mode == QuantizationMode::kNone && !dtypeIsFloat(e.info.storedDType);
+            return raw ? e.info.storedDType : dt;
+        };
         for (const auto& e : idx.tensors) {
             offs.push_back(outBytes);
-            outBytes += (static_cast<uint64_t>(e.info.numel()) * dtypeSize(dt) + 63) / 64 * 64;
+            outBytes += (static_cast<uint64_t>(e.info.numel()) * dtypeSize(outDTypeOf(e)) + 63) / 64 * 64;
         }
         if (out.size() < outBytes) {
             SLI_ASSIGN_OR_RETURN(out, AlignedBuffer::allocate(outBytes, false));
@@ -277,11 +283,20 @@ Result<StreamResult> streamNaive(const StreamOptions& o, const std::vector<std::
                                                   idx.dataStart, o.verify, scratch.bytes()));
             r.stages.verify += secondsSince(t);
             t = Clock::now();
-            const uint64_t nb = static_cast<uint64_t>(e.info.numel()) * dtypeSize(dt);
-            SLI_RETURN_IF_ERROR(kernels::dequantize(v, dt, std::span<uint8_t>(out.data() + offs[i], nb), threads));
+            const DType et = outDTypeOf(e);
+            const uint64_t nb = static_cast<uint64_t>(e.info.numel()) * dtypeSize(et);
+            if (et == dt) {
+                SLI_RETURN_IF_ERROR(kernels::dequantize(v, dt, std::span<uint8_t>(out.data() + offs[i], nb), threads));
+            } else {
+                const auto payload = v.part(QuantPart::kPayload);
+                if (payload.size() != nb) {
+                    return Status::corruption("tensor " + e.info.name + " in " + path + ": payload size");
+                }
+                std::memcpy(out.data() + offs[i], payload.data(), nb);
+            }
             r.stages.dequant += secondsSince(t);
             r.bytesProduced += nb;
-            SLI_ASSIGN_OR_RETURN(Tensor tt, Tensor::borrowed(e.info.name, e.info.shape, dt, out.data() + offs[i]));
+            SLI_ASSIGN_OR_RETURN(Tensor tt, Tensor::borrowed(e.info.name, e.info.shape, et, out.data() + offs[i]));
             SLI_RETURN_IF_ERROR(layer.add(std::move(tt)));
         }
         t = Clock::now();

@@ -118,6 +118,47 @@ TEST_CASE("a damaged cache is rebuilt on the next run") {
     CHECK(fs::file_size(victim) > 4096);
 }
 
+TEST_CASE("--cache streams an existing cache and reports on it") {
+    TempDir tmp;
+    const std::string work = tmp.path + "/work";
+    // An int8 cache of the tiny model, written by slibench's own run (the ingestion pipeline
+    // of `sli quantize`).
+    auto r = slibench("--tiny --mode int8 --backend pread --targets-only --workdir " + work,
+                      tmp.path);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    const std::string json = tmp.path + "/cache.json";
+    r = slibench("--cache " + work + "/caches --repeat 1 --backend pread --json " + json, tmp.path);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    const sli::Json j = readJson(json);
+    const sli::Json& model = *j.find("model");
+    requireKeys(model, {"cache_dir", "layers", "params", "cache_bytes"}, "model");
+    CHECK(model.find("layers")->asInt64().value_or(0) == 16);  // the tiny model's layers
+    CHECK(model.find("cache_dir")->asString().rfind(work + "/caches/", 0) == 0);
+    const sli::Json& runs = *j.find("runs");
+    REQUIRE(runs.isArray());
+    REQUIRE(!runs.asArray().empty());
+    for (const sli::Json& run : runs.asArray()) CHECK(run.find("mode")->asString() == "int8");
+    // The quantize throughput needs the source model: not measured for a cache.
+    const sli::Json& q = *j.find("quantize");
+    REQUIRE(q.asArray().size() == 1);
+    CHECK(q.asArray()[0].find("kernel_gbps")->isNull());
+}
+
+TEST_CASE("--cache errors name the directory; model options do not combine with it") {
+    TempDir tmp;
+    auto r = slibench("--cache " + tmp.path + "/nowhere", tmp.path);
+    CHECK(r.status == 1);
+    CHECK(r.err.find(tmp.path + "/nowhere") != std::string::npos);
+    r = slibench("--cache " + tmp.path, tmp.path);  // a directory with no cache in it
+    CHECK(r.status == 1);
+    CHECK(r.err.find("no layer cache") != std::string::npos);
+    CHECK(slibench("--cache " + tmp.path + " --mode nf4", tmp.path).status == 2);
+    CHECK(slibench("--cache " + tmp.path + " --tiny", tmp.path).status == 2);
+    CHECK(slibench("--model-id x", tmp.path).status == 2);
+}
+
 TEST_CASE("an unwritable work directory fails with a message naming it") {
     TempDir tmp;
     const std::string file = tmp.path + "/plain-file";
