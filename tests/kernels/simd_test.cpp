@@ -294,6 +294,28 @@ TEST_CASE("large line-aligned outputs (non-temporal stores) match the reference 
     });
 }
 
+TEST_CASE("large streamed conversions with a ragged tail match the reference for every pair") {
+    // Outputs past the streaming threshold whose length is not a multiple of the 32-value
+    // loop: the 16-, 8- and partial-8 tails run after the non-temporal stores.
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        const int64_t n = (int64_t{9} << 20) / 2 + 16 + 8 + 3;  // 9 MiB of f16 and 27 more values
+        auto x = randomValues(n, 77);
+        for (DType from : kOutTypes) {
+            std::vector<uint8_t> src(static_cast<size_t>(n) * esz(from));
+            ref.convert(DType::kF32, x.data(), n, from, src.data());
+            for (DType to : kOutTypes) {
+                CAPTURE(std::string(dtypeName(from)));
+                CAPTURE(std::string(dtypeName(to)));
+                LineBuffer a(static_cast<size_t>(n) * esz(to), 0), b(static_cast<size_t>(n) * esz(to), 0);
+                ref.convert(from, src.data(), n, to, a.p);
+                k.convert(from, src.data(), n, to, b.p);
+                CHECK(b.same(a));
+            }
+        }
+    });
+}
+
 TEST_CASE("4-bit dequantization matches the reference on every byte value and odd absmax") {
     forEachFast([](const CpuKernels& k) {
         const auto& ref = referenceKernels();
