@@ -151,6 +151,10 @@ public:
     explicit DeviceGuard(int device) {
         if (cudaGetDevice(&prev_) == cudaSuccess && prev_ != device) {
             err_ = cudaSetDevice(device);
+            if (err_ != cudaSuccess) {
+                cudaGetLastError();  // reported by error(); not a later launch's
+                prev_ = -1;
+            }
         } else {
             prev_ = -1;
         }
