@@ -319,10 +319,12 @@ HostRegistration& HostRegistration::operator=(HostRegistration&& o) noexcept {
     }
     return *this;
 }
-Result<HostRegistration> HostRegistration::registerRange(void* base, size_t bytes) {
+Result<HostRegistration> HostRegistration::registerRange(void* base, size_t bytes, int device) {
     if (base == nullptr || bytes == 0) {
         return Status::invalidArgument("cudaHostRegister: empty range");
     }
+    DeviceScope scope(device);
+    SLI_RETURN_IF_ERROR(scope.status(device));
     const cudaError_t e = cudaHostRegister(base, bytes, cudaHostRegisterPortable);
     if (e != cudaSuccess) {
         cudaGetLastError();
