@@ -704,6 +704,13 @@ inline void convertRun(const uint8_t* src, int64_t n, uint8_t* out) {
     constexpr int64_t kIsz = kEsz<From>;
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
+        // one prefetch per source line, as the AVX2 table (x86::kConvertPrefetchAhead: there
+        // bf16 -> f16 went from 0.76-0.80 to 0.92-0.99 of its floor; not measured on AVX-512)
+        for (int64_t b = 0; b < 32 * kIsz; b += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(src + i * kIsz + b) +
+                             x86::kConvertPrefetchAhead,
+                         _MM_HINT_T0);
+        }
         store32<To, S>(out + i * kEsz<To>, load16<From>(src + i * kIsz),
                        load16<From>(src + (i + 16) * kIsz));
     }

@@ -654,6 +654,39 @@ TEST_CASE("Q4_0 dequantization matches the reference for short and chunk-edge bl
     });
 }
 
+TEST_CASE("f32 -> f16 / bf16 conversion matches the reference around every rounding boundary") {
+    // Every combination of the f32 bits that survive each narrowing (sign, exponent and the
+    // kept mantissa bits: 2^19 for f16, 2^16 for bf16) with the dropped bits just below, at and
+    // above the halfway point, zero and all ones: ties to even, carries into the exponent,
+    // overflow to infinity, every subnormal range, signalling and quiet NaNs.
+    struct Case {
+        DType to;
+        int dropped;  // mantissa bits the narrowing drops (13 for f16's normals, 16 for bf16)
+    };
+    for (const Case c : {Case{DType::kF16, 13}, Case{DType::kBF16, 16}}) {
+        CAPTURE(std::string(dtypeName(c.to)));
+        const uint32_t half = 1u << (c.dropped - 1), ones = (1u << c.dropped) - 1;
+        const uint32_t lows[] = {0, 1, half - 1, half, half + 1, ones};
+        std::vector<float> x;
+        x.reserve((size_t{1} << (32 - c.dropped)) * std::size(lows));
+        for (uint32_t hi = 0; hi < (1u << (32 - c.dropped)); ++hi) {
+            for (uint32_t lo : lows) x.push_back(bitsFloat((hi << c.dropped) | lo));
+        }
+        const int64_t n = static_cast<int64_t>(x.size());
+        forEachFast([&](const CpuKernels& k) {
+            std::vector<uint16_t> a(x.size()), b(x.size());
+            referenceKernels().convert(DType::kF32, x.data(), n, c.to, a.data());
+            k.convert(DType::kF32, x.data(), n, c.to, b.data());
+            const int64_t at = firstDiff(a.data(), b.data(), x.size(), 2);
+            const size_t i = at < 0 ? 0 : static_cast<size_t>(at);
+            CAPTURE(floatBits(x[i]));
+            CAPTURE(a[i]);
+            CAPTURE(b[i]);
+            CHECK(at == -1);
+        });
+    }
+}
+
 TEST_CASE("int8 -> bf16: a rounding tie at any single q is honoured, not only at q = 1") {
     // The fast bf16 path rounds half up on rows with no tie, which it detects from a subset
     // of q (tests/kernels: the odd ones). For each q0 here, a scale whose products have a
