@@ -284,6 +284,15 @@ Status Engine::Impl::openLayers() {
         src.file = std::move(f).value();
         anyDirect = anyDirect || src.file.isDirect();
         SLI_ASSIGN_OR_RETURN(src.index, io::readLayerIndex(src.file.fd(), path));
+        // A valid file of another layer (copied or renamed over this one) would otherwise be
+        // handed out as layer i.
+        if (src.index.layerIndex != ml.index) {
+            return Status::corruption("cache file " + path + " holds layer " +
+                                      std::to_string(src.index.layerIndex) + " (" +
+                                      src.index.layerName + "); the manifest lists it as layer " +
+                                      std::to_string(i) + " (" + ml.name +
+                                      "); run `sli quantize` again");
+        }
         uint64_t off = 0;
         for (const auto& t : src.index.tensors) {
             // Integer / bool tensors (position ids, masks) are handed out as stored.

@@ -161,6 +161,21 @@ TEST_CASE("a corrupt layer fails its acquire naming layer, tensor and file; othe
     checkStream(**e, tc, {3}, DType::kF32);
 }
 
+TEST_CASE("a layer file replaced by another layer's is an error at open naming both") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
+    // A valid file with a valid index, but of layer 2, where the manifest expects layer 1.
+    std::filesystem::copy_file(tc.files[2], tc.files[1],
+                               std::filesystem::copy_options::overwrite_existing);
+    auto e = Engine::open(baseOptions(tc));
+    REQUIRE_FALSE(e.isOk());
+    CHECK(e.status().isCorruption());
+    const std::string msg = e.status().message();
+    CHECK(msg.find(tc.files[1]) != std::string::npos);
+    CHECK(msg.find("layer 2") != std::string::npos);
+    CHECK(msg.find("layer 1") != std::string::npos);
+}
+
 TEST_CASE("checksum verification can be turned off") {
     TempDir tmp;
     TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNone);
