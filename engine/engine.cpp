@@ -1062,11 +1062,16 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         if (!anyFreeOrPending) {
             m.acquireWaiting = false;
             const size_t held = m.gpu() ? m.gpuUses.size() : m.slots.size();
+            // There are prefetchDepth + 1 slots unless the budget holds fewer: name the limit
+            // that actually binds (a larger budget does not help at depth 0).
+            const bool budgetBound = held < static_cast<size_t>(m.opts.prefetchDepth) + 1;
             return Status::resourceExhausted(
                 "acquire(" + std::to_string(layer) + "): all " + std::to_string(held) +
                 (m.gpu() ? " device" : "") +
-                " layer slots are leased; release earlier layers first (or raise the " +
-                (m.gpu() ? "device" : "host") + " budget)");
+                " layer slots are leased; release earlier layers first (or raise " +
+                (budgetBound ? std::string("the ") + (m.gpu() ? "device" : "host") + " budget"
+                             : std::string("the prefetch depth: the engine keeps depth + 1 slots")) +
+                ")");
         }
         m.readyCv.wait(lock);
     }

@@ -311,6 +311,23 @@ TEST_CASE("holding every slot makes acquire fail instead of deadlocking") {
     CHECK(d.isOk());
 }
 
+TEST_CASE("at depth 0 a second lease is refused with advice that can help") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
+    EngineOptions o = baseOptions(tc);
+    o.prefetchDepth = 0;  // one slot, however large the budget
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    auto a = (*e)->acquire(0);
+    REQUIRE(a.isOk());
+    auto b = (*e)->acquire(1);
+    REQUIRE(b.status().isResourceExhausted());
+    CHECK(b.status().message().find("prefetch depth") != std::string::npos);
+    CHECK(b.status().message().find("budget") == std::string::npos);
+    a->release();
+    checkStream(**e, tc, {1, 2}, DType::kF32);
+}
+
 TEST_CASE("bad options and missing caches are clear errors") {
     TempDir tmp;
     EngineOptions o;
