@@ -1069,8 +1069,9 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
                 "acquire(" + std::to_string(layer) + "): all " + std::to_string(held) +
                 (m.gpu() ? " device" : "") +
                 " layer slots are leased; release earlier layers first (or raise " +
-                (budgetBound ? std::string("the ") + (m.gpu() ? "device" : "host") + " budget"
-                             : std::string("the prefetch depth: the engine keeps depth + 1 slots")) +
+                (budgetBound
+                     ? std::string("the ") + (m.gpu() ? "device" : "host") + " budget"
+                     : std::string("the prefetch depth: the engine keeps depth + 1 slots")) +
                 ")");
         }
         m.readyCv.wait(lock);

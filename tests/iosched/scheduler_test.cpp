@@ -338,7 +338,7 @@ private:
 
 }  // namespace
 
-TEST_CASE("an O_DIRECT read that ends 512-aligned at end of file completes without a misaligned resubmission") {
+TEST_CASE("an O_DIRECT read ending 512-aligned at end of file is never resubmitted misaligned") {
     // 3 x 4096 + 512 bytes: O_DIRECT returns the last read short by a 512-aligned amount.
     TestFile tf(diskDir(), "sector4k.bin", 3 * 4096 + 512);
     auto f = openForDirectRead(tf.path);
