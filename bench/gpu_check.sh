@@ -17,25 +17,60 @@
 # Usage on the device machine, from the repository root:   bash bench/gpu_check.sh
 # Environment: OUT, GPU_ARCHS (default 90), JOBS (default nproc), BENCH_ARGS (extra flags for
 # cuda_bench, e.g. "--layers 8"), SLIBENCH_ARGS (extra slibench flags), FORCE_PREFIX=1 (use .debs/ even when the system has the
-# packages; for checking the script on a CPU machine). Exit status: 0 when the tests passed and the bench ran.
+# packages; for checking the script on a CPU machine), DEADLINE_S (default 480: every step's
+# timeout is cut so the whole script ends by then, and later steps are skipped once it is near,
+# so a device call of 600 s always gets summary.txt back), STOP_AFTER=configure|build (a dry
+# run on a machine without a GPU). Exit status: 0 when the tests passed and the bench ran.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 OUT="${OUT:-$ROOT/gpu-check-out}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 START=$(date +%s)
+DEADLINE_S="${DEADLINE_S:-480}"
 step() { echo "=== [$(( $(date +%s) - START ))s] $*"; }
+# Seconds for a step that wants $1: at most what is left before the deadline (less a margin
+# for the summary), at least 5.
+budget() {
+  local left=$(( DEADLINE_S - ($(date +%s) - START) - 10 ))
+  [ "$left" -lt 5 ] && left=5
+  [ "$1" -lt "$left" ] && left=$1
+  echo "$left"
+}
+# True when fewer than $1 seconds are left: the step is skipped (and reported).
+late() { [ $(( DEADLINE_S - ($(date +%s) - START) )) -lt "$1" ]; }
 GPU_ARCHS="${GPU_ARCHS:-90}"
 JOBS="${JOBS:-$(nproc)}"
 BUILD="$ROOT/build-gpu-check"
 status=0
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+summary() {
+  step "summary"
+  {
+    echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+    echo "tests: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')"
+    grep -E 'ratio|wall' "$OUT/cuda_bench.txt" 2>/dev/null
+    grep -E 'h2d' "$OUT/slibench_cuda.txt" 2>/dev/null
+    echo "cpu: $(tr '\n' ' ' 2>/dev/null < "$OUT/cpu.txt")"
+    echo "kernel tests: $(grep -E '^\[doctest\] (test cases|Status)' "$OUT/kernels-test.txt" 2>/dev/null | tr '\n' ' ')"
+    echo "status: $1   elapsed: $(( $(date +%s) - START ))s"
+  } | tee "$OUT/summary.txt"
+}
+# Every exit (a failed configure or build included) leaves summary.txt under $OUT.
+# shellcheck disable=SC2154  # rc is assigned inside the trap
+trap 'rc=$?; summary "$rc"' EXIT
 
 step "machine"
 uname -a
 (nvidia-smi || true) | tee "$OUT/nvidia-smi.txt"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export PATH="$CUDA_HOME/bin:$PATH"
+# The binaries link libcudart.so (meson's CUDA dependency adds -lcudart before
+# -lcudart_static): load the one of the toolkit that builds them, not whatever the loader
+# finds first (or nothing, when the toolkit's lib directory is not in ld.so.conf).
+export LD_LIBRARY_PATH="$CUDA_HOME/lib64:$CUDA_HOME/targets/x86_64-linux/lib:$CUDA_HOME/lib:${LD_LIBRARY_PATH:-}"
 nvcc --version | tail -2
 meson --version
 ninja --version
@@ -103,24 +138,34 @@ if ! meson setup "$BUILD" --buildtype=release -Dcuda=enabled -Dgpu_archs="$GPU_A
   echo "configure failed"
   exit 3
 fi
+[ "${STOP_AFTER:-}" = configure ] && { echo "STOP_AFTER=configure: done"; exit 0; }
 
 step "build the CUDA targets"
-if ! ninja -C "$BUILD" -j "$JOBS" tests/cuda/test_cuda tests/cuda/test_cuda_rules bench/cuda_bench \
-    bench/slibench; then
-  echo "build failed"
+if ! timeout "$(budget 400)" ninja -C "$BUILD" -j "$JOBS" tests/cuda/test_cuda \
+    tests/cuda/test_cuda_rules bench/cuda_bench bench/slibench; then
+  echo "build failed (or ran past the deadline)"
   exit 4
 fi
+ldd "$BUILD/tests/cuda/test_cuda" | grep -E 'cudart|not found'
+[ "${STOP_AFTER:-}" = build ] && { echo "STOP_AFTER=build: done"; exit 0; }
 
 step "CUDA tests"
-if ! timeout 150 meson test -C "$BUILD" --suite cuda --no-rebuild --print-errorlogs; then
+if ! timeout "$(budget 150)" meson test -C "$BUILD" --suite cuda --no-rebuild --print-errorlogs; then
   status=1
   echo "CUDA tests FAILED"
 fi
 cp "$BUILD/meson-logs/testlog.txt" "$OUT/meson-testlog.txt" 2>/dev/null
+# test_cuda exits 77 (SKIP) when the runtime sees no device, e.g. a driver older than the
+# toolkit: on this machine that is a failure, not a pass.
+skipped=$(grep -E '^Skipped:' "$BUILD/meson-logs/testlog.txt" 2>/dev/null | tr -dc '0-9')
+if [ "${skipped:-0}" != 0 ]; then
+  status=1
+  echo "CUDA tests SKIPPED ($skipped): the CUDA runtime sees no device (driver older than nvcc's toolkit?)"
+fi
 
 step "GPU benchmark"
 # shellcheck disable=SC2086
-timeout 90 "$BUILD/bench/cuda_bench" --json "$OUT/cuda_bench.json" ${BENCH_ARGS:-} | tee "$OUT/cuda_bench.txt"
+timeout "$(budget 90)" "$BUILD/bench/cuda_bench" --json "$OUT/cuda_bench.json" ${BENCH_ARGS:-} | tee "$OUT/cuda_bench.txt"
 bench_rc=${PIPESTATUS[0]}
 if [ "$bench_rc" = 77 ]; then
   status=1
@@ -132,7 +177,7 @@ fi
 
 step "slibench on cuda:0 (engine on the GPU, brief)"
 # shellcheck disable=SC2086
-timeout 90 "$BUILD/bench/slibench" --tiny --device cuda:0 --backend pread \
+timeout "$(budget 90)" "$BUILD/bench/slibench" --tiny --device cuda:0 --backend pread \
   --workdir "$BUILD/slibench-work" --json "$OUT/slibench_cuda.json" \
   --trace "$OUT/slibench_cuda_trace.json" ${SLIBENCH_ARGS:-} | tee "$OUT/slibench_cuda.txt"
 sb_rc=${PIPESTATUS[0]}
@@ -142,12 +187,16 @@ if [ "$sb_rc" != 0 ]; then
 fi
 
 step "host CPU kernels (AVX-512 natively when this CPU has it)"
+if late 120; then
+  echo "skipped: fewer than 120 s left before the deadline"
+  exit $status
+fi
 grep -m1 'model name' /proc/cpuinfo | tee "$OUT/cpu.txt"
 grep -m1 -o 'avx512[a-z_]*' /proc/cpuinfo >/dev/null && has512=1 || has512=0
 grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|f16c|avx512(f|bw|vl|dq))$' | tr '\n' ' ' | tee -a "$OUT/cpu.txt"
 echo | tee -a "$OUT/cpu.txt"
-if ninja -C "$BUILD" -j "$JOBS" tests/kernels/test_kernels bench/kernels_bench; then
-  SLI_TEST_DATA="$ROOT/tests" SLI_LOG=error timeout 120 "$BUILD/tests/kernels/test_kernels" \
+if timeout "$(budget 120)" ninja -C "$BUILD" -j "$JOBS" tests/kernels/test_kernels bench/kernels_bench; then
+  SLI_TEST_DATA="$ROOT/tests" SLI_LOG=error timeout "$(budget 120)" "$BUILD/tests/kernels/test_kernels" \
     > "$OUT/kernels-test.txt" 2>&1
   kt_rc=$?
   tail -3 "$OUT/kernels-test.txt"
@@ -158,7 +207,7 @@ if ninja -C "$BUILD" -j "$JOBS" tests/kernels/test_kernels bench/kernels_bench; 
   isas="avx2"
   [ "$has512" = 1 ] && isas="avx2 avx512"
   for isa in $isas; do
-    SLI_ISA=$isa timeout 60 "$BUILD/bench/kernels_bench" \
+    SLI_ISA=$isa timeout "$(budget 60)" "$BUILD/bench/kernels_bench" \
       --benchmark_filter='streamfill/32|movefloor|dequantize/(nf4|int8|int4)|quantize_kernel' \
       --benchmark_min_time=0.1 --benchmark_out="$OUT/kernels_bench_$isa.json" \
       --benchmark_out_format=json > "$OUT/kernels_bench_$isa.txt" 2>&1 || echo "kernels_bench $isa failed"
@@ -168,14 +217,4 @@ else
   echo "kernel test / bench build FAILED"
 fi
 
-step "summary"
-{
-  echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
-  echo "tests: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')"
-  grep -E 'ratio|wall' "$OUT/cuda_bench.txt" 2>/dev/null
-  grep -E 'h2d' "$OUT/slibench_cuda.txt" 2>/dev/null
-  echo "cpu: $(cat "$OUT/cpu.txt" 2>/dev/null | tr '\n' ' ')"
-  echo "kernel tests: $(grep -E '^\[doctest\] (test cases|Status)' "$OUT/kernels-test.txt" 2>/dev/null | tr '\n' ' ')"
-  echo "status: $status   elapsed: $(( $(date +%s) - START ))s"
-} | tee "$OUT/summary.txt"
 exit $status

@@ -482,7 +482,7 @@ Status Engine::Impl::openGpu() {
     }
     // Pin once: every slab of the pool, for true asynchronous DMA from the read slots.
     for (const io::MemoryRegion& r : pool->regions()) {
-        auto reg = gpu::HostRegistration::registerRange(r.data, r.size);
+        auto reg = gpu::HostRegistration::registerRange(r.data, r.size, gpuDevice);
         if (!reg.isOk()) {
             return reg.status().withContext("registering the engine's pinned read slots (" +
                                             std::to_string(r.size) + " bytes) with CUDA");

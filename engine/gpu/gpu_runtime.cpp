@@ -54,6 +54,7 @@ public:
         if (device >= 0 && device != previous_) {
             err_ = cudaSetDevice(device);
             changed_ = err_ == cudaSuccess;
+            if (!changed_) cudaGetLastError();  // reported by status(); not a later launch's
         }
     }
     ~DeviceScope() {
@@ -148,7 +149,12 @@ Status CudaEvent::record(void* stream) const {
 Result<bool> CudaEvent::query() const {
     const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event_));
     if (e == cudaSuccess) return true;
-    if (e == cudaErrorNotReady) return false;
+    if (e == cudaErrorNotReady) {
+        // NotReady is recorded as this thread's last error: clear it, or the next kernel
+        // launch's cudaGetLastError() check would report it as that launch's failure.
+        cudaGetLastError();
+        return false;
+    }
     return check(e, "cudaEventQuery");
 }
 Status CudaEvent::synchronize() const {
@@ -313,10 +319,12 @@ HostRegistration& HostRegistration::operator=(HostRegistration&& o) noexcept {
     }
     return *this;
 }
-Result<HostRegistration> HostRegistration::registerRange(void* base, size_t bytes) {
+Result<HostRegistration> HostRegistration::registerRange(void* base, size_t bytes, int device) {
     if (base == nullptr || bytes == 0) {
         return Status::invalidArgument("cudaHostRegister: empty range");
     }
+    DeviceScope scope(device);
+    SLI_RETURN_IF_ERROR(scope.status(device));
     const cudaError_t e = cudaHostRegister(base, bytes, cudaHostRegisterPortable);
     if (e != cudaSuccess) {
         cudaGetLastError();

@@ -162,7 +162,9 @@ private:
 // Page-locks an existing host range for the GPU (cudaHostRegister, portable), so
 // cudaMemcpyAsync from it is a true asynchronous DMA. For the engine's pinned pool slabs: pin
 // once at start, never per layer. The range must stay mapped until this object is destroyed
-// (cudaHostUnregister). Registering costs milliseconds per GiB.
+// (cudaHostUnregister), and no copy from it may be in flight then (the owner synchronizes
+// first). Registering costs milliseconds per GiB. `device` >= 0 binds that device for the
+// call (the registration is portable; this only avoids creating a context on device 0).
 class HostRegistration {
 public:
     HostRegistration() = default;
@@ -172,7 +174,7 @@ public:
     HostRegistration(const HostRegistration&) = delete;
     HostRegistration& operator=(const HostRegistration&) = delete;
 
-    static Result<HostRegistration> registerRange(void* base, size_t bytes);
+    static Result<HostRegistration> registerRange(void* base, size_t bytes, int device = -1);
 
     void* base() const noexcept { return base_; }
     size_t size() const noexcept { return size_; }

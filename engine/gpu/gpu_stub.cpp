@@ -105,7 +105,7 @@ void DeviceBufferPool::PooledBuffer::reset() { pool_ = nullptr; }
 HostRegistration::~HostRegistration() = default;
 HostRegistration::HostRegistration(HostRegistration&&) noexcept = default;
 HostRegistration& HostRegistration::operator=(HostRegistration&&) noexcept = default;
-Result<HostRegistration> HostRegistration::registerRange(void*, size_t) {
+Result<HostRegistration> HostRegistration::registerRange(void*, size_t, int) {
     return noCuda("cudaHostRegister");
 }
 

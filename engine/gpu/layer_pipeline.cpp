@@ -151,6 +151,10 @@ public:
     explicit DeviceGuard(int device) {
         if (cudaGetDevice(&prev_) == cudaSuccess && prev_ != device) {
             err_ = cudaSetDevice(device);
+            if (err_ != cudaSuccess) {
+                cudaGetLastError();  // reported by error(); not a later launch's
+                prev_ = -1;
+            }
         } else {
             prev_ = -1;
         }
@@ -296,6 +300,8 @@ Status GpuLayerPipeline::acquire(int slot, void* stream) {
         }
         s.state = SlotState::kAcquired;
     }
+    DeviceGuard guard(options_.device);  // a null stream is the legacy stream of this device
+    SLI_RETURN_IF_ERROR(check(guard.error(), "cudaSetDevice (acquire)"));
     return check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream),
                                      static_cast<cudaEvent_t>(s.ready.handle()), 0),
                  "cudaStreamWaitEvent (acquire)");
@@ -310,6 +316,8 @@ Status GpuLayerPipeline::release(int slot, void* stream) {
                                        " that holds no submitted layer");
     }
     // Recorded under the lock so that a concurrent reserve()+submit() sees the new record.
+    DeviceGuard guard(options_.device);  // a null stream is the legacy stream of this device
+    SLI_RETURN_IF_ERROR(check(guard.error(), "cudaSetDevice (release)"));
     SLI_RETURN_IF_ERROR(s.released.record(stream));
     s.state = SlotState::kFree;
     return Status::ok();

@@ -33,8 +33,9 @@
 //    aligned) are valid from acquire() until release() in the caller's stream order.
 //  * acquire()/release() may be called from any thread and any stream (nullptr = legacy
 //    default stream). release() on a submitted slot that was never acquired is allowed (skip).
-//  * submit() binds the pipeline's device for its launches and restores the calling thread's
-//    current device, so any thread may submit.
+//  * submit(), acquire() and release() bind the pipeline's device for their calls (so a null
+//    stream is that device's legacy stream) and restore the calling thread's current device,
+//    so any thread may call them.
 //  * Per-tensor output dtypes (the engine's submit overload): a compute dtype (f16 / bf16 /
 //    f32) dequantizes; any other dtype is allowed only for a mode-none tensor stored in exactly
 //    that dtype (integer position ids, masks), which is copied device-to-device as stored.

@@ -124,6 +124,13 @@ __host__ __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
+// Clears an error that an earlier runtime call left in this thread's last-error slot (a
+// cudaEventQuery / cudaStreamQuery answering cudaErrorNotReady records one, as does a failed
+// cudaSetDevice), so that the cudaGetLastError() after a launch reports that launch only.
+// Sticky errors (a faulted kernel) persist and are still reported by the launch. Launchers
+// call it first.
+inline void clearStaleError() { (void)cudaGetLastError(); }
+
 inline unsigned gridFor(int64_t work, int64_t perBlock) {
     const int64_t g = (work + perBlock - 1) / perBlock;
     return static_cast<unsigned>(g < 1 ? 1 : g);

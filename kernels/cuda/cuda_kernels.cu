@@ -23,6 +23,39 @@ std::string tensorName(const QuantizedTensorView& v) {
     return v.info ? "tensor " + v.info->name : std::string("tensor <no info>");
 }
 
+bool misaligned(const void* p, size_t alignment) {
+    return reinterpret_cast<uintptr_t>(p) % alignment != 0;
+}
+
+// The kernels read floats and 16-bit values with naturally aligned loads and store outputs
+// likewise; a misaligned access faults on the device (cudaErrorMisalignedAddress, which
+// poisons the context for every later call), so such pointers are refused before a launch.
+// Byte parts (codes, int8 / Q4_0 payloads) may sit at any offset.
+Status checkAlignment(const QuantizedTensorView& v, const void* dst, DType dstType) {
+    const QuantizedTensorInfo& info = *v.info;
+    for (int i = 0; i < kQuantPartCount; ++i) {
+        const auto part = static_cast<QuantPart>(i);
+        if (v.parts[static_cast<size_t>(i)].empty()) continue;
+        size_t a = 1;
+        if (part == QuantPart::kPayload) {
+            a = info.mode == QuantizationMode::kNone ? dtypeSize(info.storedDType) : 1;
+        } else if (part == QuantPart::kAbsmax) {
+            a = modeIs4bit(info.mode) && info.doubleQuant ? 1 : 4;
+        } else if (part == QuantPart::kNestedAbsmax || part == QuantPart::kNestedQuantMap) {
+            a = 4;
+        }
+        if (a > 1 && misaligned(v.parts[static_cast<size_t>(i)].data(), a)) {
+            return Status::invalidArgument(tensorName(v) + ": device part " + quantPartName(part) +
+                                           " is not " + std::to_string(a) + "-byte aligned");
+        }
+    }
+    if (misaligned(dst, dtypeSize(dstType))) {
+        return Status::invalidArgument(tensorName(v) + ": device output is not " +
+                                       std::to_string(dtypeSize(dstType)) + "-byte aligned");
+    }
+    return Status::ok();
+}
+
 }  // namespace
 
 Status fromCudaError(int err, std::string_view what) {
@@ -59,6 +92,7 @@ Status dequantize(const QuantizedTensorView& v, DType dstType, void* dst, size_t
                                        std::to_string(static_cast<size_t>(n) * dtypeSize(dstType)));
     }
     if (dst == nullptr) return Status::invalidArgument(tensorName(v) + ": null output");
+    SLI_RETURN_IF_ERROR(checkAlignment(v, dst, dstType));
     auto* s = static_cast<cudaStream_t>(stream);
     auto part = [&](QuantPart p) { return v.part(p).data(); };
     cudaError_t err = cudaSuccess;
@@ -123,6 +157,9 @@ Status dequantize(const QuantizedTensorView& v, DType dstType, void* dst, size_t
 Status quantize4bit(const void* src, DType srcType, int64_t n, int blocksize, bool fp4,
                     uint8_t* packed, float* absmax, void* stream) {
     if (!dtypeIsCompute(srcType)) return Status::invalidArgument("cuda quantize4bit: source must be f32, f16 or bf16");
+    if (misaligned(src, dtypeSize(srcType)) || misaligned(absmax, 4)) {
+        return Status::invalidArgument("cuda quantize4bit: source or absmax is not naturally aligned");
+    }
     if (blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1)) != 0) {
         return Status::invalidArgument("cuda quantize4bit: blocksize " + std::to_string(blocksize) +
                                        " is not a power of two in 32..4096");
@@ -141,6 +178,9 @@ Status quantize4bit(const void* src, DType srcType, int64_t n, int blocksize, bo
 
 Status quantizeNested(const float* absmax, int64_t nb, float offset, const float* map,
                       uint8_t* codes, float* nestedAbsmax, void* stream) {
+    if (misaligned(absmax, 4) || misaligned(map, 4) || misaligned(nestedAbsmax, 4)) {
+        return Status::invalidArgument("cuda quantizeNested: a float vector is not 4-byte aligned");
+    }
     return fromCudaError(kc::launchQuantNested(absmax, nb, offset, map, codes, nestedAbsmax,
                                                static_cast<cudaStream_t>(stream)),
                          "cuda quantizeNested");
@@ -149,6 +189,9 @@ Status quantizeNested(const float* absmax, int64_t nb, float offset, const float
 Status quantizeInt8(const void* src, DType srcType, int64_t rows, int64_t cols, int8_t* cb,
                     float* scb, void* stream) {
     if (!dtypeIsCompute(srcType)) return Status::invalidArgument("cuda quantizeInt8: source must be f32, f16 or bf16");
+    if (misaligned(src, dtypeSize(srcType)) || misaligned(scb, 4)) {
+        return Status::invalidArgument("cuda quantizeInt8: source or SCB is not naturally aligned");
+    }
     kc::QuantInt8Args a;
     a.src = src;
     a.srcType = srcType;

@@ -7,6 +7,10 @@
 // Device views: a QuantizedTensorView whose `info` lives in host memory and whose parts' data
 // pointers are device addresses (sizes are the parts' byte counts, checked against the
 // metadata on the host before anything is launched). Outputs are device pointers.
+// Alignment: float parts (absmax, nested absmax / map, SCB), f32 / f16 / bf16 payloads and the
+// output must be aligned to their element size (InvalidArgument otherwise: a misaligned device
+// access would fault and poison the context); byte parts may sit at any offset. 16-byte
+// aligned parts and outputs take the vectorized kernels, others a scalar one.
 //
 // Blocking: none of these functions waits for the GPU. They enqueue on `stream` and return;
 // the caller orders later work with events or stream order. Inputs must stay valid until the

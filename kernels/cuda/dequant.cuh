@@ -138,6 +138,7 @@ inline unsigned scalarGrid(int64_t n) {
 
 inline cudaError_t launchDequant4bit(const Dequant4Args& a, sli::DType dst, cudaStream_t stream) {
     if (a.n <= 0) return a.n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    clearStaleError();
     detail::Lut16 lut;
     for (unsigned i = 0; i < 16; ++i) lut.v[i] = a.fp4 ? rules::fp4Value(i) : rules::nf4Value(i);
     const bool vec = aligned16(a.packed) && aligned16(a.out);
@@ -240,6 +241,7 @@ __global__ void __launch_bounds__(kThreads) dequantInt8Kernel(DequantInt8Args a)
 inline cudaError_t launchDequantInt8(const DequantInt8Args& a, sli::DType dst,
                                      cudaStream_t stream) {
     if (a.n <= 0 || a.cols <= 0) return a.n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    clearStaleError();
     const bool vec = aligned16(a.q) && aligned16(a.out);
     const bool rowAligned = (a.cols & 15) == 0;
     return dispatchOut(dst, [&]<OutKind K>() {
@@ -338,6 +340,7 @@ __global__ void __launch_bounds__(kThreads) dequantQ4_0Kernel(DequantQ4_0Args a,
 inline cudaError_t launchDequantQ4_0(const DequantQ4_0Args& a, sli::DType dst,
                                      cudaStream_t stream) {
     if (a.nBlocks <= 0) return a.nBlocks == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    clearStaleError();
     const bool vecIn = aligned16(a.blocks);
     const bool vecOut = aligned16(a.out);
     const unsigned grid = gridFor(a.nBlocks, kThreads * kQ4PerThread);
@@ -417,6 +420,7 @@ __global__ void __launch_bounds__(kThreads) convertKernel(ConvertArgs a) {
 // Same dtype in and out is a plain cudaMemcpyAsync (device to device).
 inline cudaError_t launchConvert(const ConvertArgs& a, sli::DType dst, cudaStream_t stream) {
     if (a.n <= 0) return a.n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    clearStaleError();
     if (a.srcType == dst && dtypeIsCompute(dst)) {
         return cudaMemcpyAsync(a.out, a.src, static_cast<size_t>(a.n) * (dst == sli::DType::kF32 ? 4 : 2),
                                cudaMemcpyDeviceToDevice, stream);

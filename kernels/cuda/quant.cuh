@@ -175,6 +175,7 @@ struct Quant4Args {
 
 inline cudaError_t launchQuant4bit(const Quant4Args& a, cudaStream_t stream) {
     if (a.n <= 0) return a.n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    clearStaleError();
     const bool vecIn = aligned16(a.src);
     const bool vecOut = (reinterpret_cast<uintptr_t>(a.packed) & 3u) == 0;
     return dispatchOut(a.srcType, [&]<OutKind S>() {
@@ -202,6 +203,7 @@ inline cudaError_t launchQuantNested(const float* absmax, int64_t nb, float offs
                                      const float* map, uint8_t* codes, float* nestedAbsmax,
                                      cudaStream_t stream) {
     if (nb <= 0) return nb == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    clearStaleError();
     detail::quantNestedKernel<<<gridFor(nb, 256), 256, 0, stream>>>(absmax, nb, offset, map,
                                                                       codes, nestedAbsmax);
     return cudaGetLastError();
@@ -219,6 +221,7 @@ struct QuantInt8Args {
 inline cudaError_t launchQuantInt8(const QuantInt8Args& a, cudaStream_t stream) {
     if (a.rows <= 0 || a.cols <= 0) return a.rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
     if (a.rows > 0x7fffffff) return cudaErrorInvalidValue;
+    clearStaleError();
     return dispatchOut(a.srcType, [&]<OutKind S>() {
         detail::quantInt8Kernel<S><<<static_cast<unsigned>(a.rows), kThreads, 0, stream>>>(
             a.src, a.rows, a.cols, a.cb, a.scb);

@@ -180,7 +180,9 @@ inline QuantizedTensor randomTensor(QuantizationMode mode, std::vector<int64_t> 
     return t;
 }
 
-// Device copies of a tensor's parts, each starting `misalign` bytes past a 256-byte boundary.
+// Device copies of a tensor's parts, each starting `misalign` bytes past a 256-byte boundary,
+// rounded up to the part's element size (floats and f32 / f16 / bf16 payloads stay naturally
+// aligned, as cuda::dequantize requires; byte parts take the odd offset).
 struct DeviceTensor {
     std::array<gpu::DeviceBuffer, kQuantPartCount> buffers;
     QuantizedTensorView view;
@@ -192,9 +194,17 @@ inline DeviceTensor upload(const QuantizedTensor& t, size_t misalign, int device
     for (int i = 0; i < kQuantPartCount; ++i) {
         const auto& src = t.parts[static_cast<size_t>(i)];
         if (src.empty()) continue;
+        const auto p = static_cast<QuantPart>(i);
+        size_t elem = 1;
+        if (p == QuantPart::kPayload) {
+            elem = t.info.mode == QuantizationMode::kNone ? dtypeSize(t.info.storedDType) : 1;
+        } else if (p != QuantPart::kAbsmax || !(modeIs4bit(t.info.mode) && t.info.doubleQuant)) {
+            elem = 4;
+        }
+        const size_t off = (misalign + elem - 1) / elem * elem;
         d.buffers[static_cast<size_t>(i)] =
-            std::move(gpu::DeviceBuffer::allocate(device, src.size() + misalign).value());
-        auto* base = static_cast<uint8_t*>(d.buffers[static_cast<size_t>(i)].data()) + misalign;
+            std::move(gpu::DeviceBuffer::allocate(device, src.size() + off).value());
+        auto* base = static_cast<uint8_t*>(d.buffers[static_cast<size_t>(i)].data()) + off;
         (void)gpu::copyAsync(base, src.data(), src.size(), nullptr);
         d.view.parts[static_cast<size_t>(i)] = {base, src.size()};
     }

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/test_kernels.h"
 
 namespace sli::cudatest {
 namespace {
@@ -14,7 +15,8 @@ void checkAgainstReference(const QuantizedTensor& t, size_t inMisalign, size_t o
     for (DType dst : kOutTypes) {
         CAPTURE(std::string(dtypeName(dst)));
         Status s;
-        const auto got = deviceDequantize(d.view, dst, outMisalign, &s);
+        const size_t w = dtypeSize(dst);  // outputs stay element-aligned (see cuda_kernels.h)
+        const auto got = deviceDequantize(d.view, dst, (outMisalign + w - 1) / w * w, &s);
         REQUIRE_MESSAGE(s.isOk(), s.toString());
         const auto want = referenceDequantize(t.view(), dst);
         const int64_t bad = firstMismatchNanAware(got, want, dst);
@@ -103,6 +105,47 @@ TEST_CASE("rejects a view whose parts do not match the metadata") {
     const Status s = cuda::dequantize(d.view, DType::kF32, out.data(), out.size(), nullptr);
     CHECK(s.isCorruption());
     CHECK(s.message().find(t.info.name) != std::string::npos);
+}
+
+TEST_CASE("refuses misaligned float parts and outputs instead of faulting on the device") {
+    QuantizedTensor t = randomTensor(QuantizationMode::kNf4, {64, 64}, 64, false, DType::kU8, 11);
+    DeviceTensor d = upload(t, 0);
+    gpu::DeviceBuffer raw = std::move(gpu::DeviceBuffer::allocate(0, 64 * 64 * 4 + 64).value());
+    auto* out = static_cast<uint8_t*>(raw.data());
+    QuantizedTensorView v = d.view;
+    auto& absmax = v.parts[static_cast<size_t>(QuantPart::kAbsmax)];
+    std::span<const uint8_t> shifted(absmax.data() + 1, absmax.size());  // same size, odd address
+    v.parts[static_cast<size_t>(QuantPart::kAbsmax)] = shifted;
+    const Status a = cuda::dequantize(v, DType::kF32, out, 64 * 64 * 4, nullptr);
+    CHECK(a.isInvalidArgument());
+    CHECK(a.message().find("absmax") != std::string::npos);
+    CHECK(cuda::dequantize(d.view, DType::kF32, out + 2, 64 * 64 * 4, nullptr).isInvalidArgument());
+    CHECK(cuda::dequantize(d.view, DType::kF16, out + 1, 64 * 64 * 2, nullptr).isInvalidArgument());
+    // The context is still usable: an aligned call works and matches the reference.
+    Status s;
+    const auto got = deviceDequantize(d.view, DType::kF32, 4, &s);
+    REQUIRE_MESSAGE(s.isOk(), s.toString());
+    CHECK(firstMismatchNanAware(got, referenceDequantize(t.view(), DType::kF32), DType::kF32) == -1);
+}
+
+// An event query that answers "not ready" leaves cudaErrorNotReady as the thread's last error;
+// the next launch must not report it as its own failure (the engine polls events and then
+// submits on the same thread).
+TEST_CASE("a pending event query does not fail the next launch") {
+    QuantizedTensor t = randomTensor(QuantizationMode::kInt8, {16, 32}, 0, false, DType::kI8, 12);
+    DeviceTensor d = upload(t, 0);
+    auto s = gpu::CudaStream::create(0);
+    auto e = gpu::CudaEvent::create(0);
+    REQUIRE((s.isOk() && e.isOk()));
+    launchSpin(s->handle(), 50'000'000);  // 50 ms
+    REQUIRE(e->record(s->handle()).isOk());
+    auto q = e->query();
+    REQUIRE(q.isOk());
+    CHECK_FALSE(*q);
+    gpu::DeviceBuffer out = std::move(gpu::DeviceBuffer::allocate(0, 16 * 32 * 4).value());
+    const Status st = cuda::dequantize(d.view, DType::kF32, out.data(), out.size(), s->handle());
+    CHECK_MESSAGE(st.isOk(), st.toString());
+    REQUIRE(s->synchronize().isOk());
 }
 
 TEST_CASE("rejects an output that is too small or of a non-compute dtype") {

@@ -89,6 +89,10 @@ void runCyclic(DType dst, bool defaultStream) {
     opt.stagingBytes = staging;
     opt.outputBytes = output;
     opt.deviceBudgetBytes = 256ull << 20;
+    // The host regions outlive the pipeline, whose destructor waits for the copies from them
+    // (also when a REQUIRE below ends the test early).
+    std::vector<std::unique_ptr<PinnedRegion>> regions;
+    for (int s = 0; s < kSlots; ++s) regions.push_back(std::make_unique<PinnedRegion>(staging));
     auto pipe = gpu::GpuLayerPipeline::create(opt);
     REQUIRE_MESSAGE(pipe.isOk(), pipe.status().toString());
     gpu::GpuLayerPipeline& p = **pipe;
@@ -96,13 +100,12 @@ void runCyclic(DType dst, bool defaultStream) {
     if (!defaultStream) exec = std::move(gpu::CudaStream::create(0).value());
     void* es = defaultStream ? nullptr : exec.handle();
 
-    std::vector<std::unique_ptr<PinnedRegion>> regions;
-    for (int s = 0; s < kSlots; ++s) regions.push_back(std::make_unique<PinnedRegion>(staging));
     std::vector<bool> used(kSlots, false);
     constexpr int kUses = kLayers * kPasses;
     gpu::DeviceBuffer sums = std::move(gpu::DeviceBuffer::allocate(0, 2 * kUses * 8).value());
     std::vector<unsigned long long> zeros(2 * kUses, 0);
-    REQUIRE(gpu::copyAsync(sums.data(), zeros.data(), zeros.size() * 8, nullptr).isOk());
+    // On the executor's stream: a non-blocking stream does not wait for the legacy one.
+    REQUIRE(gpu::copyAsync(sums.data(), zeros.data(), zeros.size() * 8, es).isOk());
     auto* dsum = static_cast<unsigned long long*>(sums.data());
 
     for (int u = 0; u < kUses; ++u) {
@@ -155,9 +158,11 @@ TEST_CASE("refuses a new slot while every slot is held, and accepts it after rel
     opt.stagingBytes = l.bytes;
     opt.outputBytes = gpu::GpuLayerPipeline::outputBytesFor(hv, DType::kF16);
     opt.deviceBudgetBytes = 64ull << 20;
+    // Declared before the pipeline, so it is unregistered only after the pipeline's destructor
+    // waited for the copies from it.
+    PinnedRegion region(l.bytes);
     auto pipe = gpu::GpuLayerPipeline::create(opt);
     REQUIRE(pipe.isOk());
-    PinnedRegion region(l.bytes);
     const auto views = writeLayer(l, region.data);
     gpu::GpuLayerPipeline& p = **pipe;
     int slots[2];
@@ -187,9 +192,9 @@ TEST_CASE("rejects parts outside the submitted region and layers larger than a s
     opt.stagingBytes = l.bytes;
     opt.outputBytes = gpu::GpuLayerPipeline::outputBytesFor(hv, DType::kF32);
     opt.deviceBudgetBytes = 64ull << 20;
+    PinnedRegion region(l.bytes);  // outlives the pipeline (see above)
     auto pipe = gpu::GpuLayerPipeline::create(opt);
     REQUIRE(pipe.isOk());
-    PinnedRegion region(l.bytes);
     const auto views = writeLayer(l, region.data);
     gpu::GpuLayerPipeline& p = **pipe;
     auto slot = p.reserve();

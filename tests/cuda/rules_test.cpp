@@ -278,5 +278,43 @@ TEST_CASE("host quantization rules equal sli::kernels::quantize for NF4, FP4 and
     CHECK(std::memcmp(scb.data(), t.part(QuantPart::kAbsmax).data(), scb.size() * 4) == 0);
 }
 
+// The alignment check of cuda::dequantize runs on the host before any launch, so it is
+// testable without a GPU: host buffers stand in for device memory (nothing is dereferenced).
+TEST_CASE("the device facade refuses misaligned parts and outputs before any launch") {
+    QuantizedTensor nf4 = randomTensor(QuantizationMode::kNf4, {64, 64}, 64, false, DType::kU8, 21);
+    QuantizedTensor f16 = randomTensor(QuantizationMode::kNone, {8, 8}, 0, false, DType::kF16, 22);
+    AlignedBuffer mem = std::move(AlignedBuffer::allocate(64 * 64 * 4 + 64).value());
+    uint8_t* out = mem.data();
+    QuantizedTensorView badAbsmax = nf4.view();
+    const auto& am = nf4.part(QuantPart::kAbsmax);
+    AlignedBuffer amCopy = std::move(AlignedBuffer::allocate(am.size() + 1).value());
+    badAbsmax.parts[static_cast<size_t>(QuantPart::kAbsmax)] = {amCopy.data() + 1, am.size()};
+    QuantizedTensorView badPayload = f16.view();
+    const auto& pay = f16.part(QuantPart::kPayload);
+    AlignedBuffer payCopy = std::move(AlignedBuffer::allocate(pay.size() + 1).value());
+    badPayload.parts[static_cast<size_t>(QuantPart::kPayload)] = {payCopy.data() + 1, pay.size()};
+    const Status a = cuda::dequantize(badAbsmax, DType::kF32, out, 64 * 64 * 4, nullptr);
+    const Status b = cuda::dequantize(badPayload, DType::kF32, out, 8 * 8 * 4, nullptr);
+    const Status c = cuda::dequantize(nf4.view(), DType::kF32, out + 2, 64 * 64 * 4, nullptr);
+    const Status d = cuda::dequantize(nf4.view(), DType::kBF16, out + 1, 64 * 64 * 2, nullptr);
+    if (!cuda::built()) {  // the stub refuses everything
+        CHECK(a.isNotSupported());
+        CHECK(c.isNotSupported());
+        return;
+    }
+    CHECK(a.isInvalidArgument());
+    CHECK(a.message().find("absmax is not 4-byte aligned") != std::string::npos);
+    CHECK(a.message().find(nf4.info.name) != std::string::npos);
+    CHECK(b.isInvalidArgument());
+    CHECK(b.message().find("payload is not 2-byte aligned") != std::string::npos);
+    CHECK(c.isInvalidArgument());
+    CHECK(c.message().find("output is not 4-byte aligned") != std::string::npos);
+    CHECK(d.isInvalidArgument());
+    float* absmax = reinterpret_cast<float*>(out);
+    CHECK(cuda::quantize4bit(out + 1, DType::kF32, 64, 64, false, out, absmax, nullptr).isInvalidArgument());
+    CHECK(cuda::quantizeInt8(out + 2, DType::kF32, 1, 64, reinterpret_cast<int8_t*>(out), absmax,
+                             nullptr).isInvalidArgument());
+}
+
 }  // namespace
 }  // namespace sli::cudatest
