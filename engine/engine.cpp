@@ -284,6 +284,15 @@ Status Engine::Impl::openLayers() {
         src.file = std::move(f).value();
         anyDirect = anyDirect || src.file.isDirect();
         SLI_ASSIGN_OR_RETURN(src.index, io::readLayerIndex(src.file.fd(), path));
+        // A valid file of another layer (copied or renamed over this one) would otherwise be
+        // handed out as layer i.
+        if (src.index.layerIndex != ml.index) {
+            return Status::corruption("cache file " + path + " holds layer " +
+                                      std::to_string(src.index.layerIndex) + " (" +
+                                      src.index.layerName + "); the manifest lists it as layer " +
+                                      std::to_string(i) + " (" + ml.name +
+                                      "); run `sli quantize` again");
+        }
         uint64_t off = 0;
         for (const auto& t : src.index.tensors) {
             // Integer / bool tensors (position ids, masks) are handed out as stored.
@@ -1053,11 +1062,17 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         if (!anyFreeOrPending) {
             m.acquireWaiting = false;
             const size_t held = m.gpu() ? m.gpuUses.size() : m.slots.size();
+            // There are prefetchDepth + 1 slots unless the budget holds fewer: name the limit
+            // that actually binds (a larger budget does not help at depth 0).
+            const bool budgetBound = held < static_cast<size_t>(m.opts.prefetchDepth) + 1;
             return Status::resourceExhausted(
                 "acquire(" + std::to_string(layer) + "): all " + std::to_string(held) +
                 (m.gpu() ? " device" : "") +
-                " layer slots are leased; release earlier layers first (or raise the " +
-                (m.gpu() ? "device" : "host") + " budget)");
+                " layer slots are leased; release earlier layers first (or raise " +
+                (budgetBound
+                     ? std::string("the ") + (m.gpu() ? "device" : "host") + " budget"
+                     : std::string("the prefetch depth: the engine keeps depth + 1 slots")) +
+                ")");
         }
         m.readyCv.wait(lock);
     }

@@ -273,9 +273,10 @@ private:
             s.next = s.end;  // chunks beyond end of file would read nothing either
         } else if (static_cast<uint32_t>(res) < c.length) {
             s.bytesDone += static_cast<uint32_t>(res);
-            if (s.direct && !isAligned(static_cast<uint32_t>(res), 512)) {
-                // O_DIRECT only ends a read off a sector boundary at end of file; resubmitting
-                // the misaligned remainder would fail with EINVAL.
+            if (s.direct && !isAligned(static_cast<uint32_t>(res), kDirectIoAlignment)) {
+                // O_DIRECT only ends a read off an alignment boundary at end of file (a file of
+                // 4096k + 512 bytes reads back 512-aligned there). Resubmitting the misaligned
+                // remainder would fail with EINVAL on a device with 4096-byte sectors.
                 s.eofAt = std::min(s.eofAt, c.offset + static_cast<uint32_t>(res));
                 s.next = s.end;
             } else if (s.err == 0 && !s.cancelled) {

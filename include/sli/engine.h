@@ -21,6 +21,8 @@
 // acquire(i) consumes the next occurrence of layer i in the plan at or after the current
 // position; plan entries skipped over are dropped (their slots recycled). A Lease owns its
 // slot until released (destructor or release()); tensors it hands out stay valid until then.
+// Every Lease must be released or destroyed before its Engine is: a lease that outlives the
+// engine refers to freed memory.
 // Memory: everything is allocated at open() from the host budget — `slots` pinned read
 // buffers sized for the largest layer plus as many output tensor sets; steady state allocates
 // nothing. A budget too small for one layer is InvalidArgument at open().

@@ -294,6 +294,83 @@ TEST_CASE("a read past end of file without kReadAllowEof is an ENODATA error") {
     }
 }
 
+namespace {
+
+// A raw backend that behaves like a device with 4096-byte logical sectors: every O_DIRECT read
+// whose offset, length or buffer is not a multiple of 4096 fails with -EINVAL (as the kernel
+// answers there); aligned reads are served synchronously from a buffered fd of the same file,
+// short at end of file exactly as O_DIRECT is.
+class Sector4kBackend final : public ReadBackend {
+public:
+    Sector4kBackend(int bufferedFd, std::vector<RawRead>* seen) : fd_(bufferedFd), seen_(seen) {}
+    const char* name() const noexcept override { return "4k-sector"; }
+    uint32_t capacity() const noexcept override { return 4; }
+    uint32_t inFlight() const noexcept override { return static_cast<uint32_t>(done_.size()); }
+    Status submit(std::span<const RawRead> reads) override {
+        for (const RawRead& r : reads) {
+            seen_->push_back(r);
+            int32_t res;
+            if (r.offset % 4096 != 0 || r.length % 4096 != 0 ||
+                reinterpret_cast<uintptr_t>(r.dst) % 4096 != 0) {
+                res = -EINVAL;
+            } else {
+                const ssize_t got = ::pread(fd_, r.dst, r.length, static_cast<off_t>(r.offset));
+                res = got < 0 ? -errno : static_cast<int32_t>(got);
+            }
+            done_.push_back(RawResult{r.id, res});
+        }
+        return Status::ok();
+    }
+    size_t reap(std::span<RawResult> out, std::chrono::nanoseconds) override {
+        size_t n = 0;
+        while (n < out.size() && !done_.empty()) {
+            out[n++] = done_.front();
+            done_.erase(done_.begin());
+        }
+        return n;
+    }
+
+private:
+    int fd_;
+    std::vector<RawRead>* seen_;
+    std::vector<RawResult> done_;
+};
+
+}  // namespace
+
+TEST_CASE("an O_DIRECT read ending 512-aligned at end of file is never resubmitted misaligned") {
+    // 3 x 4096 + 512 bytes: O_DIRECT returns the last read short by a 512-aligned amount.
+    TestFile tf(diskDir(), "sector4k.bin", 3 * 4096 + 512);
+    auto f = openForDirectRead(tf.path);
+    REQUIRE(f.isOk());
+    if (!f->isDirect()) {
+        MESSAGE("SKIP: O_DIRECT refused by the filesystem of " << tf.path);
+        return;
+    }
+    const int buffered = ::open(tf.path.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(buffered >= 0);
+    std::vector<RawRead> seen;
+    auto s = makeChunkedScheduler(std::make_unique<Sector4kBackend>(buffered, &seen),
+                                  opts(IoBackend::kPread, 8192, 4));
+    REQUIRE(s->registerFile(f->fd(), tf.path).isOk());
+    int64_t result = 0;
+    const std::vector<std::byte> got = readWhole(*s, *f, &result);
+    CHECK(result == static_cast<int64_t>(tf.content.size()));
+    CHECK(got == tf.content);
+    for (const RawRead& r : seen) {
+        CHECK_MESSAGE(r.offset % 4096 == 0, "resubmitted at offset " << r.offset);
+        CHECK(r.length % 4096 == 0);
+    }
+    // Without kReadAllowEof the same read is the usual end-of-file error, not EINVAL.
+    auto buf = AlignedBuffer::allocate(16384);
+    REQUIRE(buf.isOk());
+    REQUIRE(s->submit(ReadRequest{f->fd(), 0, 16384, buf->data(), 1, 0}).isOk());
+    auto done = reapAll(*s, 1);
+    CHECK(done[0].result == -ENODATA);
+    s.reset();
+    ::close(buffered);
+}
+
 TEST_CASE("reads into registered pinned-pool slots with fixed buffers") {
     TestFile tf(diskDir(), "fixed.bin", (3 << 20) + 100);
     PinnedPoolOptions po;

@@ -161,6 +161,21 @@ TEST_CASE("a corrupt layer fails its acquire naming layer, tensor and file; othe
     checkStream(**e, tc, {3}, DType::kF32);
 }
 
+TEST_CASE("a layer file replaced by another layer's is an error at open naming both") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
+    // A valid file with a valid index, but of layer 2, where the manifest expects layer 1.
+    std::filesystem::copy_file(tc.files[2], tc.files[1],
+                               std::filesystem::copy_options::overwrite_existing);
+    auto e = Engine::open(baseOptions(tc));
+    REQUIRE_FALSE(e.isOk());
+    CHECK(e.status().isCorruption());
+    const std::string msg = e.status().message();
+    CHECK(msg.find(tc.files[1]) != std::string::npos);
+    CHECK(msg.find("layer 2") != std::string::npos);
+    CHECK(msg.find("layer 1") != std::string::npos);
+}
+
 TEST_CASE("checksum verification can be turned off") {
     TempDir tmp;
     TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNone);
@@ -294,6 +309,23 @@ TEST_CASE("holding every slot makes acquire fail instead of deadlocking") {
     a->release();
     auto d = (*e)->acquire(2);
     CHECK(d.isOk());
+}
+
+TEST_CASE("at depth 0 a second lease is refused with advice that can help") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
+    EngineOptions o = baseOptions(tc);
+    o.prefetchDepth = 0;  // one slot, however large the budget
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    auto a = (*e)->acquire(0);
+    REQUIRE(a.isOk());
+    auto b = (*e)->acquire(1);
+    REQUIRE(b.status().isResourceExhausted());
+    CHECK(b.status().message().find("prefetch depth") != std::string::npos);
+    CHECK(b.status().message().find("budget") == std::string::npos);
+    a->release();
+    checkStream(**e, tc, {1, 2}, DType::kF32);
 }
 
 TEST_CASE("bad options and missing caches are clear errors") {
