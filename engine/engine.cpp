@@ -939,6 +939,21 @@ Engine::~Engine() {
     {
         std::lock_guard<std::mutex> lock(impl_->mu);
         impl_->stop = true;
+        // A lease that outlives its engine refers to freed memory (engine.h): say so, naming
+        // the layers, rather than leave a silent use-after-free to be found later.
+        std::string held;
+        for (const auto& slot : impl_->slots) {
+            if (slot->state == SlotState::kLeased) held.append(" ").append(std::to_string(slot->layer));
+        }
+        for (const auto& u : impl_->gpuUses) {
+            if (u.state == GpuState::kLeased) held.append(" ").append(std::to_string(u.layer));
+        }
+        if (!held.empty()) {
+            SLI_ERROR(kLog,
+                      "engine destroyed while leases of layers%s are held: their tensors are "
+                      "freed now; release every lease before destroying its engine",
+                      held.c_str());
+        }
     }
     impl_->ioCv.notify_all();
     impl_->taskCv.notify_all();

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -7,7 +8,9 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
+#include <new>
 
 #include "engine/engine_testing.h"
 #include "engine/trace.h"
@@ -326,6 +329,35 @@ TEST_CASE("at depth 0 a second lease is refused with advice that can help") {
     CHECK(b.status().message().find("budget") == std::string::npos);
     a->release();
     checkStream(**e, tc, {1, 2}, DType::kF32);
+}
+
+TEST_CASE("destroying an engine with a lease held logs the layers whose tensors it frees") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
+    auto e = Engine::open(baseOptions(tc));
+    REQUIRE(e.isOk());
+    auto a = (*e)->acquire(1);
+    REQUIRE(a.isOk());
+    // The lease must outlive the engine without being destroyed afterwards (its release would
+    // touch the freed engine): moved into storage whose destructor never runs. A Lease owns
+    // no heap memory of its own, so nothing leaks.
+    alignas(Lease) unsigned char keep[sizeof(Lease)];
+    new (keep) Lease(std::move(*a));
+    // stderr to a file while the engine is destroyed
+    const std::string logPath = tmp.path + "/stderr.txt";
+    std::fflush(stderr);
+    const int saved = ::dup(2);
+    const int fd = ::open(logPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    REQUIRE(fd >= 0);
+    ::dup2(fd, 2);
+    ::close(fd);
+    e->reset();
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::ifstream f(logPath);
+    const std::string log((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    CHECK(log.find("leases of layers 1 are held") != std::string::npos);
 }
 
 TEST_CASE("bad options and missing caches are clear errors") {
