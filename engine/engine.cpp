@@ -166,6 +166,14 @@ struct Task {
 
 }  // namespace
 
+// Shared by an engine and every lease it hands out: release() goes through it, so a lease
+// released after its engine is gone finds engine == nullptr and does nothing (~Engine clears it
+// under mu, and waits for a release in progress).
+struct detail::LeaseAnchor {
+    std::mutex mu;
+    Engine* engine = nullptr;
+};
+
 struct Engine::Impl {
     EngineOptions opts;
     std::chrono::steady_clock::time_point origin = std::chrono::steady_clock::now();
@@ -178,6 +186,7 @@ struct Engine::Impl {
     int depth = 2;
     std::unique_ptr<io::PinnedPool> pool;
     std::vector<std::unique_ptr<SlotData>> slots;
+    std::shared_ptr<detail::LeaseAnchor> anchor = std::make_shared<detail::LeaseAnchor>();
     std::unique_ptr<io::ReadScheduler> scheduler;  // driven by the io thread only
     std::string backendName;
     bool anyDirect = false;
@@ -932,15 +941,20 @@ void Engine::Impl::workerLoop(int /*id*/) {
 
 // ---- Engine ---------------------------------------------------------------------------------
 
-Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) { impl_->anchor->engine = this; }
 
 Engine::~Engine() {
     if (!impl_) return;
     {
+        // From here a lease's release() does nothing (one in progress finishes first).
+        std::lock_guard<std::mutex> anchorLock(impl_->anchor->mu);
+        impl_->anchor->engine = nullptr;
+    }
+    {
         std::lock_guard<std::mutex> lock(impl_->mu);
         impl_->stop = true;
-        // A lease that outlives its engine refers to freed memory (engine.h): say so, naming
-        // the layers, rather than leave a silent use-after-free to be found later.
+        // The tensors of a lease that outlives its engine are freed with it (engine.h): say
+        // so, naming the layers, rather than leave a use-after-free to be found later.
         std::string held;
         for (const auto& slot : impl_->slots) {
             if (slot->state == SlotState::kLeased) held.append(" ").append(std::to_string(slot->layer));
@@ -951,7 +965,8 @@ Engine::~Engine() {
         if (!held.empty()) {
             SLI_ERROR(kLog,
                       "engine destroyed while leases of layers%s are held: their tensors are "
-                      "freed now; release every lease before destroying its engine",
+                      "freed now (releasing those leases later does nothing); release every "
+                      "lease before destroying its engine",
                       held.c_str());
         }
     }
@@ -1114,7 +1129,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         u.state = GpuState::kLeased;
         m.noteAcquiredLocked(u.timing, calledNs);
         Lease lease;
-        lease.engine_ = this;
+        lease.anchor_ = impl_->anchor;
         lease.slot_ = foundGpu;
         lease.layer_ = layer;
         lease.devicePtr_ = &it->second;
@@ -1135,7 +1150,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     slot.state = SlotState::kLeased;
     m.noteAcquiredLocked(slot.timing, calledNs);
     Lease lease;
-    lease.engine_ = this;
+    lease.anchor_ = impl_->anchor;
     lease.slot_ = found;
     lease.layer_ = layer;
     lease.layerPtr_ = *view;
@@ -1191,25 +1206,25 @@ Status Engine::writeTrace(const std::string& path) const {
 Lease::~Lease() { release(); }
 
 Lease::Lease(Lease&& o) noexcept
-    : engine_(o.engine_),
+    : anchor_(std::move(o.anchor_)),
       slot_(o.slot_),
       layer_(o.layer_),
       layerPtr_(o.layerPtr_),
       devicePtr_(o.devicePtr_),
       stream_(o.stream_) {
-    o.engine_ = nullptr;
+    o.anchor_.reset();
 }
 
 Lease& Lease::operator=(Lease&& o) noexcept {
     if (this != &o) {
         release();
-        engine_ = o.engine_;
+        anchor_ = std::move(o.anchor_);
         slot_ = o.slot_;
         layer_ = o.layer_;
         layerPtr_ = o.layerPtr_;
         devicePtr_ = o.devicePtr_;
         stream_ = o.stream_;
-        o.engine_ = nullptr;
+        o.anchor_.reset();
     }
     return *this;
 }
@@ -1239,9 +1254,15 @@ const DeviceTensor* Lease::findDevice(std::string_view name) const {
 void Lease::release() { release(stream_); }
 
 void Lease::release(void* stream) {
-    if (engine_ == nullptr) return;
-    engine_->releaseSlot(slot_, devicePtr_ != nullptr, stream);
-    engine_ = nullptr;
+    if (!anchor_) return;
+    {
+        // Held across releaseSlot so that ~Engine cannot free the engine under it.
+        std::lock_guard<std::mutex> lock(anchor_->mu);
+        if (anchor_->engine != nullptr) {
+            anchor_->engine->releaseSlot(slot_, devicePtr_ != nullptr, stream);
+        }
+    }
+    anchor_.reset();
     layerPtr_ = nullptr;
     devicePtr_ = nullptr;
 }

@@ -21,8 +21,9 @@
 // acquire(i) consumes the next occurrence of layer i in the plan at or after the current
 // position; plan entries skipped over are dropped (their slots recycled). A Lease owns its
 // slot until released (destructor or release()); tensors it hands out stay valid until then.
-// Every Lease must be released or destroyed before its Engine is: a lease that outlives the
-// engine refers to freed memory.
+// A Lease may outlive its Engine (e.g. a member declared before the engine's): releasing it
+// then does nothing, and destroying the engine logs an error naming the layers still leased,
+// but their tensors are freed with the engine and must not be used after it.
 // Memory: everything is allocated at open() from the host budget — `slots` pinned read
 // buffers sized for the largest layer plus as many output tensor sets; steady state allocates
 // nothing. A budget too small for one layer is InvalidArgument at open().
@@ -144,6 +145,9 @@ struct EngineStats {
 };
 
 class Engine;
+namespace detail {
+struct LeaseAnchor;  // engine.cpp: what a lease releases through; outlives the engine
+}
 
 // Owns one acquired layer's tensors until released. Move-only.
 class Lease {
@@ -172,7 +176,7 @@ public:
 
 private:
     friend class Engine;
-    Engine* engine_ = nullptr;
+    std::shared_ptr<detail::LeaseAnchor> anchor_;  // null once released
     int slot_ = -1;
     int64_t layer_ = -1;
     const Layer* layerPtr_ = nullptr;
