@@ -102,8 +102,26 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
     std::vector<int64_t> shape = src.shape;
     const std::string fullName = tensorFullName(layerName, t.name);
     const TensorView view{t.name, shape, src.dtype, raw.data(), raw.size()};
-    if (isGpt2Conv1DWeight(policy.arch, t.name, shape.size()) &&
-        policy.quantizer.modeFor(view, fullName) != QuantizationMode::kNone) {
+    if (isGpt2Conv1DWeight(policy.arch, t.name, shape.size())) {
+        // The mode is decided on the [out, in] form that gets quantized (INT4 looks at its
+        // rows); a weight that stays unquantized is kept [in, out] as stored.
+        const std::vector<int64_t> outIn = {shape[1], shape[0]};
+        const TensorView transposed{t.name, outIn, src.dtype, raw.data(), raw.size()};
+        if (policy.quantizer.modeFor(transposed, fullName) == QuantizationMode::kNone) {
+            QuantizationConfig keep = policy.quantizer.configFor(fullName);
+            if (keep.mode == QuantizationMode::kInt4 && isFloatSource(src.dtype) &&
+                !keep.isSkipped(fullName)) {
+                SLI_WARN("engine",
+                         "tensor %s: rows of %lld values (Conv1D [in, out] transposed) are not a "
+                         "multiple of 32, kept in %s instead of int4",
+                         fullName.c_str(), static_cast<long long>(shape[0]),
+                         dtypeName(keep.computeDType));
+            }
+            keep.mode = QuantizationMode::kNone;
+            auto q = LayerQuantizer(std::move(keep), 1).quantizeTensor(view, fullName);
+            if (!q.isOk()) return q.status().withContext("layer " + layerName);
+            return q;
+        }
         SLI_ASSIGN_OR_RETURN(AlignedBuffer tr, AlignedBuffer::allocate(raw.size(), false));
         transposeBytes(raw.data(), shape[0], shape[1], dtypeSize(src.dtype), tr.data());
         raw = std::move(tr);

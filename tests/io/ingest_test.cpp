@@ -408,6 +408,47 @@ TEST_CASE("GPT-2 Conv1D weights are transposed to [out, in] before they are quan
     CHECK(b2->find("transformer.h.0.attn.c_attn.weight")->info.shape == std::vector<int64_t>{32, 96});
 }
 
+TEST_CASE("int4 decides on a GPT-2 Conv1D weight's [out, in] rows and keeps it [in, out] when not quantized") {
+    TempDir dir;
+    Ckpt ck;
+    ck.add("transformer.wte.weight", {64, 48});
+    ck.add("transformer.h.0.attn.c_attn.weight", {48, 64});  // [in, out]: [out, in] rows of 48
+    ck.add("transformer.h.0.mlp.c_fc.weight", {64, 48});     // [in, out]: [out, in] rows of 64
+    ck.add("transformer.ln_f.weight", {48});
+    IngestOptions opt;
+    opt.input = ck.write(dir, "gpt2.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "gpt2";
+    opt.config.mode = QuantizationMode::kInt4;
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE(sum.isOk());
+    REQUIRE(sum->architecture == Architecture::kGpt2);
+    auto cache = LayerCache::open(opt.cacheRoot);
+    REQUIRE(cache.isOk());
+    auto blk = (*cache)->getLayer("gpt2", 1, opt.config);
+    REQUIRE(blk.isOk());
+    // Rows of 48 after the transpose: kept, as stored.
+    const QuantizedTensor* attn = blk->find("transformer.h.0.attn.c_attn.weight");
+    REQUIRE(attn != nullptr);
+    CHECK(attn->info.mode == QuantizationMode::kNone);
+    CHECK(attn->info.shape == std::vector<int64_t>{48, 64});
+    QuantizationConfig keep = opt.config;
+    keep.mode = QuantizationMode::kNone;
+    const std::vector<int64_t> stored = {48, 64};
+    auto want = LayerQuantizer(keep).quantizeTensor({"transformer.h.0.attn.c_attn.weight", stored,
+                                                     DType::kF32, ck.data[1].data(),
+                                                     ck.data[1].size() * 4});
+    REQUIRE(want.isOk());
+    REQUIRE(attn->parts[0].size() == want->parts[0].size());
+    CHECK(std::memcmp(attn->parts[0].data(), want->parts[0].data(), want->parts[0].size()) == 0);
+    // Rows of 64 after the transpose: quantized as [out, in].
+    const QuantizedTensor* fc = blk->find("transformer.h.0.mlp.c_fc.weight");
+    REQUIRE(fc != nullptr);
+    CHECK(fc->info.mode == QuantizationMode::kInt4);
+    CHECK(fc->info.shape == std::vector<int64_t>{48, 64});
+}
+
 TEST_CASE("a BERT checkpoint keeps embeddings, LayerNorms and the pooler unquantized") {
     TempDir dir;
     Ckpt ck;
