@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <unordered_map>
@@ -134,6 +135,27 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
     SLI_RETURN_IF_ERROR(one.add(std::move(borrowed)));
     SLI_ASSIGN_OR_RETURN(QuantizedLayer q, policy.quantizer.quantizeLayer(one, layerName));
     return std::move(q.tensors.front());
+}
+
+// The input directory's name, or a file's directory's name (the file name when that is "."):
+// trailing slashes are ignored and a directory given as "." or ".." is named by its real path.
+// "" when there is no name (the root directory).
+std::string defaultModelId(const std::string& input) {
+    std::string path = input;
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    if (!io::isDirectory(path)) {
+        std::string base = io::baseName(io::dirName(path));
+        if (base.empty() || base == "." || base == "/") base = io::baseName(path);
+        return base;
+    }
+    std::string base = io::baseName(path);
+    if (base == "." || base == "..") {
+        if (char* real = ::realpath(path.c_str(), nullptr)) {
+            base = io::baseName(real);
+            std::free(real);
+        }
+    }
+    return base == "." || base == ".." || base == "/" ? std::string() : base;
 }
 
 }  // namespace
@@ -366,11 +388,10 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
 
     IngestSummary sum;
     sum.architecture = arch;
-    sum.modelId = opt.modelId;
+    sum.modelId = opt.modelId.empty() ? defaultModelId(opt.input) : opt.modelId;
     if (sum.modelId.empty()) {
-        std::string base = io::isDirectory(opt.input) ? io::baseName(opt.input) : io::baseName(io::dirName(opt.input));
-        if (base.empty() || base == "." || base == "/") base = io::baseName(opt.input);
-        sum.modelId = base;
+        return Status::invalidArgument("no model id can be derived from " + opt.input +
+                                       "; give one (--model-id)");
     }
     SLI_ASSIGN_OR_RETURN(auto cache, LayerCache::open(opt.cacheRoot));
     sum.cacheDir = cache->directoryFor(sum.modelId, opt.config, policyJson);

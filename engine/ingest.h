@@ -72,7 +72,9 @@ struct IngestProgress {
 struct IngestOptions {
     std::string input;      // .safetensors file, index json, or directory
     std::string cacheRoot;  // ROOT
-    std::string modelId;    // default: the input's directory / file stem
+    // Default: the input directory's name (trailing slashes ignored, "." / ".." resolved), or a
+    // file's directory's name (the file name when that is "."). InvalidArgument when none.
+    std::string modelId;
     QuantizationConfig config;
     // The adaptive policy (the "mixed" preset, see useAdaptivePolicy): attention / FFN tensors
     // use these configs; unset: `config`.

@@ -177,6 +177,27 @@ TEST_CASE("ingesting in mode none keeps the bytes and reuses complete layers on 
     CHECK(again->layersWritten == 0);
 }
 
+TEST_CASE("the default model id is the input directory's name, trailing slash or \".\" alike") {
+    TempDir dir;
+    REQUIRE(io::makeDirs(dir.file("tiny-model")).isOk());
+    Ckpt ck;
+    ck.add("model.embed_tokens.weight", {8, 8});
+    ck.add("model.norm.weight", {8});
+    ck.write(dir, "tiny-model/model.safetensors");
+    for (const std::string input : {dir.file("tiny-model"), dir.file("tiny-model/"),
+                                    dir.file("tiny-model//"), dir.file("tiny-model/."),
+                                    dir.file("tiny-model/model.safetensors")}) {
+        CAPTURE(input);
+        IngestOptions opt;
+        opt.input = input;
+        opt.cacheRoot = dir.file("cache");
+        auto sum = ingestCheckpoint(opt);
+        REQUIRE(sum.isOk());
+        CHECK(sum->modelId == "tiny-model");
+        CHECK(sum->layers == 2);
+    }
+}
+
 TEST_CASE("a Llama checkpoint keeps embeddings, norms and lm_head unquantized by default") {
     TempDir dir;
     const Ckpt ck = llamaCkpt(2);
