@@ -184,7 +184,7 @@ TEST_CASE("the default model id is the input directory's name, trailing slash or
     ck.add("model.embed_tokens.weight", {8, 8});
     ck.add("model.norm.weight", {8});
     ck.write(dir, "tiny-model/model.safetensors");
-    for (const std::string input : {dir.file("tiny-model"), dir.file("tiny-model/"),
+    for (const std::string& input : {dir.file("tiny-model"), dir.file("tiny-model/"),
                                     dir.file("tiny-model//"), dir.file("tiny-model/."),
                                     dir.file("tiny-model/model.safetensors")}) {
         CAPTURE(input);
