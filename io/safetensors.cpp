@@ -383,16 +383,29 @@ Result<SafetensorsModel> SafetensorsModel::open(const std::string& pathIn) {
             XXH3_freeState(hs);
             return f.status();
         }
-        // Fingerprint: shard name, size, and its header bytes (re-read; small).
-        XXH3_64bits_update(hs, s.data(), s.size());
+        // Fingerprint: shard name, size, and what its header says (names with their lengths,
+        // offsets, dtype, shape; metadata), so a header that changes in any way changes it.
+        auto str = [&](const std::string& v) {
+            const uint64_t n = v.size();
+            XXH3_64bits_update(hs, &n, sizeof n);
+            XXH3_64bits_update(hs, v.data(), v.size());
+        };
+        str(s);
         const uint64_t size = f->fileSize();
         XXH3_64bits_update(hs, &size, sizeof size);
         for (const auto& t : f->header().tensors) {
-            XXH3_64bits_update(hs, t.name.data(), t.name.size());
+            str(t.name);
             XXH3_64bits_update(hs, &t.begin, sizeof t.begin);
             XXH3_64bits_update(hs, &t.end, sizeof t.end);
             const uint8_t d = static_cast<uint8_t>(t.dtype);
             XXH3_64bits_update(hs, &d, 1);
+            const uint64_t rank = t.shape.size();
+            XXH3_64bits_update(hs, &rank, sizeof rank);
+            XXH3_64bits_update(hs, t.shape.data(), t.shape.size() * sizeof(int64_t));
+        }
+        for (const auto& [k, v] : f->header().metadata) {
+            str(k);
+            str(v);
         }
         for (const auto& kv : f->header().metadata) m.metadata_.push_back(kv);
         shardIndex[s] = m.shards_.size();

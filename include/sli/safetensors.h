@@ -115,7 +115,8 @@ public:
     }
     uint64_t totalTensorBytes() const;
     // A stable hex fingerprint of the checkpoint: xxh3-64 over every shard's name, size and
-    // header bytes (cheap: never reads tensor data).
+    // header contents (each tensor's name, offsets, dtype and shape; the metadata). Cheap: it
+    // never reads tensor data, so new weights under an identical header keep the fingerprint.
     const std::string& fingerprint() const noexcept { return fingerprint_; }
     // Where the model came from (the path given to open()).
     const std::string& source() const noexcept { return source_; }

@@ -198,6 +198,27 @@ TEST_CASE("the default model id is the input directory's name, trailing slash or
     }
 }
 
+TEST_CASE("a checkpoint rewritten with other shapes is quantized again, not reused") {
+    TempDir dir;
+    IngestOptions opt;
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "m";
+    for (const std::vector<int64_t>& shape : {std::vector<int64_t>{64, 32}, {32, 64}}) {
+        CAPTURE(shapeToString(shape));
+        Ckpt ck;
+        ck.add("model.layers.0.mlp.up_proj.weight", shape);
+        opt.input = ck.write(dir, "m.safetensors");  // same names, dtype and offsets
+        auto sum = ingestCheckpoint(opt);
+        REQUIRE(sum.isOk());
+        CHECK(sum->layersWritten == 1);
+        auto cache = LayerCache::open(opt.cacheRoot);
+        REQUIRE(cache.isOk());
+        auto l = (*cache)->getLayer("m", 0, opt.config);
+        REQUIRE(l.isOk());
+        CHECK(l->tensors.at(0).info.shape == shape);
+    }
+}
+
 TEST_CASE("a Llama checkpoint keeps embeddings, norms and lm_head unquantized by default") {
     TempDir dir;
     const Ckpt ck = llamaCkpt(2);

@@ -196,6 +196,25 @@ TEST_CASE("a sharded checkpoint is read as one model through its index") {
     CHECK(again->fingerprint() == m->fingerprint());
 }
 
+TEST_CASE("the fingerprint changes with a tensor's shape or the metadata, not with a reopen") {
+    TempDir dir;
+    std::vector<float> v(8, 1.0f);
+    const auto bytes = std::span(reinterpret_cast<const uint8_t*>(v.data()), v.size() * 4);
+    auto fingerprintOf = [&](std::vector<int64_t> shape,
+                             std::vector<std::pair<std::string, std::string>> md) {
+        const std::string path = dir.file("f.safetensors");
+        REQUIRE(writeSafetensors(path, {{"w", DType::kF32, std::move(shape), bytes}}, md).isOk());
+        auto m = SafetensorsModel::open(path);
+        REQUIRE(m.isOk());
+        return m->fingerprint();
+    };
+    const std::string base = fingerprintOf({2, 4}, {});
+    CHECK(fingerprintOf({2, 4}, {}) == base);
+    CHECK(fingerprintOf({4, 2}, {}) != base);
+    CHECK(fingerprintOf({8}, {}) != base);
+    CHECK(fingerprintOf({2, 4}, {{"step", "1000"}}) != base);
+}
+
 TEST_CASE("a missing shard is an error naming the shard") {
     TempDir dir;
     writeShard(dir.file("s1.safetensors"), {"a"});
