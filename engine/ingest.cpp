@@ -26,7 +26,8 @@ bool endsWith(std::string_view s, std::string_view suf) {
     return s.size() >= suf.size() && s.substr(s.size() - suf.size()) == suf;
 }
 
-// GPT-2's Conv1D modules store their weight [in, out] (see the header comment).
+}  // namespace
+
 bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims) {
     if (arch != Architecture::kGpt2 || dims != 2 || !endsWith(name, ".weight")) return false;
     const TensorPlacement p = classifyTensor(name, arch);
@@ -38,6 +39,8 @@ bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims) {
     }
     return false;
 }
+
+namespace {
 
 // [rows, cols] -> [cols, rows], elements of `esz` bytes.
 void transposeBytes(const uint8_t* in, int64_t rows, int64_t cols, size_t esz, uint8_t* out) {

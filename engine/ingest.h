@@ -112,6 +112,10 @@ struct IngestSummary {
 
 Result<IngestSummary> ingestCheckpoint(const IngestOptions& options);
 
+// Whether `name` (of a `dims`-D tensor) is a GPT-2 Conv1D weight of `arch`: stored [in, out],
+// transposed to [out, in] by ingestion when it is quantized (see above).
+bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims);
+
 // One logical tensor of a checkpoint: a plain tensor, or the set of tensors bitsandbytes
 // writes for one quantized weight.
 struct CheckpointTensor {

@@ -132,7 +132,8 @@ const char* kExportHelp =
     "                  [--model-id ID] [--threads N]\n"
     "\n"
     "Default: dequantized tensors under their original names, in each tensor's compute\n"
-    "dtype or --dtype (dequantized straight into it).\n"
+    "dtype or --dtype (dequantized straight into it); GPT-2 Conv1D weights quantized as\n"
+    "[out, in] go back to the [in, out] of the source.\n"
     "--raw: quantized tensors in the bitsandbytes / Hugging Face layout (P = name without\n"
     "its trailing \".weight\"): NF4/FP4 as P.weight, P.weight.absmax, P.weight.quant_map,\n"
     "[P.weight.nested_absmax, P.weight.nested_quant_map,] P.weight.quant_state.bitsandbytes__*;\n"
@@ -637,7 +638,19 @@ struct OutTensor {
     size_t tensor;  // index in the layer
     int part;       // raw export: the part (-1: the quant_state JSON); dequantized: -1
     std::string literal;  // quant_state JSON bytes
+    bool transposeBack = false;  // dequantized GPT-2 Conv1D weight: [out, in] -> [in, out]
 };
+
+// [rows, cols] -> [cols, rows], elements of `esz` bytes.
+void transposeInto(std::span<const uint8_t> in, int64_t rows, int64_t cols, size_t esz,
+                   std::vector<uint8_t>& out) {
+    out.resize(in.size());
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+            std::memcpy(out.data() + (c * rows + r) * esz, in.data() + (r * cols + c) * esz, esz);
+        }
+    }
+}
 
 Status convertNone(const QuantizedTensorInfo& in, std::span<const uint8_t> src, DType dst,
                    std::vector<uint8_t>& out) {
@@ -694,6 +707,9 @@ int cmdExport(const std::vector<std::string>& argv) {
         if (!idx.isOk()) return fail(idx.status());
         indexes.push_back(std::move(*idx));
     }
+    // Ingestion quantizes GPT-2 Conv1D weights as [out, in]; dequantized, they go back to the
+    // [in, out] their names stand for in a checkpoint.
+    const bool gpt2 = cache.manifest.architecture == architectureName(Architecture::kGpt2);
     std::vector<OutTensor> outs;
     for (size_t l = 0; l < indexes.size(); ++l) {
         for (size_t t = 0; t < indexes[l].tensors.size(); ++t) {
@@ -705,7 +721,11 @@ int cmdExport(const std::vector<std::string>& argv) {
                 if (!raw && in.mode == QuantizationMode::kNone && dtypeIsCompute(in.storedDType)) {
                     d = dtype.value_or(in.computeDType);
                 }
-                outs.push_back({{in.name, d, in.shape}, l, t, raw ? 0 : -1, {}});
+                OutTensor ot{{in.name, d, in.shape}, l, t, raw ? 0 : -1, {}};
+                ot.transposeBack = !raw && gpt2 && in.mode != QuantizationMode::kNone &&
+                                   isGpt2Conv1DWeight(Architecture::kGpt2, in.name, in.shape.size());
+                if (ot.transposeBack) std::swap(ot.decl.shape[0], ot.decl.shape[1]);
+                outs.push_back(std::move(ot));
                 continue;
             }
             const std::string P = rawPrefix(in.name);
@@ -757,7 +777,7 @@ int cmdExport(const std::vector<std::string>& argv) {
     auto writer = SafetensorsWriter::create(*a.value("--output"), std::move(decls), md);
     if (!writer.isOk()) return fail(writer.status());
     size_t o = 0;
-    std::vector<uint8_t> buf;
+    std::vector<uint8_t> buf, transposed;
     for (size_t l = 0; l < indexes.size(); ++l) {
         auto layer = io::readLayerFile(indexes[l].path, /*verify=*/true);
         if (!layer.isOk()) return fail(layer.status());
@@ -775,7 +795,13 @@ int cmdExport(const std::vector<std::string>& argv) {
             } else {
                 buf.resize(static_cast<size_t>(qt.info.numel()) * dtypeSize(ot.decl.dtype));
                 st = kernels::dequantize(qt.view(), ot.decl.dtype, buf, threads);
-                if (st.isOk()) st = writer->append(buf);
+                if (st.isOk() && ot.transposeBack) {
+                    transposeInto(buf, qt.info.shape[0], qt.info.shape[1], dtypeSize(ot.decl.dtype),
+                                  transposed);
+                    st = writer->append(transposed);
+                } else if (st.isOk()) {
+                    st = writer->append(buf);
+                }
             }
             if (!st.isOk()) return fail(st.withContext("exporting " + ot.decl.name));
         }

@@ -90,6 +90,30 @@ expect_out "transformer.h.0.mlp.c_fc.weight +int8 +i8 +\[128, 32\]" "c_fc stored
 expect_rc 0 "export GPT-2 raw" -- "$SLI" export "$WORK/g" --output "$WORK/g-raw.safetensors" --raw
 expect_rc 0 "raw c_attn is the transpose of the source" -- $ST transposed "$WORK/gpt2.safetensors" transformer.h.0.attn.c_attn.weight "$WORK/g-raw.safetensors" transformer.h.0.attn.c_attn.weight
 
+# Dequantized, the Conv1D weights go back to the source's [in, out]: same shapes, close values,
+# and the export quantizes again to the same [out, in] cache.
+if have_kernels; then
+    expect_rc 0 "export GPT-2 dequantized" -- "$SLI" export "$WORK/g" --output "$WORK/g-f32.safetensors" --dtype f32
+    python3 -c "
+import struct, sys; sys.path.insert(0, '$HERE'); import st_tools as s
+a, b = s.read_st('$WORK/gpt2.safetensors'), s.read_st('$WORK/g-f32.safetensors')
+assert set(a) == set(b), set(a) ^ set(b)
+worst = 0.0
+for n, (dt, sh, blob) in a.items():
+    assert b[n][1] == sh, (n, sh, b[n][1])
+    x = struct.unpack('<%df' % (len(blob)//4), blob); y = struct.unpack('<%df' % (len(blob)//4), b[n][2])
+    worst = max(worst, max(abs(u - v) for u, v in zip(x, y)))
+print('gpt2 export: shapes as in the source, worst error %.2e' % worst)
+assert worst < 2e-3
+" >"$WORK/out" 2>&1
+    expect_out "shapes as in the source" "dequantized GPT-2 export has the source's [in, out] shapes and values"
+    expect_rc 0 "quantize the GPT-2 export again" -- "$SLI" quantize "$WORK/g-f32.safetensors" --cache "$WORK/g2" --model-id gpt2 --mode int8
+    expect_rc 0 "inspect the re-quantized GPT-2" -- "$SLI" inspect "$WORK/g2"
+    expect_out "transformer.h.0.attn.c_attn.weight +int8 +i8 +\[96, 32\]" "re-quantized c_attn is [out, in] again"
+else
+    echo "skip: dequantized GPT-2 export (no kernels in this build)"
+fi
+
 # BERT names: embeddings and pooler kept, attention int8 / FFN nf4 under mixed.
 $ST synth "$WORK/bert.safetensors" embeddings.word_embeddings.weight=64x32 embeddings.LayerNorm.weight=32 \
     encoder.layer.0.attention.self.query.weight=32x32 encoder.layer.0.attention.output.dense.weight=32x32 \
