@@ -521,7 +521,9 @@ Result<SafetensorsWriter> SafetensorsWriter::create(
         offs.push(Json::unsignedInteger(offset));
         offs.push(Json::unsignedInteger(offset + bytes));
         e.set("data_offsets", std::move(offs));
-        header.set(t.name, std::move(e));
+        // Names are unique (checked above): appended without Json::set's linear key search,
+        // which made a header of many tensors quadratic.
+        header.asObject().emplace_back(t.name, std::move(e));
         impl->sizes.push_back(bytes);
         offset += bytes;
     }
