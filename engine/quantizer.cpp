@@ -1,6 +1,7 @@
 // LayerQuantizer, the one-line helpers and size accounting (see sli/quantizer.h).
 #include "sli/quantizer.h"
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -234,6 +235,21 @@ Result<QuantizedTensor> LayerQuantizer::quantizeTensorAs(const TensorView& t, Qu
         src = widened;
     }
     SLI_RETURN_IF_ERROR(kernels::quantize(src, q, threads_).withContext(what));
+    if (mode == QuantizationMode::kInt8) {
+        // LLM.int8 rounds the weights to fp16 first (as bitsandbytes): a row with a value past
+        // the fp16 range gets an infinite SCB and dequantizes to NaN / Inf throughout.
+        const float* scb = q.part(QuantPart::kAbsmax).as<float>();
+        int64_t bad = 0;
+        const int64_t rows = info.rows();
+        for (int64_t r = 0; r < rows; ++r) bad += std::isfinite(scb[r]) ? 0 : 1;
+        if (bad > 0) {
+            SLI_WARN("engine",
+                     "%s: %lld of %lld rows hold values beyond the fp16 range (|w| > 65504); "
+                     "LLM.int8 rounds weights to fp16 first, as bitsandbytes does, so those rows "
+                     "dequantize to NaN / Inf (int8_dynamic or none keeps them)",
+                     what.c_str(), static_cast<long long>(bad), static_cast<long long>(rows));
+        }
+    }
     return q;
 }
 

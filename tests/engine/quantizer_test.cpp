@@ -1,12 +1,16 @@
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "sli/kernels.h"
+#include "sli/log.h"
 #include "sli/quantizer.h"
 
 using namespace sli;
@@ -458,4 +462,36 @@ TEST_CASE("tensor full names join layer and tensor names once") {
     auto q = LayerQuantizer(getInt8Config()).quantizeLayer(post);
     REQUIRE(q.isOk());
     CHECK(q->tensors[0].info.mode == QuantizationMode::kNone);
+}
+
+TEST_CASE("LLM.int8 warns, naming the tensor, when rows hold values past the fp16 range") {
+    // Row 1 holds 1e5: LLM.int8 rounds to fp16 first (bitsandbytes' semantics), so its SCB is
+    // infinite and the whole row dequantizes to NaN. Quantization goes on (the format is
+    // bnb's) but says so; the other rows are unaffected.
+    std::vector<float> v = randomValues(4 * 64, 21, 0.05f);
+    v[64 + 5] = 1.0e5f;
+    const Tensor t = floats("model.layers.0.mlp.up_proj.weight", {4, 64}, DType::kF32, v);
+    logReconfigure("warn");  // meson runs the tests with SLI_LOG=error
+    std::fflush(stderr);
+    std::FILE* capture = std::tmpfile();
+    REQUIRE(capture != nullptr);
+    const int saved = ::dup(2);
+    ::dup2(::fileno(capture), 2);
+    auto q = LayerQuantizer(configFor(QuantizationMode::kInt8)).quantizeTensor(t.view());
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    logReconfigure();  // back to SLI_LOG
+    REQUIRE(q.isOk());
+    std::rewind(capture);
+    std::string log;
+    for (int c; (c = std::fgetc(capture)) != EOF;) log.push_back(static_cast<char>(c));
+    std::fclose(capture);
+    CHECK(log.find("model.layers.0.mlp.up_proj.weight") != std::string::npos);
+    CHECK(log.find("1 of 4 rows") != std::string::npos);
+    auto dq = LayerQuantizer::dequantizeTensor(*q, DType::kF32);
+    REQUIRE(dq.isOk());
+    const float* out = reinterpret_cast<const float*>(dq->data());
+    CHECK(std::isfinite(out[0]));
+    CHECK(std::isnan(out[64]));
 }
