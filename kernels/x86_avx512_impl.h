@@ -722,27 +722,11 @@ inline void convertRun(const uint8_t* src, int64_t n, uint8_t* out) {
     }
 }
 
-// A same-type conversion: a copy, large line-aligned outputs streamed past the caches (its own
-// function, as in the AVX2 table: inlined beside convert()'s lambdas, GCC kept the pointers on
-// the stack there).
-inline void copyOut(const uint8_t* s, int64_t bytes, uint8_t* o) {
-    if (x86::storeKindFor(o, bytes) == StoreKind::kPlain) {
-        std::memcpy(o, s, static_cast<size_t>(bytes));
-        return;
-    }
-    int64_t i = 0;
-    for (; i + 64 <= bytes; i += 64) {
-        put512<StoreKind::kStream>(o + i, _mm512_loadu_si512(reinterpret_cast<const void*>(s + i)));
-    }
-    _mm_sfence();
-    std::memcpy(o + i, s + i, static_cast<size_t>(bytes - i));
-}
-
 inline void convert(DType from, const void* src, int64_t n, DType to, void* out) {
     const auto* s = static_cast<const uint8_t*>(src);
     auto* o = static_cast<uint8_t*>(out);
-    if (from == to) {
-        copyOut(s, n * (to == DType::kF32 ? 4 : 2), o);
+    if (from == to) {  // a copy: the AVX2 table's (memory-bound; 32-byte streaming stores)
+        x86::copyOut(s, n * (to == DType::kF32 ? 4 : 2), o);
         return;
     }
     forDType(from, [&]<DType F>() {
