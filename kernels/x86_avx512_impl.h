@@ -418,19 +418,25 @@ inline void dequantizeQ4_0(const block_q4_0* src, int64_t nblocks, DType dst, vo
 // thresholds ascend, so this counts the thresholds below x, as the reference; every compare is
 // false for NaN, so NaN gives 0.
 
-inline __m512i nf4Codes(__m512 x) {
-    const float* t = kNf4Thresholds;
-    const __m512 thr = _mm512_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9],
-                                      t[10], t[11], t[12], t[13], t[14], t[14]);
-    __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, _mm512_set1_ps(t[7]), _CMP_GT_OQ),
-                                       _mm512_set1_epi32(8));
-    for (int step = 4; step >= 1; step /= 2) {
+// The search itself: thr holds 2 * top - 1 ascending thresholds (top = 8 for NF4's 15, 4 for
+// FP4's 7 magnitudes); the first step compares with the middle one, thr[top - 1].
+inline __m512i thresholdsBelow(__m512 x, __m512 thr, float middle, int top) {
+    __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, _mm512_set1_ps(middle), _CMP_GT_OQ),
+                                       _mm512_set1_epi32(top));
+    for (int step = top / 2; step >= 1; step /= 2) {
         const __m512 tc =
             _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), thr);
         c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(x, tc, _CMP_GT_OQ), c,
                                   _mm512_set1_epi32(step));
     }
     return c;
+}
+
+inline __m512i nf4Codes(__m512 x) {
+    const float* t = kNf4Thresholds;
+    const __m512 thr = _mm512_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9],
+                                      t[10], t[11], t[12], t[13], t[14], t[14]);
+    return thresholdsBelow(x, thr, t[7], 8);
 }
 
 // FP4: k = magnitude thresholds below |x| (the same search over 7), + 8 for x < 0 (not -0, not
@@ -441,14 +447,7 @@ inline __m512i fp4Codes(__m512 x) {
         _mm512_setr_ps(L[0], L[1], L[2], L[3], L[4], L[5], L[6], L[6], 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512 a = _mm512_castsi512_ps(
         _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
-    __m512i k = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a, _mm512_set1_ps(L[3]), _CMP_GT_OQ),
-                                       _mm512_set1_epi32(4));
-    for (int step = 2; step >= 1; step /= 2) {
-        const __m512 tk =
-            _mm512_permutexvar_ps(_mm512_add_epi32(k, _mm512_set1_epi32(step - 1)), thr);
-        k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(a, tk, _CMP_GT_OQ), k,
-                                  _mm512_set1_epi32(step));
-    }
+    __m512i k = thresholdsBelow(a, thr, L[3], 4);
     k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), k,
                               _mm512_set1_epi32(8));
     const uint8_t* m = kFp4MagnitudeCode;
