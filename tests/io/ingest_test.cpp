@@ -202,7 +202,7 @@ TEST_CASE("a checkpoint rewritten with other shapes is quantized again, not reus
     TempDir dir;
     IngestOptions opt;
     opt.cacheRoot = dir.file("cache");
-    opt.modelId = "m";
+    opt.modelId = std::string("m");  // not = "...": GCC 12 -Wrestrict false positive
     for (const std::vector<int64_t>& shape : {std::vector<int64_t>{64, 32}, {32, 64}}) {
         CAPTURE(shapeToString(shape));
         Ckpt ck;
@@ -542,7 +542,7 @@ TEST_CASE("a checkpoint of no known architecture has no default skips") {
     IngestOptions opt;
     opt.input = ck.write(dir, "x.safetensors");
     opt.cacheRoot = dir.file("cache");
-    opt.modelId = "x";
+    opt.modelId = std::string("x");  // not = "...": GCC 12 -Wrestrict false positive
     opt.config = getNf4Config();
     auto sum = ingestCheckpoint(opt);
     if (!sum.isOk() && kernelsMissing(sum.status())) return;
