@@ -822,3 +822,34 @@ TEST_CASE("LLM.int8 dequantization matches the reference for fp16-exact scales a
         }
     });
 }
+
+TEST_CASE("LLM.int8 -> bf16 matches the reference for every split-scale significand") {
+    // A scale with at most 15 significant bits, +-m * 2^e with m in [2^14, 2^15), takes the
+    // one-rounding bf16 path, whose tie-free rows are told apart by a table over m. Every m,
+    // at three exponents (the ends of the path's range and one between) and both signs, in
+    // rows of every byte value, must round as the reference does.
+    forEachFast([](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        constexpr int64_t kM = int64_t{1} << 14;
+        constexpr int64_t cols = 256;
+        std::vector<int8_t> q(static_cast<size_t>(kM * cols));
+        for (size_t i = 0; i < q.size(); ++i) {
+            q[i] = static_cast<int8_t>(static_cast<uint8_t>(i * 29 + i / 256));
+        }
+        for (uint32_t biasedExp : {22u, 120u, 240u}) {
+            CAPTURE(biasedExp);
+            std::vector<float> scales(static_cast<size_t>(kM));
+            for (int64_t m = 0; m < kM; ++m) {
+                const uint32_t sign = (m % 3 == 0) ? 0x80000000u : 0u;
+                scales[static_cast<size_t>(m)] =
+                    bitsFloat(sign | (biasedExp << 23) | (static_cast<uint32_t>(m) << 9));
+            }
+            std::vector<uint16_t> a(q.size()), b(q.size());
+            ref.dequantizeInt8(true, q.data(), scales.data(), kM, cols, DType::kBF16, a.data());
+            k.dequantizeInt8(true, q.data(), scales.data(), kM, cols, DType::kBF16, b.data());
+            const int64_t at = firstDiff(a.data(), b.data(), q.size(), 2);
+            CAPTURE(at);
+            CHECK(at == -1);
+        }
+    });
+}
