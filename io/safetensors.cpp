@@ -535,14 +535,21 @@ Result<SafetensorsWriter> SafetensorsWriter::create(
     impl->decls = std::move(tensors);
     SLI_RETURN_IF_ERROR(io::makeDirs(io::dirName(path)));
     impl->tmp = io::tempPathFor(path);
-    SLI_ASSIGN_OR_RETURN(impl->fd, io::openFile(impl->tmp, O_WRONLY | O_CREAT | O_EXCL | O_TRUNC, 0644));
+    // Errors name the destination, not only the temporary file the OS failed on.
+    const std::string ctx = "writing " + path;
+    auto fd = io::openFile(impl->tmp, O_WRONLY | O_CREAT | O_EXCL | O_TRUNC, 0644);
+    if (!fd.isOk()) return fd.status().withContext(ctx);
+    impl->fd = std::move(fd).value();
     uint8_t len[8];
     uint64_t n = text.size();
     for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-    SLI_RETURN_IF_ERROR(io::pwriteAll(impl->fd.get(), len, 0, impl->tmp));
-    SLI_RETURN_IF_ERROR(io::pwriteAll(
-        impl->fd.get(), std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()), 8,
-        impl->tmp));
+    Status st = io::pwriteAll(impl->fd.get(), len, 0, impl->tmp);
+    if (st.isOk()) {
+        st = io::pwriteAll(impl->fd.get(),
+                           std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+                           8, impl->tmp);
+    }
+    if (!st.isOk()) return st.withContext(ctx);  // ~Impl removes the temporary file
     impl->pos = 8 + text.size();
     impl->skipEmpty();
     SafetensorsWriter w;
@@ -563,7 +570,9 @@ Status SafetensorsWriter::append(std::span<const uint8_t> bytes) {
         }
         const uint64_t room = s.sizes[s.current] - s.writtenInCurrent;
         const size_t n = static_cast<size_t>(std::min<uint64_t>(room, bytes.size()));
-        SLI_RETURN_IF_ERROR(io::pwriteAll(s.fd.get(), bytes.first(n), s.pos, s.tmp));
+        if (Status st = io::pwriteAll(s.fd.get(), bytes.first(n), s.pos, s.tmp); !st.isOk()) {
+            return st.withContext("writing " + s.path);
+        }
         s.pos += n;
         s.writtenInCurrent += n;
         bytes = bytes.subspan(n);
@@ -579,7 +588,7 @@ Status SafetensorsWriter::finish() {
         return Status::invalidArgument("safetensors writer " + s.path + ": tensor " +
                                        s.decls[s.current].name + " is incomplete");
     }
-    SLI_RETURN_IF_ERROR(io::fsyncFd(s.fd.get(), s.tmp));
+    if (Status st = io::fsyncFd(s.fd.get(), s.tmp); !st.isOk()) return st.withContext("writing " + s.path);
     s.fd.reset();
     if (::rename(s.tmp.c_str(), s.path.c_str()) != 0) {
         return Status::fromErrno(errno, "rename " + s.tmp + " -> " + s.path);
