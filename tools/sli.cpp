@@ -125,7 +125,7 @@ const char* kVerifyHelp =
     "manifest lists but that were never written are reported as missing.\n"
     "Exit 0 when everything present is intact (missing layers included), 1 when\n"
     "anything is corrupt (each bad layer / tensor / file is named), 2 on usage errors,\n"
-    "3 on I/O errors.\n";
+    "3 when a file cannot be read (permissions, I/O errors: listed as unreadable).\n";
 
 const char* kExportHelp =
     "usage: sli export DIR --output FILE.safetensors [--dtype f16|bf16|f32] [--raw]\n"
@@ -392,6 +392,9 @@ double bitsPerWeight(uint64_t bytes, uint64_t weights) {
 
 // ---- inspect ------------------------------------------------------------------------------
 
+// Damaged or unsupported data, as opposed to a file that could not be read.
+bool isDataError(const Status& st) { return st.isCorruption() || st.isNotSupported(); }
+
 int cmdInspect(const std::vector<std::string>& argv) {
     if (wantsHelp(argv)) {
         std::fputs(kInspectHelp, stdout);
@@ -404,7 +407,7 @@ int cmdInspect(const std::vector<std::string>& argv) {
     if (!caches.isOk()) return fail(caches.status());
     const bool json = a.has("--json");
     Json all = Json::array();
-    bool anyBad = false;
+    bool anyBad = false, anyIo = false;
     for (const auto& c : *caches) {
         Json jc = Json::object();
         jc.set("directory", Json::string(c.dir));
@@ -448,11 +451,14 @@ int cmdInspect(const std::vector<std::string>& argv) {
             }
             auto idx = io::readLayerIndex(path);
             if (!idx.isOk()) {
-                anyBad = true;
-                jl.set("status", Json::string("corrupt"));
+                // Damaged data (exit 1) or a file that cannot be read, e.g. permissions (exit 3)
+                const bool bad = isDataError(idx.status());
+                (bad ? anyBad : anyIo) = true;
+                jl.set("status", Json::string(bad ? "corrupt" : "unreadable"));
                 jl.set("error", Json::string(idx.status().message()));
-                if (!json) std::printf("  layer %lld %s: CORRUPT: %s\n", static_cast<long long>(ml.index),
-                                       ml.name.c_str(), idx.status().message().c_str());
+                if (!json) std::printf("  layer %lld %s: %s: %s\n", static_cast<long long>(ml.index),
+                                       ml.name.c_str(), bad ? "CORRUPT" : "UNREADABLE",
+                                       idx.status().message().c_str());
                 layers.push(std::move(jl));
                 continue;
             }
@@ -523,7 +529,7 @@ int cmdInspect(const std::vector<std::string>& argv) {
         all.push(std::move(jc));
     }
     if (json) std::printf("%s\n", all.dump().c_str());
-    return anyBad ? kExitCorrupt : kExitOk;
+    return anyBad ? kExitCorrupt : anyIo ? kExitIo : kExitOk;
 }
 
 // ---- verify -------------------------------------------------------------------------------
@@ -539,14 +545,22 @@ int cmdVerify(const std::vector<std::string>& argv) {
     auto dirs = io::findCacheDirs(a.positional[0]);
     if (!dirs.isOk()) return fail(dirs.status());
     if (dirs->empty()) return fail(Status::notFound("no layer cache under " + a.positional[0]));
-    size_t ok = 0, corrupt = 0, missing = 0;
-    bool ioErr = false;
+    size_t ok = 0, corrupt = 0, missing = 0, unreadable = 0;
+    // One line per file: damaged data counts as corrupt (exit 1), a file that cannot be read
+    // (permissions, an I/O error) as unreadable (exit 3).
+    const auto report = [&](const Status& st, const std::string& what) {
+        if (isDataError(st)) {
+            ++corrupt;
+            std::printf("  CORRUPT %s: %s\n", what.c_str(), st.message().c_str());
+        } else {
+            ++unreadable;
+            std::printf("  ERROR   %s: %s\n", what.c_str(), st.toString().c_str());
+        }
+    };
     for (const auto& d : *dirs) {
         auto m = io::readManifest(d);
         if (!m.isOk()) {
-            std::printf("CORRUPT %s: %s\n", io::joinPath(d, io::kManifestName).c_str(),
-                        m.status().message().c_str());
-            ++corrupt;
+            report(m.status(), io::joinPath(d, io::kManifestName));
             continue;
         }
         if (auto id = a.value("--model-id"); id && m->modelId != *id) continue;
@@ -573,14 +587,8 @@ int cmdVerify(const std::vector<std::string>& argv) {
                 ++ok;
                 std::printf("  ok      layer %lld (%s): %zu tensors\n", static_cast<long long>(ml.index),
                             ml.name.c_str(), idx.tensors.size());
-            } else if (st.isCorruption() || st.isNotSupported()) {
-                ++corrupt;
-                std::printf("  CORRUPT layer %lld (%s): %s\n", static_cast<long long>(ml.index),
-                            ml.name.c_str(), st.message().c_str());
             } else {
-                ioErr = true;
-                std::printf("  ERROR   layer %lld (%s): %s\n", static_cast<long long>(ml.index),
-                            ml.name.c_str(), st.toString().c_str());
+                report(st, "layer " + std::to_string(ml.index) + " (" + ml.name + ")");
             }
         }
         // Layer files the manifest does not list are verified too.
@@ -594,15 +602,18 @@ int cmdVerify(const std::vector<std::string>& argv) {
                     ++ok;
                     std::printf("  ok      %s (not in the manifest)\n", n.c_str());
                 } else {
-                    ++corrupt;
-                    std::printf("  CORRUPT %s: %s\n", n.c_str(), st.message().c_str());
+                    report(st, n);
                 }
             }
+        } else {
+            report(names.status(), d);
         }
     }
-    std::printf("%zu layers ok, %zu corrupt, %zu missing\n", ok, corrupt, missing);
+    std::printf("%zu layers ok, %zu corrupt, %zu missing", ok, corrupt, missing);
+    if (unreadable > 0) std::printf(", %zu unreadable", unreadable);
+    std::printf("\n");
     if (corrupt > 0) return kExitCorrupt;
-    return ioErr ? kExitIo : kExitOk;
+    return unreadable > 0 ? kExitIo : kExitOk;
 }
 
 // ---- export -------------------------------------------------------------------------------
