@@ -287,8 +287,9 @@ Status Engine::Impl::openLayers() {
         const std::string path = cacheDir + "/" + ml.file;
         auto f = io::openForDirectRead(path, opts.directIo);
         if (!f.isOk()) {
-            return f.status().withContext("layer " + std::to_string(i) + " (" + ml.name +
-                                          ") is missing from the cache; run `sli quantize` again");
+            const std::string what = "layer " + std::to_string(i) + " (" + ml.name + ")";
+            if (!f.status().isNotFound()) return f.status().withContext(what);  // e.g. EACCES
+            return f.status().withContext(what + " is missing from the cache; run `sli quantize` again");
         }
         src.file = std::move(f).value();
         anyDirect = anyDirect || src.file.isDirect();

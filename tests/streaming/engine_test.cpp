@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -284,6 +285,54 @@ TEST_CASE("hands out tensors stored in the output dtype in place, bit-identical,
     REQUIRE_MESSAGE(e.isOk(), e.status().toString());
     CHECK((*e)->stats().hostOutputBytes > 0);
     checkStream(**e, tc, {0, 1, 2, 3}, DType::kF16);
+}
+
+TEST_CASE("a layer file missing or unreadable at open is an error naming the layer and file") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 3, QuantizationMode::kNf4);
+    SUBCASE("missing") {
+        REQUIRE(::unlink(tc.files[1].c_str()) == 0);
+        auto e = Engine::open(baseOptions(tc));
+        REQUIRE_FALSE(e.isOk());
+        CHECK(e.status().isNotFound());
+        CHECK(e.status().message().find("layer 1") != std::string::npos);
+        CHECK(e.status().message().find(tc.files[1]) != std::string::npos);
+        CHECK(e.status().message().find("sli quantize") != std::string::npos);
+    }
+    SUBCASE("no read permission: said as such, not as missing") {
+        // Root is not refused by file modes: the open runs in a child that drops to nobody.
+        REQUIRE(::chmod(tmp.path.c_str(), 0755) == 0);
+        REQUIRE(::chmod(tc.files[1].c_str(), 0) == 0);
+        int fds[2];
+        REQUIRE(::pipe(fds) == 0);
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            ::close(fds[0]);
+            if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(3);
+            auto e = Engine::open(baseOptions(tc));
+            const std::string m = e.isOk() ? std::string("opened") : e.status().toString();
+            (void)!::write(fds[1], m.data(), m.size());
+            ::_exit(0);
+        }
+        ::close(fds[1]);
+        std::string got;
+        char buf[1024];
+        for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) got.append(buf, static_cast<size_t>(n));
+        ::close(fds[0]);
+        int wst = 0;
+        REQUIRE(::waitpid(pid, &wst, 0) == pid);
+        REQUIRE(WIFEXITED(wst));
+        if (WEXITSTATUS(wst) == 3) {
+            MESSAGE("cannot drop root privileges here: not checked");
+            return;
+        }
+        CAPTURE(got);
+        CHECK(got.find("Permission denied") != std::string::npos);
+        CHECK(got.find("layer 1") != std::string::npos);
+        CHECK(got.find(tc.files[1]) != std::string::npos);
+        CHECK(got.find("missing") == std::string::npos);
+    }
 }
 
 TEST_CASE("a budget too small for one layer is an error at open, not a hang") {
