@@ -39,6 +39,8 @@
 // dequant is known to be done (non-blocking query), except in stats()/timings().
 #include "sli/engine.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -46,6 +48,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "io/aligned_io.h"
@@ -357,8 +360,7 @@ Status Engine::Impl::openLayers() {
         layerNames.push_back(ml.name);
         layers.push_back(std::move(src));
     }
-    if (opts.order == LayerOrder::kExplicit) {
-        if (opts.plan.empty()) return Status::invalidArgument("explicit layer order needs a plan");
+    if (opts.order == LayerOrder::kExplicit) {  // non-empty: checkOptions()
         for (int64_t l : opts.plan) {
             if (l < 0 || l >= static_cast<int64_t>(layers.size())) {
                 return Status::invalidArgument("plan names layer " + std::to_string(l) +
@@ -463,8 +465,23 @@ Status Engine::Impl::allocate() {
     stats.ioBackend = backendName;
     stats.directIo = anyDirect;
 
-    for (int w = 0; w < workersWanted; ++w) workers.emplace_back([this, w] { workerLoop(w); });
-    ioThread = std::thread([this] { ioLoop(); });
+    try {
+        for (int w = 0; w < workersWanted; ++w) workers.emplace_back([this, w] { workerLoop(w); });
+        ioThread = std::thread([this] { ioLoop(); });
+    } catch (const std::system_error& e) {
+        // Out of threads (e.g. a pids limit): stop those started, or ~Impl would terminate.
+        {
+            std::lock_guard<std::mutex> lock(mu);
+            stop = true;
+        }
+        taskCv.notify_all();
+        ioCv.notify_all();
+        for (auto& w : workers) w.join();
+        workers.clear();
+        if (ioThread.joinable()) ioThread.join();
+        return Status::resourceExhausted("starting " + std::to_string(workersWanted) +
+                                         " engine worker threads: " + e.what());
+    }
     return Status();
 }
 
@@ -978,6 +995,60 @@ Engine::~Engine() {
     for (auto& w : impl_->workers) w.join();
 }
 
+namespace {
+
+// The read scheduler's limits (io/read_scheduler.cpp) and a sanity bound on worker threads.
+constexpr uint32_t kMinChunkBytes = 4096, kMaxChunkBytes = 64u << 20, kMaxQueueDepth = 4096;
+constexpr int kMaxWorkerThreads = 1024;
+
+// Checks what needs no cache: every option out of range is InvalidArgument naming it, before
+// anything is opened, allocated or started.
+Status checkOptions(const EngineOptions& o) {
+    if (o.cacheDir.empty()) return Status::invalidArgument("EngineOptions.cacheDir is empty");
+    struct stat st {};
+    if (::stat(o.cacheDir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+        return Status::invalidArgument("cache directory " + o.cacheDir + " is not a directory");
+    }
+    if (o.prefetchDepth < 0) {
+        return Status::invalidArgument("prefetch depth must be >= 0 (EngineOptions.prefetchDepth is " +
+                                       std::to_string(o.prefetchDepth) + ")");
+    }
+    if (o.workerThreads < 0 || o.workerThreads > kMaxWorkerThreads) {
+        return Status::invalidArgument("EngineOptions.workerThreads is " +
+                                       std::to_string(o.workerThreads) + "; use 0 (one per core) to " +
+                                       std::to_string(kMaxWorkerThreads));
+    }
+    if (o.chunkBytes < kMinChunkBytes || o.chunkBytes > kMaxChunkBytes || o.chunkBytes % 4096 != 0) {
+        return Status::invalidArgument("EngineOptions.chunkBytes is " + std::to_string(o.chunkBytes) +
+                                       "; use a multiple of 4096 from 4 KiB to 64 MiB");
+    }
+    if (o.queueDepth < 1 || o.queueDepth > kMaxQueueDepth) {
+        return Status::invalidArgument("EngineOptions.queueDepth is " + std::to_string(o.queueDepth) +
+                                       "; use 1 to " + std::to_string(kMaxQueueDepth));
+    }
+    auto backend = io::parseIoBackend(o.ioBackend);
+    if (!backend.isOk()) return backend.status().withContext("EngineOptions.ioBackend");
+    switch (o.order) {
+        case LayerOrder::kSequential:
+        case LayerOrder::kCyclic:
+            if (!o.plan.empty()) {
+                return Status::invalidArgument(
+                    "EngineOptions.plan is given but the layer order is not kExplicit: the plan "
+                    "would be ignored");
+            }
+            break;
+        case LayerOrder::kExplicit:
+            if (o.plan.empty()) return Status::invalidArgument("explicit layer order needs a plan");
+            break;
+        default:
+            return Status::invalidArgument("EngineOptions.order is not a LayerOrder (" +
+                                           std::to_string(static_cast<int>(o.order)) + ")");
+    }
+    return Status();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Engine>> Engine::open(const EngineOptions& options) {
     auto device = cuda::parseDevice(options.device);
     if (!device.isOk()) {
@@ -1001,7 +1072,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const EngineOptions& options) {
         return Status::invalidArgument(std::string("compute dtype must be f16, bf16 or f32, not ") +
                                        dtypeName(options.computeDType));
     }
-    if (options.prefetchDepth < 0) return Status::invalidArgument("prefetch depth must be >= 0");
+    SLI_RETURN_IF_ERROR(checkOptions(options));
     auto impl = std::make_unique<Impl>();
     impl->opts = options;
     impl->gpuDevice = *device;
@@ -1214,6 +1285,7 @@ Lease::Lease(Lease&& o) noexcept
       devicePtr_(o.devicePtr_),
       stream_(o.stream_) {
     o.anchor_.reset();
+    o.clearMovedFrom();
 }
 
 Lease& Lease::operator=(Lease&& o) noexcept {
@@ -1226,8 +1298,17 @@ Lease& Lease::operator=(Lease&& o) noexcept {
         devicePtr_ = o.devicePtr_;
         stream_ = o.stream_;
         o.anchor_.reset();
+        o.clearMovedFrom();
     }
     return *this;
+}
+
+void Lease::clearMovedFrom() noexcept {
+    slot_ = -1;
+    layer_ = -1;
+    layerPtr_ = nullptr;
+    devicePtr_ = nullptr;
+    stream_ = nullptr;
 }
 
 const Layer& Lease::tensors() const {

@@ -26,7 +26,8 @@
 // but their tensors are freed with the engine and must not be used after it.
 // Memory: everything is allocated at open() from the host budget — `slots` pinned read
 // buffers sized for the largest layer plus as many output tensor sets; steady state allocates
-// nothing. A budget too small for one layer is InvalidArgument at open().
+// nothing. A budget too small for one layer is InvalidArgument at open(), as is any option out
+// of its documented range (the message names the option).
 //
 // GPU (device "cuda:N"): the pinned read slots are registered with CUDA once at open(); after
 // a layer's read, worker threads verify its checksums and decompress its statistics into a
@@ -88,13 +89,14 @@ struct EngineOptions {
     std::string ioBackend = "auto";             // "auto", "io_uring", "pread" (env SLI_IO_BACKEND)
     // Reads are split into chunks of at most this size; the engine lowers it (not below 256 KiB)
     // so that the prefetch window of `prefetchDepth` layers keeps `queueDepth` reads in flight.
+    // A multiple of 4096 from 4 KiB to 64 MiB.
     uint32_t chunkBytes = 2u << 20;
-    uint32_t queueDepth = 64;                   // reads in flight
-    int workerThreads = 0;                      // dequant threads (0 = hardware concurrency)
+    uint32_t queueDepth = 64;                   // reads in flight, 1..4096
+    int workerThreads = 0;                      // dequant threads, 0..1024 (0 = hardware concurrency)
     bool verifyChecksums = true;
     bool directIo = true;                       // O_DIRECT where the filesystem allows it
     LayerOrder order = LayerOrder::kSequential;
-    std::vector<int64_t> plan;                  // for kExplicit
+    std::vector<int64_t> plan;                  // kExplicit only (non-empty); empty otherwise
     bool recordTrace = true;                    // keep per-layer stage timestamps
 };
 
@@ -149,7 +151,8 @@ namespace detail {
 struct LeaseAnchor;  // engine.cpp: what a lease releases through; outlives the engine
 }
 
-// Owns one acquired layer's tensors until released. Move-only.
+// Owns one acquired layer's tensors until released. Move-only; a moved-from lease is empty
+// (layer() -1, no tensors) and its release() does nothing.
 class Lease {
 public:
     Lease() = default;
@@ -176,6 +179,7 @@ public:
 
 private:
     friend class Engine;
+    void clearMovedFrom() noexcept;
     std::shared_ptr<detail::LeaseAnchor> anchor_;  // null once released
     int slot_ = -1;
     int64_t layer_ = -1;
