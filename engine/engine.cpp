@@ -214,7 +214,11 @@ struct Engine::Impl {
     uint64_t nextAcquirePos = 0;  // plan position the next acquire() consumes
     bool acquireWaiting = false;
     EngineStats stats;
+    // Ring of the last kMaxTimings released layers (reserved at open(): a cyclic run neither
+    // allocates nor grows); timingsTotal counts every release, so entry k is at k % kMaxTimings
+    // while timingsTotal - k <= kMaxTimings.
     std::vector<LayerTiming> timings;
+    uint64_t timingsTotal = 0;
     std::vector<GpuUse> gpuUses;   // one per pipeline slot
     int spareGpuSlot = -1;         // reserved, left unused by a failed submit
     bool gpuSubmitting = false;    // one pump at a time
@@ -248,7 +252,38 @@ struct Engine::Impl {
     // Queues the tasks of slot s's tensors covered by its landed prefix (all = every tensor).
     void queueLandedLocked(int s, bool all);
     Result<Layer*> layerView(int s, int64_t layer);
+    // Appends to the timing ring; returns the entry's index for timingAtLocked().
+    int64_t recordTimingLocked(const LayerTiming& t);
+    LayerTiming* timingAtLocked(int64_t index);
+    std::vector<LayerTiming> timingsLocked() const;
 };
+
+int64_t Engine::Impl::recordTimingLocked(const LayerTiming& t) {
+    if (timings.size() < Engine::kMaxTimings) {
+        timings.push_back(t);
+    } else {
+        timings[timingsTotal % Engine::kMaxTimings] = t;
+    }
+    return static_cast<int64_t>(timingsTotal++);
+}
+
+LayerTiming* Engine::Impl::timingAtLocked(int64_t index) {
+    if (index < 0 || static_cast<uint64_t>(index) >= timingsTotal ||
+        timingsTotal - static_cast<uint64_t>(index) > Engine::kMaxTimings) {
+        return nullptr;  // overwritten since
+    }
+    return &timings[static_cast<uint64_t>(index) % Engine::kMaxTimings];
+}
+
+std::vector<LayerTiming> Engine::Impl::timingsLocked() const {
+    if (timingsTotal <= Engine::kMaxTimings) return timings;
+    std::vector<LayerTiming> out;
+    out.reserve(timings.size());
+    const size_t oldest = timingsTotal % Engine::kMaxTimings;
+    out.insert(out.end(), timings.begin() + static_cast<std::ptrdiff_t>(oldest), timings.end());
+    out.insert(out.end(), timings.begin(), timings.begin() + static_cast<std::ptrdiff_t>(oldest));
+    return out;
+}
 
 Status Engine::Impl::openLayers() {
     SLI_ASSIGN_OR_RETURN(auto dirs, io::findCacheDirs(opts.cacheDir));
@@ -418,6 +453,7 @@ Status Engine::Impl::allocate() {
         }
         slots.push_back(std::move(slot));
     }
+    if (opts.recordTrace) timings.reserve(Engine::kMaxTimings);
     stats.slots = static_cast<int>(nslots);
     stats.workers = workersWanted;
     stats.pinnedBytes = pool->stats().totalBytes;
@@ -645,8 +681,8 @@ void Engine::Impl::harvestLocked(int g, bool block) {
     u.timing.dequantizedNs = at(t->dequantEndMs);
     stats.h2dSeconds += t->copyMs / 1e3;
     stats.dequantSeconds += t->dequantMs / 1e3;
-    if (u.timingIndex >= 0 && static_cast<size_t>(u.timingIndex) < timings.size()) {
-        LayerTiming& lt = timings[static_cast<size_t>(u.timingIndex)];
+    if (LayerTiming* ltp = timingAtLocked(u.timingIndex)) {
+        LayerTiming& lt = *ltp;
         lt.copyStartNs = u.timing.copyStartNs;
         lt.copiedNs = u.timing.copiedNs;
         lt.dequantStartNs = u.timing.dequantStartNs;
@@ -1236,8 +1272,7 @@ void Engine::releaseSlot(int s, bool gpu, void* stream) {
         GpuUse& u = m.gpuUses[static_cast<size_t>(s)];
         u.timing.releasedNs = nowNs(m.origin);
         if (m.opts.recordTrace) {
-            u.timingIndex = static_cast<int64_t>(m.timings.size());
-            m.timings.push_back(u.timing);
+            u.timingIndex = m.recordTimingLocked(u.timing);
         }
         // Records the event the next dequant into these buffers waits for. Should that fail,
         // the device slot is never reused (safe: nothing may overwrite what the executor reads).
@@ -1253,7 +1288,7 @@ void Engine::releaseSlot(int s, bool gpu, void* stream) {
     }
     SlotData& slot = *m.slots[static_cast<size_t>(s)];
     slot.timing.releasedNs = nowNs(m.origin);
-    if (m.opts.recordTrace) m.timings.push_back(slot.timing);
+    if (m.opts.recordTrace) m.recordTimingLocked(slot.timing);
     m.freeSlotLocked(s);
 }
 
@@ -1266,7 +1301,7 @@ EngineStats Engine::stats() const {
 std::vector<LayerTiming> Engine::timings() const {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->harvestAllLocked(true);
-    return impl_->timings;
+    return impl_->timingsLocked();
 }
 
 Status Engine::writeTrace(const std::string& path) const {

@@ -206,6 +206,10 @@ public:
     // -1 for "cpu", N for "cuda:N".
     int device() const noexcept;
     EngineStats stats() const;
+    // Stage timestamps of the layers released so far, oldest first: the most recent
+    // kMaxTimings of them (a cyclic run goes on for ever; the window is reserved at open()).
+    // Empty when recordTrace is off.
+    static constexpr size_t kMaxTimings = 1u << 14;
     std::vector<LayerTiming> timings() const;
     // Chrome / Perfetto trace JSON (chrome://tracing, ui.perfetto.dev) of every layer's stages.
     Status writeTrace(const std::string& path) const;

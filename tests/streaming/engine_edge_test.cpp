@@ -314,3 +314,40 @@ TEST_CASE("an engine's trace is valid JSON when its cache's layer names need esc
     }
     CHECK(named >= 9);  // read, dequant, executor per layer at least
 }
+
+TEST_CASE("a long cyclic run keeps a bounded window of the latest layer timings") {
+    // Token-by-token decoding runs for ever: the trace keeps the most recent kMaxTimings
+    // releases (engine.h), oldest first, instead of growing without bound.
+    TempDir tmp;
+    QuantizationConfig cfg;
+    cfg.mode = QuantizationMode::kNone;
+    cfg.computeDType = DType::kF32;
+    std::vector<uint8_t> bytes(16 * 4, 1);
+    std::vector<QuantizedLayer> layers;
+    for (int64_t l = 0; l < 2; ++l) {
+        QuantizedLayer ql;
+        ql.index = l;
+        ql.name = "l" + std::to_string(l);
+        ql.tensors.push_back(makeStoredTensor(ql.name + ".w", {16}, DType::kF32, bytes, DType::kF32));
+        layers.push_back(std::move(ql));
+    }
+    TestCache tc = writeCache(tmp.path, "tiny/cyclic", cfg, layers);
+    EngineOptions o = edgeOptions(tc);
+    o.order = LayerOrder::kCyclic;
+    o.prefetchDepth = 2;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    const uint64_t total = Engine::kMaxTimings + 101;
+    for (uint64_t k = 0; k < total; ++k) {
+        auto lease = (*e)->acquire(static_cast<int64_t>(k % 2));
+        REQUIRE(lease.isOk());
+    }
+    const auto t = (*e)->timings();
+    REQUIRE(t.size() == Engine::kMaxTimings);
+    CHECK(t.front().sequence == total - Engine::kMaxTimings);
+    CHECK(t.back().sequence == total - 1);
+    bool ordered = true;
+    for (size_t k = 1; k < t.size(); ++k) ordered = ordered && t[k].sequence == t[k - 1].sequence + 1;
+    CHECK(ordered);
+    CHECK((*e)->stats().layersAcquired == total);
+}
