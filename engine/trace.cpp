@@ -11,6 +11,17 @@
 namespace sli {
 
 namespace {
+
+// Nanoseconds as microseconds with three decimals, in integer arithmetic: printf's %f follows
+// LC_NUMERIC, and a decimal comma (de_DE, fr_FR...) would make the file invalid JSON.
+void appendMicros(std::string& out, int64_t ns) {
+    char buf[32];
+    const uint64_t a = static_cast<uint64_t>(ns < 0 ? -ns : ns);
+    std::snprintf(buf, sizeof buf, "%s%llu.%03llu", ns < 0 ? "-" : "",
+                  static_cast<unsigned long long>(a / 1000), static_cast<unsigned long long>(a % 1000));
+    out += buf;
+}
+
 void event(std::string& out, bool& first, const std::string& name, int tid, int64_t startNs,
            int64_t endNs, int64_t layer, uint64_t seq, uint64_t bytes) {
     if (startNs <= 0 || endNs < startNs) return;
@@ -19,12 +30,14 @@ void event(std::string& out, bool& first, const std::string& name, int tid, int6
     char buf[256];
     out += "{\"name\": ";
     appendJsonString(out, name);
-    std::snprintf(buf, sizeof buf,
-                  ", \"ph\": \"X\", \"pid\": 1, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
-                  "\"args\": {\"layer\": %lld, \"seq\": %llu, \"bytes\": %llu}}",
-                  tid, static_cast<double>(startNs) / 1e3,
-                  static_cast<double>(endNs - startNs) / 1e3, static_cast<long long>(layer),
-                  static_cast<unsigned long long>(seq), static_cast<unsigned long long>(bytes));
+    std::snprintf(buf, sizeof buf, ", \"ph\": \"X\", \"pid\": 1, \"tid\": %d, \"ts\": ", tid);
+    out += buf;
+    appendMicros(out, startNs);
+    out += ", \"dur\": ";
+    appendMicros(out, endNs - startNs);
+    std::snprintf(buf, sizeof buf, ", \"args\": {\"layer\": %lld, \"seq\": %llu, \"bytes\": %llu}}",
+                  static_cast<long long>(layer), static_cast<unsigned long long>(seq),
+                  static_cast<unsigned long long>(bytes));
     out += buf;
 }
 }  // namespace

@@ -3,12 +3,19 @@
 // that need escaping.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <climits>
+#include <clocale>
+#include <cstdio>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "engine/trace.h"
 #include "engine_test_util.h"
@@ -350,4 +357,145 @@ TEST_CASE("a long cyclic run keeps a bounded window of the latest layer timings"
     for (size_t k = 1; k < t.size(); ++k) ordered = ordered && t[k].sequence == t[k - 1].sequence + 1;
     CHECK(ordered);
     CHECK((*e)->stats().layersAcquired == total);
+}
+
+TEST_CASE("stats, timings and the trace are read on other threads while leases are released there") {
+    // engine.h: one executor thread acquires; leases may be released from any thread; stats()
+    // and writeTrace() are safe from any thread (TSan checks the interleavings it sees).
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNf4);
+    EngineOptions o = edgeOptions(tc);
+    o.order = LayerOrder::kCyclic;
+    o.prefetchDepth = 2;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    Engine& engine = **e;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Lease> handed;
+    bool done = false;
+    std::thread releaser([&] {
+        std::unique_lock<std::mutex> lock(mu);
+        while (!done || !handed.empty()) {
+            cv.wait(lock, [&] { return done || !handed.empty(); });
+            while (!handed.empty()) {
+                Lease l = std::move(handed.front());
+                handed.pop_front();
+                lock.unlock();
+                l.release();
+                lock.lock();
+            }
+        }
+    });
+    std::atomic<bool> stopObserver{false};
+    std::atomic<int> traceErrors{0};
+    std::thread observer([&] {
+        const std::string path = tmp.path + "/trace.json";
+        while (!stopObserver.load()) {
+            (void)engine.stats();
+            (void)engine.timings();
+            if (!engine.writeTrace(path).isOk()) traceErrors++;
+        }
+    });
+    const int64_t total = 200;
+    int64_t acquired = 0, refused = 0;
+    for (int64_t k = 0; k < total;) {
+        auto lease = engine.acquire(k % 4);
+        if (!lease.isOk()) {  // every slot still held by the releaser's queue: retry
+            REQUIRE_MESSAGE(lease.status().isResourceExhausted(), lease.status().toString());
+            ++refused;
+            std::this_thread::yield();
+            continue;
+        }
+        REQUIRE(lease->layer() == k % 4);
+        ++acquired;
+        ++k;
+        {
+            std::lock_guard<std::mutex> lock(mu);
+            handed.push_back(std::move(*lease));
+        }
+        cv.notify_one();
+    }
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        done = true;
+    }
+    cv.notify_one();
+    releaser.join();
+    stopObserver = true;
+    observer.join();
+    CHECK(traceErrors.load() == 0);
+    CHECK(acquired == total);
+    CHECK(engine.stats().layersAcquired == static_cast<uint64_t>(total));
+    CHECK(engine.timings().size() == static_cast<size_t>(total));
+    MESSAGE("acquire refused while the releaser lagged: " << refused);
+}
+
+TEST_CASE("a trace path that cannot be written is an error naming it; no trace recorded is empty") {
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNone);
+    EngineOptions o = edgeOptions(tc);
+    o.recordTrace = false;
+    auto e = Engine::open(o);
+    REQUIRE(e.isOk());
+    for (int64_t l = 0; l < 2; ++l) REQUIRE((*e)->acquire(l).isOk());
+    CHECK((*e)->timings().empty());
+    const std::string bad = tmp.path + "/no/such/dir/trace.json";
+    Status st = (*e)->writeTrace(bad);
+    REQUIRE_FALSE(st.isOk());
+    CHECK(st.message().find(bad) != std::string::npos);
+    const std::string path = tmp.path + "/trace.json";
+    REQUIRE((*e)->writeTrace(path).isOk());
+    auto j = parseJson(readFile(path));
+    REQUIRE(j.isOk());
+    for (const auto& ev : j->find("traceEvents")->asArray()) CHECK(ev.find("ph")->asString() == "M");
+}
+
+TEST_CASE("the trace's times are written with a decimal point whatever the numeric locale") {
+    // An executor that calls setlocale(LC_ALL, "") in, say, a German locale must still get a
+    // trace that chrome://tracing and Perfetto can read ("ts": 1.500, not 1,500).
+    TempDir tmp;
+    const char* commaLocale = nullptr;
+    for (const char* name : {"de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8", "fr_FR.utf8"}) {
+        if (std::setlocale(LC_NUMERIC, name) != nullptr) {
+            commaLocale = name;
+            break;
+        }
+    }
+    if (commaLocale == nullptr && std::system("command -v localedef >/dev/null 2>&1") == 0) {
+        // No such locale installed: compile one into the temporary directory.
+        const std::string cmd = "localedef -i de_DE -f UTF-8 " + tmp.path +
+                                "/de_DE.UTF-8 >/dev/null 2>&1";
+        if (std::system(cmd.c_str()) == 0) {
+            ::setenv("LOCPATH", tmp.path.c_str(), 1);
+            if (std::setlocale(LC_NUMERIC, "de_DE.UTF-8") != nullptr) commaLocale = "de_DE.UTF-8";
+            ::unsetenv("LOCPATH");
+        }
+    }
+    if (commaLocale == nullptr) {
+        MESSAGE("no locale with a decimal comma available (nor localedef): not checked here");
+        return;
+    }
+    char probe[16];
+    std::snprintf(probe, sizeof probe, "%.1f", 1.5);
+    const bool comma = std::string(probe) == "1,5";
+    LayerTiming t;
+    t.layer = 0;
+    t.queuedNs = t.readStartNs = 1500;
+    t.readDoneNs = 4250;
+    t.dequantStartNs = 4300;
+    t.dequantizedNs = 9999;
+    const std::string json = traceJson({t}, {"l0"});
+    std::setlocale(LC_NUMERIC, "C");
+    REQUIRE_MESSAGE(comma, commaLocale << " formats 1.5 as " << probe);
+    auto j = parseJson(json);
+    REQUIRE_MESSAGE(j.isOk(), j.status().toString() << "\n" << json);
+    bool found = false;
+    for (const auto& ev : j->find("traceEvents")->asArray()) {
+        if (ev.find("ph")->asString() != "X" || ev.find("tid")->asInt64() != 1) continue;
+        found = true;
+        CHECK(ev.find("ts")->asDouble() == doctest::Approx(1.5));
+        CHECK(ev.find("dur")->asDouble() == doctest::Approx(2.75));
+    }
+    CHECK(found);
 }
