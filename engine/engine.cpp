@@ -138,9 +138,9 @@ struct SlotData {
     size_t nextLand = 0;
     Status error;             // first error of this layer (guarded by Impl::mu)
     io::PinnedPool::Slot buffer;
-    // Output tensors: huge-page memory faulted in at open(), so the first pass through a slot
-    // pays no page faults inside the dequant stage.
-    io::AlignedBuffer arena;
+    // Output tensors: this slot's stride of Impl::arenas (huge-page memory faulted in at open(),
+    // so the first pass through a slot pays no page faults inside the dequant stage).
+    uint8_t* arena = nullptr;
     std::map<int64_t, Layer> views;  // per layer: tensors borrowing the arena
     LayerTiming timing;
     // GPU: the decoded views (parts in this pinned slot), and the device slot it was
@@ -188,6 +188,9 @@ struct Engine::Impl {
     uint32_t readChunk = 0;  // bytes per read request (the scheduler's chunk size)
     int depth = 2;
     std::unique_ptr<io::PinnedPool> pool;
+    // Every slot's output arena in one allocation: per-slot buffers would each round up to
+    // whole pages (and more), which the budget did not count (many slots of tiny layers).
+    io::AlignedBuffer arenas;
     std::vector<std::unique_ptr<SlotData>> slots;
     std::shared_ptr<detail::LeaseAnchor> anchor = std::make_shared<detail::LeaseAnchor>();
     std::unique_ptr<io::ReadScheduler> scheduler;  // driven by the io thread only
@@ -413,7 +416,11 @@ Status Engine::Impl::allocate() {
     // GPU: the slot also holds the decoded statistics; outputs and scratch live elsewhere.
     const uint64_t slotRead =
         alignUp(std::max<uint64_t>(gpu() ? maxRegionBytes : maxDataBytes, 4096), 4096);
-    const uint64_t hostOut = gpu() ? 0 : maxOutBytes;
+    // Output arena stride: page-aligned for real layers, packed at kArenaAlign for tiny ones.
+    const uint64_t hostOut =
+        gpu() || maxOutBytes == 0 ? 0
+        : maxOutBytes < 4096      ? alignUp(maxOutBytes, kArenaAlign)
+                                  : alignUp(maxOutBytes, 4096);
     const uint64_t perSlot = slotRead + hostOut;
     const uint64_t scratchTotal =
         gpu() ? 0 : alignUp(maxScratch, 4096) * static_cast<uint64_t>(workersWanted);
@@ -441,15 +448,17 @@ Status Engine::Impl::allocate() {
     po.slotBytes = slotRead;
     po.maxSlabBytes = std::max<uint64_t>(1ull << 30, slotRead);
     SLI_ASSIGN_OR_RETURN(pool, io::PinnedPool::create(po));
+    if (!gpu()) {
+        SLI_ASSIGN_OR_RETURN(arenas, io::AlignedBuffer::allocate(std::max<uint64_t>(hostOut * nslots, 64)));
+        SLI_RETURN_IF_ERROR(io::populateForWrite(arenas.data(), arenas.size()));
+    }
     for (uint64_t s = 0; s < nslots; ++s) {
         auto slot = std::make_unique<SlotData>();
         SLI_ASSIGN_OR_RETURN(slot->buffer, pool->acquire());
         if (gpu()) {
             slot->gpuViews.resize(maxTensors);
         } else {
-            SLI_ASSIGN_OR_RETURN(slot->arena,
-                                 io::AlignedBuffer::allocate(std::max<uint64_t>(maxOutBytes, 64)));
-            SLI_RETURN_IF_ERROR(io::populateForWrite(slot->arena.data(), slot->arena.size()));
+            slot->arena = reinterpret_cast<uint8_t*>(arenas.data()) + s * hostOut;
         }
         slots.push_back(std::move(slot));
     }
@@ -708,7 +717,7 @@ Result<Layer*> Engine::Impl::layerView(int s, int64_t layer) {
         const auto& info = src.index.tensors[t].info;
         uint8_t* data = src.inPlace[t] >= 0
                             ? reinterpret_cast<uint8_t*>(slot.buffer.data()) + src.inPlace[t]
-                            : reinterpret_cast<uint8_t*>(slot.arena.data()) + src.outOffsets[t];
+                            : slot.arena + src.outOffsets[t];
         SLI_ASSIGN_OR_RETURN(Tensor tensor,
                              Tensor::borrowed(info.name, info.shape, src.outDTypes[t], data));
         SLI_RETURN_IF_ERROR(view.add(std::move(tensor)));
@@ -962,7 +971,7 @@ void Engine::Impl::workerLoop(int /*id*/) {
                 const DType dt = src.outDTypes[task.tensor];
                 const uint64_t outBytes = static_cast<uint64_t>(entry.info.numel()) * dtypeSize(dt);
                 std::span<uint8_t> out(
-                    reinterpret_cast<uint8_t*>(slot.arena.data()) + src.outOffsets[task.tensor],
+                    slot.arena + src.outOffsets[task.tensor],
                     outBytes);
                 if (dt == outDType) {
                     st = kernels::dequantize(*view, outDType, out, 1);

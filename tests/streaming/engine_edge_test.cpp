@@ -3,6 +3,8 @@
 // that need escaping.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <climits>
 #include <clocale>
@@ -498,4 +500,52 @@ TEST_CASE("the trace's times are written with a decimal point whatever the numer
         CHECK(ev.find("dur")->asDouble() == doctest::Approx(2.75));
     }
     CHECK(found);
+}
+
+namespace {
+uint64_t residentBytes() {
+    std::ifstream f("/proc/self/statm");
+    uint64_t size = 0, resident = 0;
+    f >> size >> resident;
+    return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+}  // namespace
+
+TEST_CASE("many slots of tiny layers stay within the host budget") {
+    // Each slot's output arena is allocated in whole pages: the budget must count them so, or
+    // a deep cyclic window of tiny layers takes many times the budget.
+    TempDir tmp;
+    QuantizationConfig cfg;
+    cfg.mode = QuantizationMode::kNone;
+    cfg.computeDType = DType::kF16;  // f32 stored, f16 out: dequantized into the arena
+    std::vector<uint8_t> bytes(16 * 4, 0);
+    std::vector<QuantizedLayer> layers;
+    for (int64_t l = 0; l < 2; ++l) {
+        QuantizedLayer ql;
+        ql.index = l;
+        ql.name = "t" + std::to_string(l);
+        ql.tensors.push_back(makeStoredTensor(ql.name + ".w", {16}, DType::kF32, bytes, DType::kF16));
+        layers.push_back(std::move(ql));
+    }
+    TestCache tc = writeCache(tmp.path, "toy/tiny", cfg, layers);
+    EngineOptions o = edgeOptions(tc);
+    o.order = LayerOrder::kCyclic;
+    o.prefetchDepth = 1 << 20;  // as many slots as the budget holds
+    o.hostBudgetBytes = 16ull << 20;
+    o.workerThreads = 1;
+    const uint64_t before = residentBytes();
+    auto e = Engine::open(o);
+    REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+    const uint64_t grown = residentBytes() - std::min(before, residentBytes());
+    const EngineStats st = (*e)->stats();
+    MESSAGE("slots " << st.slots << ", pinned " << st.pinnedBytes << ", output "
+                     << st.hostOutputBytes << ", resident growth " << grown);
+    CHECK(st.pinnedBytes + st.hostOutputBytes <= o.hostBudgetBytes);
+    CHECK(grown <= o.hostBudgetBytes + (4ull << 20));
+    for (int64_t k = 0; k < 6; ++k) {
+        auto lease = (*e)->acquire(k % 2);
+        REQUIRE(lease.isOk());
+        REQUIRE(lease->tensors().size() == 1);
+        CHECK(lease->tensors()[0].dtype() == DType::kF16);
+    }
 }
