@@ -541,7 +541,11 @@ TEST_CASE("many slots of tiny layers stay within the host budget") {
     MESSAGE("slots " << st.slots << ", pinned " << st.pinnedBytes << ", output "
                      << st.hostOutputBytes << ", resident growth " << grown);
     CHECK(st.pinnedBytes + st.hostOutputBytes <= o.hostBudgetBytes);
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    MESSAGE("sanitizer build: its shadow memory is resident too; growth not checked");
+#else
     CHECK(grown <= o.hostBudgetBytes + (4ull << 20));
+#endif
     for (int64_t k = 0; k < 6; ++k) {
         auto lease = (*e)->acquire(k % 2);
         REQUIRE(lease.isOk());
