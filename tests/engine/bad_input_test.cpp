@@ -565,3 +565,170 @@ TEST_CASE("a model id with slashes or dots stays under the cache root, and a rer
     for (auto& e : std::filesystem::directory_iterator(tmp.path + "/a")) CHECK(e.path().filename() == "b");
     for (auto& e : std::filesystem::directory_iterator(tmp.path + "/a/b")) CHECK(e.path().filename() == "cache");
 }
+
+TEST_CASE("the processor keeps integer tensors verbatim and streams f64 weights end to end") {
+    TempDir tmp;
+    std::vector<int64_t> ids(16);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i) - 3;
+    std::vector<double> w(64 * 64);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = std::cos(static_cast<double>(i) * 0.21) * 0.02;
+    const std::vector<float> norm = wave(64);
+    std::vector<SafetensorsInput> in;
+    in.push_back({"model.layers.0.self_attn.position_ids", DType::kI64, {1, 16},
+                  {reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 8}});
+    in.push_back({"model.layers.0.mlp.up_proj.weight", DType::kF64, {64, 64},
+                  {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 8}});
+    in.push_back({"model.layers.0.input_layernorm.weight", DType::kF32, {64},
+                  {reinterpret_cast<const uint8_t*>(norm.data()), norm.size() * 4}});
+    const std::string model = tmp.path + "/model.safetensors";
+    REQUIRE(writeSafetensors(model, in).isOk());
+    ProcessorOptions o = options(model, tmp.path + "/cache");
+    o.engine.computeDType = DType::kF32;
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    bool sawIds = false, sawW = false;
+    for (int64_t i = 0; i < (*p)->numLayers(); ++i) {
+        auto lease = (*p)->acquire(i);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        for (const Tensor& t : lease->tensors()) {
+            if (t.name().ends_with("position_ids")) {
+                sawIds = true;
+                CHECK(t.dtype() == DType::kI64);
+                REQUIRE(t.nbytes() == ids.size() * 8);
+                CHECK(std::memcmp(t.data(), ids.data(), t.nbytes()) == 0);
+            } else if (t.name().ends_with("up_proj.weight")) {
+                sawW = true;
+                REQUIRE(t.dtype() == DType::kF32);
+                for (size_t k = 0; k < w.size(); ++k) CHECK(std::fabs(t.as<float>()[k] - w[k]) <= 0.02 * 0.2);
+            }
+        }
+    }
+    CHECK(sawIds);
+    CHECK(sawW);
+}
+
+TEST_CASE("the processor names a model directory without weights and an index with a missing shard") {
+    TempDir tmp;
+    const std::string root = tmp.path + "/cache";
+    std::filesystem::create_directories(tmp.path + "/nothing");
+    { std::ofstream(tmp.path + "/nothing/README.md") << "no weights here"; }
+    auto a = Processor::open(options(tmp.path + "/nothing", root));
+    REQUIRE_FALSE(a.isOk());
+    CHECK(contains(a.status(), "nothing"));
+
+    std::vector<std::vector<float>> keep;
+    writeModel(tmp.path + "/sharded", keep);
+    std::filesystem::rename(tmp.path + "/sharded/model.safetensors",
+                            tmp.path + "/sharded/model-00001-of-00002.safetensors");
+    const std::string index = tmp.path + "/sharded/model.safetensors.index.json";
+    {
+        std::ofstream(index) << R"({"metadata": {}, "weight_map": {)"
+                             << R"("model.layers.0.input_layernorm.weight": "model-00001-of-00002.safetensors",)"
+                             << R"("model.layers.0.self_attn.q_proj.weight": "model-00001-of-00002.safetensors",)"
+                             << R"("model.layers.0.mlp.up_proj.weight": "model-00001-of-00002.safetensors",)"
+                             << R"("model.layers.0.mlp.down_proj.weight": "model-00002-of-00002.safetensors"}})";
+    }
+    auto b = Processor::open(options(index, root));
+    REQUIRE_FALSE(b.isOk());
+    CHECK(contains(b.status(), "model-00002-of-00002.safetensors"));
+    CHECK_FALSE(anyLayerFile(root));
+    // A shard that lacks a tensor the index places in it.
+    std::filesystem::copy_file(tmp.path + "/sharded/model-00001-of-00002.safetensors",
+                               tmp.path + "/sharded/model-00002-of-00002.safetensors");
+    auto c = Processor::open(options(index, root));
+    REQUIRE_FALSE(c.isOk());
+    CHECK(contains(c.status(), "down_proj"));
+    CHECK_FALSE(anyLayerFile(root));
+}
+
+TEST_CASE("a 4-bit mode forced on a tensor checks the blocksize it will be stored with") {
+    // The config's blocksize is only checked against 32..4096 for 4-bit modes; forcing NF4 /
+    // FP4 from an INT8 config must not store a tensor that no reader accepts.
+    const Tensor t = floats("w", {8, 64}, DType::kF32, wave(512));
+    for (int bs : {100, 1, 8192}) {
+        CAPTURE(bs);
+        QuantizationConfig c = configFor(QuantizationMode::kInt8);
+        c.blocksize = bs;
+        REQUIRE(c.validate().isOk());
+        for (QuantizationMode m : {QuantizationMode::kNf4, QuantizationMode::kFp4}) {
+            auto q = LayerQuantizer(c).quantizeTensorAs(t.view(), m, "l.w");
+            REQUIRE_FALSE(q.isOk());
+            CHECK(q.status().isInvalidArgument());
+            CHECK(contains(q.status(), "l.w"));
+            CHECK(contains(q.status(), "blocksize"));
+        }
+    }
+    QuantizationConfig c = configFor(QuantizationMode::kInt8);
+    c.blocksize = 128;
+    auto q = LayerQuantizer(c).quantizeTensorAs(t.view(), QuantizationMode::kNf4, "l.w");
+    REQUIRE(q.isOk());
+    CHECK(q->info.blocksize == 128);
+    CHECK(LayerQuantizer::dequantizeTensor(*q).isOk());
+}
+
+TEST_CASE("a negative thread count means the calling thread, not a crash") {
+    const Tensor t = floats("w", {64, 256}, DType::kF32, wave(64 * 256));
+    for (QuantizationMode m : kAllModes) {
+        CAPTURE(std::string(modeName(m)));
+        auto q = LayerQuantizer(configFor(m), -3).quantizeTensor(t.view(), "l.w");
+        REQUIRE_MESSAGE(q.isOk(), q.status().toString());
+        auto one = LayerQuantizer(configFor(m), 1).quantizeTensor(t.view(), "l.w");
+        REQUIRE(one.isOk());
+        for (int p = 0; p < kQuantPartCount; ++p) {
+            REQUIRE(q->parts[p].size() == one->parts[p].size());
+            CHECK(std::memcmp(q->parts[p].data(), one->parts[p].data(), one->parts[p].size()) == 0);
+        }
+        auto back = LayerQuantizer::dequantizeTensor(*q, DType::kF32, -7);
+        REQUIRE(back.isOk());
+    }
+}
+
+TEST_CASE("a damaged cached layer is rebuilt or refused on the next run, never streamed as is") {
+    TempDir tmp;
+    std::vector<std::vector<float>> keep;
+    const std::string model = writeModel(tmp.path + "/m", keep);
+    const ProcessorOptions o = options(model, tmp.path + "/cache");
+    std::string dir;
+    std::vector<std::string> files;
+    {
+        auto p = Processor::open(o);
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        dir = (*p)->build().cacheDir;
+    }
+    for (auto& e : std::filesystem::directory_iterator(dir)) {
+        if (e.path().extension() == ".slc") files.push_back(e.path().string());
+    }
+    REQUIRE_FALSE(files.empty());
+    for (int damage = 0; damage < 3; ++damage) {
+        CAPTURE(damage);
+        for (const auto& f : files) {
+            const auto size = std::filesystem::file_size(f);
+            if (damage == 0) {
+                std::filesystem::resize_file(f, size - 7);
+            } else {
+                std::fstream s(f, std::ios::in | std::ios::out | std::ios::binary);
+                s.seekp(damage == 1 ? static_cast<std::streamoff>(size - 3) : static_cast<std::streamoff>(size / 2));
+                s.put('\x5a');
+            }
+        }
+        auto p = Processor::open(o);
+        if (!p.isOk()) {
+            CHECK(contains(p.status(), dir));
+            continue;
+        }
+        for (int64_t i = 0; i < (*p)->numLayers(); ++i) {
+            auto lease = (*p)->acquire(i);
+            if (!lease.isOk()) {
+                CHECK((contains(lease.status(), "layer") || contains(lease.status(), ".slc")));
+                continue;
+            }
+            for (const Tensor& t : lease->tensors()) {
+                if (!t.name().ends_with("up_proj.weight")) continue;
+                const std::vector<float>& want = keep[2];
+                auto got = t.toFloats();
+                REQUIRE(got.isOk());
+                for (size_t k = 0; k < want.size(); ++k) CHECK(std::fabs((*got)[k] - want[k]) <= 0.05f * 0.2f);
+            }
+        }
+    }
+}
