@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "sli/kernels.h"
@@ -38,6 +39,11 @@ Result<int64_t> checkView(const TensorView& t, std::string_view fullName) {
     if (t.dtype == DType::kF8E4M3 || t.dtype == DType::kF8E5M2) {
         return Status::notSupported(what + ": dtype " + dtypeName(t.dtype) +
                                     " cannot be widened exactly to f32 for quantization");
+    }
+    if (static_cast<uint64_t>(*n) > std::numeric_limits<size_t>::max() / dtypeSize(t.dtype)) {
+        // The byte count would wrap around and could then match a too-short `nbytes`.
+        return Status::invalidArgument(what + ": byte size of " + dtypeName(t.dtype) + " " +
+                                       shapeToString(t.shape) + " overflows");
     }
     const size_t want = static_cast<size_t>(*n) * dtypeSize(t.dtype);
     if (t.nbytes != want) {

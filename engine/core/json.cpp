@@ -1,8 +1,12 @@
 #include "sli/json.h"
 
+#include <locale.h>
+#include <stdlib.h>
+
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_set>
 
@@ -102,7 +106,15 @@ bool Json::isInteger() const noexcept {
 double Json::asDouble() const noexcept {
     if (type_ != Type::kNumber) return 0.0;
     double d = 0.0;
-    std::from_chars(str_.data(), str_.data() + str_.size(), d);
+    const auto [p, ec] = std::from_chars(str_.data(), str_.data() + str_.size(), d);
+    if (ec == std::errc::result_out_of_range) {
+        // from_chars leaves `d` untouched (0) for text beyond double's range; "1e999" must not
+        // read as 0 (a threshold or scale silently zeroed). strtod in the C locale gives the
+        // IEEE answer: +-inf on overflow (which range checks then refuse), +-0 on underflow.
+        static const locale_t cLocale = ::newlocale(LC_NUMERIC_MASK, "C", static_cast<locale_t>(0));
+        return cLocale != static_cast<locale_t>(0) ? ::strtod_l(str_.c_str(), nullptr, cLocale)
+                                                   : std::strtod(str_.c_str(), nullptr);
+    }
     return d;
 }
 

@@ -1,5 +1,7 @@
 #include "sli/quantized.h"
 
+#include <limits>
+
 namespace sli {
 
 const char* quantPartName(QuantPart p) noexcept {
@@ -60,6 +62,11 @@ Status QuantizedTensorInfo::validateParts(const std::array<size_t, kQuantPartCou
     auto n = shapeNumel(shape, name);
     if (!n.isOk()) return n.status();
     if (*n == 0) return Status::invalidArgument("tensor " + name + " is empty (shape " + shapeToString(shape) + ")");
+    if (static_cast<uint64_t>(*n) > std::numeric_limits<size_t>::max() / 8) {
+        // No part could hold it, and expectedPartBytes() would wrap around.
+        return Status::invalidArgument("tensor " + name + ": byte size of shape " +
+                                       shapeToString(shape) + " overflows");
+    }
     switch (mode) {
         case QuantizationMode::kNone: break;
         case QuantizationMode::kNf4:

@@ -188,7 +188,10 @@ void widen(const void* in, int64_t n, float* out) {
 Status convertToF32(DType src, const void* in, int64_t n, float* out) {
     const auto* b = static_cast<const uint8_t*>(in);
     switch (src) {
-        case DType::kF32: std::memcpy(out, in, static_cast<size_t>(n) * 4); return Status();
+        case DType::kF32:
+            // memcpy with a null pointer is undefined even for 0 bytes (empty tensors).
+            if (n > 0) std::memcpy(out, in, static_cast<size_t>(n) * 4);
+            return Status();
         case DType::kF16:
             for (int64_t i = 0; i < n; ++i) {
                 uint16_t h;
@@ -220,7 +223,10 @@ Status convertToF32(DType src, const void* in, int64_t n, float* out) {
 Status convertFromF32(const float* in, int64_t n, DType dst, void* out) {
     auto* b = static_cast<uint8_t*>(out);
     switch (dst) {
-        case DType::kF32: std::memcpy(out, in, static_cast<size_t>(n) * 4); return Status();
+        case DType::kF32:
+            // memcpy with a null pointer is undefined even for 0 bytes (empty tensors).
+            if (n > 0) std::memcpy(out, in, static_cast<size_t>(n) * 4);
+            return Status();
         case DType::kF16:
             for (int64_t i = 0; i < n; ++i) {
                 const uint16_t h = f32ToF16(in[i]);

@@ -54,6 +54,8 @@ public:
     static const char* typeName(Type t) noexcept;
 
     bool asBool() const noexcept { return bool_; }
+    // A number's value (0 for other types); text beyond double's range reads as strtod does:
+    // +-inf on overflow ("1e999"), +-0 on underflow.
     double asDouble() const noexcept;
     // Exact integer value; nullopt when not an integer or out of range.
     std::optional<int64_t> asInt64() const noexcept;

@@ -11,6 +11,10 @@
 //   - integer and bool tensors (position_ids buffers, masks, HF's weight_format): verbatim, in
 //     their own dtype; dequantizeLayer returns them unchanged. This is the documented policy
 //     for "an integer tensor asked to be quantized": kept, never converted, never an error.
+// NaN / Inf weights are not an error; they follow bitsandbytes' kernels (kernels/reference.h):
+// a NaN never sets a block or row scale and stores code 0 (NF4 -1.0 x absmax, FP4 / INT8 /
+// INT8_DYNAMIC 0, Q4_0 q = 0); an Inf makes its block's or row's scale Inf, and that block or
+// row dequantizes to NaN / Inf. Mode NONE keeps them as they are.
 // Source values are widened exactly to f32 (convertToF32) and quantized from there, never
 // after rounding to the compute dtype. The dtype recorded with a tensor (info.computeDType) is
 // the compute dtype, the one dequantization produces by default. A tensor's full name is
