@@ -180,7 +180,10 @@ std::string pythonFloatRepr(double d) {
     // Python's repr switches to exponent form when exp < -4 or exp >= 16.
     if (exp < -4 || exp >= 16) {
         out = digits.substr(0, 1);
-        if (digits.size() > 1) out += "." + digits.substr(1);
+        if (digits.size() > 1) {
+            out += '.';  // (two appends, not "." + ...: GCC 12 -Wrestrict false positive)
+            out.append(digits, 1);
+        }
         char eb[16];
         std::snprintf(eb, sizeof eb, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
         out += eb;
@@ -417,10 +420,10 @@ private:
                     case 'r': s += '\r'; break;
                     case 't': s += '\t'; break;
                     case 'u': {
-                        uint32_t cp;
+                        uint32_t cp = 0;
                         SLI_RETURN_IF_ERROR(parseHex4(cp));
                         if (cp >= 0xd800 && cp < 0xdc00) {
-                            uint32_t lo;
+                            uint32_t lo = 0;
                             if (!(p_ + 2 <= t_.size() && t_[p_] == '\\' && t_[p_ + 1] == 'u')) return fail("unpaired surrogate");
                             p_ += 2;
                             SLI_RETURN_IF_ERROR(parseHex4(lo));
