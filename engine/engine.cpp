@@ -994,8 +994,10 @@ void Engine::Impl::workerLoop(int /*id*/) {
         slot.timing.bytesProduced +=
             static_cast<uint64_t>(entry.info.numel()) * dtypeSize(src.outDTypes[task.tensor]);
         if (!st.isOk() && slot.error.isOk()) {
-            slot.error = st.withContext("layer " + std::to_string(slot.layer) + " (" + src.name +
-                                        ") tensor " + entry.info.name + " in " + src.index.path);
+            const std::string ctx = "layer " + std::to_string(slot.layer) + " (" + src.name +
+                                    ") tensor " + entry.info.name + " in " + src.index.path;
+            // The cache reader's errors already say where (io/cache_format.cpp): not twice.
+            slot.error = st.message().find(ctx) != std::string::npos ? st : st.withContext(ctx);
         }
         finishTaskLocked(task.slot);
         pumpGpuLocked(lock);

@@ -163,6 +163,7 @@ TEST_CASE("a corrupt layer fails its acquire naming layer, tensor and file; othe
     CHECK(msg.find("layer 2") != std::string::npos);
     CHECK(msg.find("mlp.up_proj.weight") != std::string::npos);
     CHECK(msg.find(tc.files[2]) != std::string::npos);
+    CHECK(msg.find(tc.files[2]) == msg.rfind(tc.files[2]));  // said once, not twice
     checkStream(**e, tc, {3}, DType::kF32);
 }
 
