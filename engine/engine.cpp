@@ -123,11 +123,20 @@ struct LayerSource {
     std::vector<uint32_t> landOrder;
 };
 
+// Later positions one slot may be linked to (memory per slot stays constant at any depth).
+constexpr size_t kMaxLinks = 8;
+
 struct SlotData {
     SlotState state = SlotState::kFree;
     int64_t layer = -1;
     uint64_t pos = 0;         // plan position
     bool discard = false;     // skipped by acquire(): free once the io/decode finishes
+    // CPU: later plan positions of the same layer, ascending, that this slot will serve in
+    // turn without a read once it is released (or skipped), because the layer was still held
+    // when they came into the prefetch window (a cyclic plan over fewer layers than the
+    // depth). Capacity kMaxLinks, reserved at open().
+    std::vector<uint64_t> reuse;  // at most kMaxLinks (then the position is read)
+    bool reused = false;  // holds its layer for a position it did not read (see reuse)
     int readsLeft = 0;
     std::atomic<int> tasksLeft{0};  // tensor tasks not finished + 1 while reads are in flight
     // Read chunks of the data region that have landed (sized at open() for the largest layer),
@@ -248,7 +257,20 @@ struct Engine::Impl {
     void harvestAllLocked(bool blockReleased);
     void ioLoop();
     void workerLoop(int id);
+    // Plan positions to read before nextReadPos (see acquire()), in order.
+    std::deque<uint64_t> rereadPos;
     void freeSlotLocked(int s);
+    // Frees slot s, or, if it is linked to a later position still wanted (reuse), hands
+    // its layer to that position as ready without reading it again.
+    void retireSlotLocked(int s);
+    // CPU: a slot already holding `layer`, error-free and complete (ready or leased), that
+    // can serve plan position `pos` after its current one; -1 if none.
+    int reusableSlotLocked(int64_t layer, uint64_t pos) const;
+    // Links the next unassigned plan positions inside the prefetch window to slots that
+    // hold their layers, in order, up to the first one that needs a read. False when the
+    // window (or a finite plan) is exhausted. Called by the io thread before it assigns a
+    // read, and on acquire / release, so that a layer released quickly is still linked.
+    bool linkAheadLocked();
     // Stage timestamps and counters of a layer handed to the executor (mu held).
     void noteAcquiredLocked(LayerTiming& timing, int64_t calledNs);
     void finishTaskLocked(int s);
@@ -454,6 +476,7 @@ Status Engine::Impl::allocate() {
     }
     for (uint64_t s = 0; s < nslots; ++s) {
         auto slot = std::make_unique<SlotData>();
+        slot->reuse.reserve(kMaxLinks);  // no allocation when linking
         SLI_ASSIGN_OR_RETURN(slot->buffer, pool->acquire());
         if (gpu()) {
             slot->gpuViews.resize(maxTensors);
@@ -739,8 +762,79 @@ void Engine::Impl::freeSlotLocked(int s) {
     slot.state = SlotState::kFree;
     slot.layer = -1;
     slot.discard = false;
+    // Later positions linked to this slot and still wanted are read after all.
+    for (uint64_t q : slot.reuse) {
+        if (q >= nextAcquirePos) rereadPos.insert(std::lower_bound(rereadPos.begin(), rereadPos.end(), q), q);
+    }
+    slot.reuse.clear();
+    slot.reused = false;
     slot.error = Status();
     ioCv.notify_one();
+}
+
+void Engine::Impl::retireSlotLocked(int s) {
+    SlotData& slot = *slots[static_cast<size_t>(s)];
+    while (!slot.reuse.empty() && slot.reuse.front() < nextAcquirePos) {  // skipped over
+        slot.reuse.erase(slot.reuse.begin());
+    }
+    if (slot.reuse.empty() || !slot.error.isOk()) {
+        freeSlotLocked(s);
+        return;
+    }
+    // The same layer again at reuse.front(): its tensors are already here (leases hand out const
+    // tensors, so they are as dequantized). A timing record of its own, with no read.
+    const int64_t now = nowNs(origin);
+    slot.pos = slot.reuse.front();
+    slot.reuse.erase(slot.reuse.begin());
+    slot.discard = false;
+    slot.state = SlotState::kReady;
+    slot.reused = true;
+    slot.timing = LayerTiming{};
+    slot.timing.layer = slot.layer;
+    slot.timing.sequence = slot.pos;
+    slot.timing.queuedNs = slot.timing.readStartNs = slot.timing.readDoneNs = now;
+    slot.timing.verifiedNs = slot.timing.dequantStartNs = slot.timing.dequantizedNs = now;
+    readyCv.notify_all();
+    ioCv.notify_one();
+}
+
+bool Engine::Impl::linkAheadLocked() {
+    while (true) {
+        if (planFinite() && nextReadPos >= planLength()) return false;
+        // Window: the D positions after the executor's current layer; with D = 0 only the
+        // position an acquire() is waiting for.
+        if (nextReadPos < nextAcquirePos) nextReadPos = nextAcquirePos;
+        const uint64_t window = depth > 0 ? static_cast<uint64_t>(depth) : (acquireWaiting ? 1u : 0u);
+        if (nextReadPos >= nextAcquirePos + window) return false;
+        const int r = reusableSlotLocked(planAt(nextReadPos), nextReadPos);
+        if (r < 0) return true;
+        // (a slot not yet handed out serves its own position first, then this one)
+        slots[static_cast<size_t>(r)]->reuse.push_back(nextReadPos++);
+    }
+}
+
+int Engine::Impl::reusableSlotLocked(int64_t layer, uint64_t pos) const {
+    if (gpu()) return -1;  // the device slots, not these, hold a GPU layer once it is leased
+    for (size_t s = 0; s < slots.size(); ++s) {
+        const SlotData& slot = *slots[s];
+        if (slot.layer != layer || slot.pos >= pos || slot.discard || slot.reuse.size() >= kMaxLinks ||
+            !slot.error.isOk()) {
+            continue;
+        }
+        // Being read or decoded, or ready, for a position still to come (a stale ready one
+        // is dropped by the next acquire); or leased, unless an acquire() is waiting for `pos`
+        // itself: that caller may be the holder (acquire() unlinks such a position when it
+        // starts; this keeps the io thread from linking it again while the caller waits). A
+        // slot that ends in an error, or is freed otherwise, has its linked position read
+        // after all (freeSlotLocked).
+        const bool pending = slot.state == SlotState::kReading ||
+                             slot.state == SlotState::kDecoding || slot.state == SlotState::kReady;
+        if ((pending && slot.pos >= nextAcquirePos) ||
+            (slot.state == SlotState::kLeased && !(acquireWaiting && pos == nextAcquirePos))) {
+            return static_cast<int>(s);
+        }
+    }
+    return -1;
 }
 
 void Engine::Impl::ioLoop() {
@@ -758,23 +852,31 @@ void Engine::Impl::ioLoop() {
                 pumpGpuLocked(lock);  // a release may have freed a device slot
                 if (stop) break;
             }
-            // Assign free slots to the next plan positions inside the prefetch window.
+            // Assign free slots to the next plan positions inside the prefetch window. A
+            // position whose layer a slot still holds (ready or leased: a cyclic plan over
+            // fewer layers than the depth) is linked to that slot instead of read again.
+            // A position unlinked by acquire() (wanted while its slot is still leased) is
+            // read first.
+            while (!rereadPos.empty() && rereadPos.front() < nextAcquirePos) rereadPos.pop_front();
             for (size_t s = 0; s < slots.size(); ++s) {
+                uint64_t pos;
+                if (!rereadPos.empty()) {
+                    if (slots[s]->state != SlotState::kFree) continue;
+                    pos = rereadPos.front();
+                    rereadPos.pop_front();
+                } else {
+                    if (!linkAheadLocked()) break;  // window full
+                    if (slots[s]->state != SlotState::kFree) continue;
+                    pos = nextReadPos++;
+                }
                 SlotData& slot = *slots[s];
-                if (slot.state != SlotState::kFree) continue;
-                if (planFinite() && nextReadPos >= planLength()) break;
-                // Window: the D positions after the executor's current layer; with D = 0 only
-                // the position an acquire() is waiting for.
-                if (nextReadPos < nextAcquirePos) nextReadPos = nextAcquirePos;
-                const uint64_t window = depth > 0 ? static_cast<uint64_t>(depth) : (acquireWaiting ? 1u : 0u);
-                if (nextReadPos >= nextAcquirePos + window) break;
-                const uint64_t pos = nextReadPos++;
                 const int64_t layer = planAt(pos);
                 const LayerSource& src = layers[static_cast<size_t>(layer)];
                 slot.state = SlotState::kReading;
                 slot.layer = layer;
                 slot.pos = pos;
                 slot.discard = false;
+                slot.reused = false;
                 slot.error = Status();
                 slot.timing = LayerTiming{};
                 slot.timing.layer = layer;
@@ -1163,12 +1265,19 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
                                                          : "explicit plan"));
         }
     }
-    // Drop the positions skipped over.
+    // Drop the positions skipped over (a ready slot linked to a later position still wanted
+    // serves that one instead).
+    m.nextAcquirePos = pos;
     for (size_t s = 0; s < m.slots.size(); ++s) {
         SlotData& slot = *m.slots[s];
         if (slot.state != SlotState::kFree && slot.state != SlotState::kLeased && slot.pos < pos) {
             if (slot.state == SlotState::kReady || slot.state == SlotState::kVerified) {
-                m.freeSlotLocked(static_cast<int>(s));
+                m.retireSlotLocked(static_cast<int>(s));
+            } else if (!slot.reuse.empty() && slot.reuse.back() >= pos) {
+                // still being read: for its next linked position still wanted instead
+                while (slot.reuse.front() < pos) slot.reuse.erase(slot.reuse.begin());
+                slot.pos = slot.reuse.front();
+                slot.reuse.erase(slot.reuse.begin());
             } else if (slot.state != SlotState::kCopying) {
                 slot.discard = true;
             }
@@ -1183,8 +1292,16 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
             u.timingPending = false;
         }
     }
-    m.nextAcquirePos = pos;
     if (m.nextReadPos < pos) m.nextReadPos = pos;
+    // The position may be linked to a slot the caller still holds (a second lease of the same
+    // layer): that slot is not free before this returns, so the layer is read again.
+    for (auto& sp : m.slots) {
+        if (sp->state != SlotState::kLeased) continue;
+        if (auto it = std::find(sp->reuse.begin(), sp->reuse.end(), pos); it != sp->reuse.end()) {
+            sp->reuse.erase(it);
+            m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), pos), pos);
+        }
+    }
     m.acquireWaiting = true;
     m.ioCv.notify_one();
     int found = -1, foundGpu = -1;
@@ -1263,10 +1380,12 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     }
     auto view = m.layerView(found, layer);
     if (!view.isOk()) {
-        m.freeSlotLocked(found);
+        m.retireSlotLocked(found);  // a later position linked to it gets the same answer
         return view.status();
     }
     slot.state = SlotState::kLeased;
+    if (slot.reused) m.stats.layersReused++;
+    (void)m.linkAheadLocked();
     m.noteAcquiredLocked(slot.timing, calledNs);
     Lease lease;
     lease.anchor_ = impl_->anchor;
@@ -1300,7 +1419,8 @@ void Engine::releaseSlot(int s, bool gpu, void* stream) {
     SlotData& slot = *m.slots[static_cast<size_t>(s)];
     slot.timing.releasedNs = nowNs(m.origin);
     if (m.opts.recordTrace) m.recordTimingLocked(slot.timing);
-    m.freeSlotLocked(s);
+    (void)m.linkAheadLocked();  // before the slot is freed: it may serve a position ahead
+    m.retireSlotLocked(s);
 }
 
 EngineStats Engine::stats() const {

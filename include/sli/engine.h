@@ -21,6 +21,12 @@
 // acquire(i) consumes the next occurrence of layer i in the plan at or after the current
 // position; plan entries skipped over are dropped (their slots recycled). A Lease owns its
 // slot until released (destructor or release()); tensors it hands out stay valid until then.
+// A layer still held (being read, ready or leased) is not read again for a later position of
+// the plan that comes into the prefetch window meanwhile (a cyclic plan over no more layers
+// than the depth): on the CPU path that position is served from the same slot once it is
+// released (up to 8 such positions per slot; stats().layersReused counts them), unless the
+// executor asks for it while still holding the layer (two leases of one layer at once), when
+// it is read again into another slot. A layer whose slot was already freed is read again.
 // A Lease may outlive its Engine (e.g. a member declared before the engine's): releasing it
 // then does nothing, and destroying the engine logs an error naming the layers still leased,
 // but their tensors are freed with the engine and must not be used after it.
@@ -132,6 +138,9 @@ struct LayerTiming {
 
 struct EngineStats {
     uint64_t layersRead = 0, layersDequantized = 0, layersAcquired = 0;
+    // CPU: plan positions served by a slot that still held the layer (no read, no dequant):
+    // a cyclic plan over no more layers than the prefetch depth.
+    uint64_t layersReused = 0;
     uint64_t bytesRead = 0, bytesProduced = 0;
     double readSeconds = 0, verifySeconds = 0, dequantSeconds = 0, acquireWaitSeconds = 0;
     double h2dSeconds = 0;   // GPU: sum of the H2D copies (CUDA events)
