@@ -53,7 +53,13 @@ if [ "$MODE" = pkgconfig ]; then
             || fail "sli/$name does not compile on its own against the installed headers"
     done
     echo "every public header compiles on its own"
-    (cd "$TMP" && $CXX -std=c++20 -O1 "$SRC/tests/install/consumer.cpp" -o consumer $CFLAGS $LIBS) \
+    # A sanitizer build's static library needs the same runtime in whatever links it.
+    SAN=$(meson introspect --buildoptions "$BUILD" 2>/dev/null | python3 -c \
+        'import json,sys; print(next((o["value"] for o in json.load(sys.stdin) if o["name"] == "b_sanitize"), "none"))' \
+        2>/dev/null || echo none)
+    SANFLAGS=""
+    [ -n "$SAN" ] && [ "$SAN" != none ] && SANFLAGS="-fsanitize=$SAN"
+    (cd "$TMP" && $CXX -std=c++20 -O1 $SANFLAGS "$SRC/tests/install/consumer.cpp" -o consumer $CFLAGS $LIBS) \
         || fail "consumer.cpp does not build against the installed library"
     "$TMP/consumer" "$TMP" || fail "the consumer built against the installed library failed"
     echo "PASS: installed library, headers and pkg-config file"
