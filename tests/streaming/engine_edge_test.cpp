@@ -29,14 +29,7 @@ using namespace sli::testutil;
 
 namespace {
 
-EngineOptions edgeOptions(const TestCache& tc) {
-    EngineOptions o;
-    o.cacheDir = tc.root;
-    o.hostBudgetBytes = 64ull << 20;
-    o.workerThreads = 2;
-    o.ioBackend = "pread";
-    return o;
-}
+EngineOptions edgeOptions(const TestCache& tc) { return cacheEngineOptions(tc); }
 
 // Open must fail with InvalidArgument whose message contains `needle`.
 void checkRejected(const EngineOptions& o, const std::string& needle) {
@@ -391,19 +384,7 @@ TEST_CASE("a long cyclic run keeps a bounded window of the latest layer timings"
     // Token-by-token decoding runs for ever: the trace keeps the most recent kMaxTimings
     // releases (engine.h), oldest first, instead of growing without bound.
     TempDir tmp;
-    QuantizationConfig cfg;
-    cfg.mode = QuantizationMode::kNone;
-    cfg.computeDType = DType::kF32;
-    std::vector<uint8_t> bytes(16 * 4, 1);
-    std::vector<QuantizedLayer> layers;
-    for (int64_t l = 0; l < 2; ++l) {
-        QuantizedLayer ql;
-        ql.index = l;
-        ql.name = "l" + std::to_string(l);
-        ql.tensors.push_back(makeStoredTensor(ql.name + ".w", {16}, DType::kF32, bytes, DType::kF32));
-        layers.push_back(std::move(ql));
-    }
-    TestCache tc = writeCache(tmp.path, "tiny/cyclic", cfg, layers);
+    TestCache tc = writeTinyCache(tmp.path, "tiny/cyclic", "l", DType::kF32, 1);
     EngineOptions o = edgeOptions(tc);
     o.order = LayerOrder::kCyclic;
     o.prefetchDepth = 2;
@@ -578,19 +559,8 @@ TEST_CASE("many slots of tiny layers stay within the host budget") {
     // Each slot's output arena is allocated in whole pages: the budget must count them so, or
     // a deep cyclic window of tiny layers takes many times the budget.
     TempDir tmp;
-    QuantizationConfig cfg;
-    cfg.mode = QuantizationMode::kNone;
-    cfg.computeDType = DType::kF16;  // f32 stored, f16 out: dequantized into the arena
-    std::vector<uint8_t> bytes(16 * 4, 0);
-    std::vector<QuantizedLayer> layers;
-    for (int64_t l = 0; l < 2; ++l) {
-        QuantizedLayer ql;
-        ql.index = l;
-        ql.name = "t" + std::to_string(l);
-        ql.tensors.push_back(makeStoredTensor(ql.name + ".w", {16}, DType::kF32, bytes, DType::kF16));
-        layers.push_back(std::move(ql));
-    }
-    TestCache tc = writeCache(tmp.path, "toy/tiny", cfg, layers);
+    // f32 stored, f16 out: dequantized into the arena
+    TestCache tc = writeTinyCache(tmp.path, "toy/tiny", "t", DType::kF16, 0);
     EngineOptions o = edgeOptions(tc);
     o.order = LayerOrder::kCyclic;
     o.prefetchDepth = 1 << 20;  // as many slots as the budget holds

@@ -32,14 +32,7 @@ bool ioUringUsable() {
     return io::makeReadScheduler(o).isOk();
 }
 
-EngineOptions baseOptions(const TestCache& tc) {
-    EngineOptions o;
-    o.cacheDir = tc.root;
-    o.hostBudgetBytes = 64ull << 20;
-    o.workerThreads = 2;
-    o.ioBackend = "pread";
-    return o;
-}
+EngineOptions baseOptions(const TestCache& tc) { return cacheEngineOptions(tc); }
 
 // Acquires `plan` in order and checks every tensor against the independent expectation.
 void checkStream(Engine& e, const TestCache& tc, const std::vector<int64_t>& plan, DType dtype) {

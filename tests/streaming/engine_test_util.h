@@ -16,6 +16,7 @@
 #include "io/cache_format.h"
 #include "io/cache_manifest.h"
 #include "sli/config.h"
+#include "sli/engine.h"
 #include "sli/kernels.h"
 #include "sli/quantized.h"
 
@@ -166,6 +167,36 @@ inline std::vector<std::vector<uint8_t>> expectedLayer(const std::string& path, 
         out.push_back(std::move(bytes));
     }
     return out;
+}
+
+// Engine options for a test cache: pread (deterministic everywhere), two workers, a 64 MiB
+// budget.
+inline EngineOptions cacheEngineOptions(const TestCache& tc) {
+    EngineOptions o;
+    o.cacheDir = tc.root;
+    o.hostBudgetBytes = 64ull << 20;
+    o.workerThreads = 2;
+    o.ioBackend = "pread";
+    return o;
+}
+
+// A cache of two 16-value f32 layers ("<prefix>0.w", "<prefix>1.w"), stored as is, handed out
+// in `compute`.
+inline TestCache writeTinyCache(const std::string& root, const std::string& modelId,
+                                const std::string& prefix, DType compute, uint8_t fill) {
+    QuantizationConfig cfg;
+    cfg.mode = QuantizationMode::kNone;
+    cfg.computeDType = compute;
+    std::vector<uint8_t> bytes(16 * 4, fill);
+    std::vector<QuantizedLayer> layers;
+    for (int64_t l = 0; l < 2; ++l) {
+        QuantizedLayer ql;
+        ql.index = l;
+        ql.name = prefix + std::to_string(l);
+        ql.tensors.push_back(makeStoredTensor(ql.name + ".w", {16}, DType::kF32, bytes, compute));
+        layers.push_back(std::move(ql));
+    }
+    return writeCache(root, modelId, cfg, layers);
 }
 
 }  // namespace sli::testutil
