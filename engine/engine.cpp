@@ -865,8 +865,11 @@ void Engine::Impl::ioLoop() {
                     pos = rereadPos.front();
                     rereadPos.pop_front();
                 } else {
-                    if (!linkAheadLocked()) break;  // window full
+                    // (links are also made on every acquire and release, when the window moves
+                    // or a slot changes: here only for a slot that can take a read, which keeps
+                    // a pass linear in the number of slots)
                     if (slots[s]->state != SlotState::kFree) continue;
+                    if (!linkAheadLocked()) break;  // window full
                     pos = nextReadPos++;
                 }
                 SlotData& slot = *slots[s];
