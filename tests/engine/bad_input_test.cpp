@@ -17,12 +17,15 @@
 #include <string>
 #include <vector>
 
+#include "capture_log.h"
 #include "sli/log.h"
 #include "sli/processor.h"
 #include "sli/quantizer.h"
 #include "sli/safetensors.h"
 
 using namespace sli;
+
+using sli::testutil::captureWarnings;
 
 namespace {
 
@@ -56,27 +59,6 @@ QuantizationConfig configFor(QuantizationMode m) {
 
 bool contains(const Status& s, std::string_view what) {
     return s.message().find(what) != std::string::npos;
-}
-
-// Runs `fn` with warnings on and stderr captured; returns what was logged.
-template <typename Fn>
-std::string captureWarnings(Fn&& fn) {
-    logReconfigure("warn");  // meson runs the tests with SLI_LOG=error
-    std::fflush(stderr);
-    std::FILE* capture = std::tmpfile();
-    REQUIRE(capture != nullptr);
-    const int saved = ::dup(2);
-    ::dup2(::fileno(capture), 2);
-    fn();
-    std::fflush(stderr);
-    ::dup2(saved, 2);
-    ::close(saved);
-    logReconfigure();
-    std::rewind(capture);
-    std::string log;
-    for (int c; (c = std::fgetc(capture)) != EOF;) log.push_back(static_cast<char>(c));
-    std::fclose(capture);
-    return log;
 }
 
 size_t countLines(const std::string& s, std::string_view what) {

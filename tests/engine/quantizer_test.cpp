@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sli/kernels.h"
+#include "capture_log.h"
 #include "sli/log.h"
 #include "sli/quantizer.h"
 
@@ -471,22 +472,10 @@ TEST_CASE("LLM.int8 warns, naming the tensor, when rows hold values past the fp1
     std::vector<float> v = randomValues(4 * 64, 21, 0.05f);
     v[64 + 5] = 1.0e5f;
     const Tensor t = floats("model.layers.0.mlp.up_proj.weight", {4, 64}, DType::kF32, v);
-    logReconfigure("warn");  // meson runs the tests with SLI_LOG=error
-    std::fflush(stderr);
-    std::FILE* capture = std::tmpfile();
-    REQUIRE(capture != nullptr);
-    const int saved = ::dup(2);
-    ::dup2(::fileno(capture), 2);
-    auto q = LayerQuantizer(configFor(QuantizationMode::kInt8)).quantizeTensor(t.view());
-    std::fflush(stderr);
-    ::dup2(saved, 2);
-    ::close(saved);
-    logReconfigure();  // back to SLI_LOG
+    Result<QuantizedTensor> q = Status::internal("not run");
+    const std::string log = testutil::captureWarnings(
+        [&] { q = LayerQuantizer(configFor(QuantizationMode::kInt8)).quantizeTensor(t.view()); });
     REQUIRE(q.isOk());
-    std::rewind(capture);
-    std::string log;
-    for (int c; (c = std::fgetc(capture)) != EOF;) log.push_back(static_cast<char>(c));
-    std::fclose(capture);
     CHECK(log.find("model.layers.0.mlp.up_proj.weight") != std::string::npos);
     CHECK(log.find("1 of 4 rows") != std::string::npos);
     auto dq = LayerQuantizer::dequantizeTensor(*q, DType::kF32);
