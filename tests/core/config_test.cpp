@@ -140,7 +140,9 @@ TEST_CASE("the registry has the built-ins and is safe to use from threads") {
             for (int i = 0; i < 50; ++i) {
                 QuantizationConfig c = getNf4Config();
                 c.blocksize = 32 << (i % 4);
-                (void)reg.registerConfig("t" + std::to_string(t) + "_" + std::to_string(i), c);
+                std::string name = std::to_string(t);  // (not "t" + ...: GCC 12 -Wrestrict)
+                name.insert(0, 1, 't').append("_").append(std::to_string(i));
+                (void)reg.registerConfig(name, c);
                 (void)reg.get("nf4");
                 (void)reg.list();
             }
