@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <unordered_map>
 #include <unordered_set>
@@ -389,6 +390,15 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     policy.quantizer.setArchitecture(arch);
     policy.quantizer.setKeepRegistryDefaults(opt.defaultSkips);
 
+    // Recorded absolute, so that `sli verify --repair` finds it from any directory.
+    std::string sourcePath = opt.input;
+    {
+        std::error_code ec;
+        const auto abs = std::filesystem::absolute(opt.input, ec);
+        if (!ec) sourcePath = abs.lexically_normal().string();
+        while (sourcePath.size() > 1 && sourcePath.back() == '/') sourcePath.pop_back();
+    }
+
     IngestSummary sum;
     sum.architecture = arch;
     sum.modelId = opt.modelId.empty() ? defaultModelId(opt.input) : opt.modelId;
@@ -408,7 +418,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     manifest.configFingerprint = LayerCache::fingerprint(opt.config, policyJson);
     manifest.policyJson = policyJson;
     manifest.architecture = architectureName(arch);
-    manifest.source = opt.input;
+    manifest.source = sourcePath;
     manifest.sourceFingerprint = model.fingerprint();
     for (const auto& lp : plan) {
         manifest.layers.push_back({lp.index, lp.name, io::layerFileName(lp.index),
@@ -438,12 +448,24 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         uint64_t layerSource = 0;
         for (size_t ti : lp.tensors) layerSource += tensors[ti].sourceBytes();
         prog.currentLayer = lp.name;
-        // Reuse a complete layer from the same source (an interrupted run's work).
+        // Reuse a complete layer from the same source (an interrupted run's work). A file
+        // that is there but damaged is written again (and said so).
         auto existing = io::readLayerIndex(path);
-        if (existing.isOk() && existing->sourceFingerprint == model.fingerprint() &&
-            existing->modelId == sum.modelId && existing->layerName == lp.name &&
-            existing->tensors.size() == lp.tensors.size() &&
-            existing->configJson == manifest.configJson) {
+        bool reuse = existing.isOk() && existing->sourceFingerprint == model.fingerprint() &&
+                     existing->modelId == sum.modelId && existing->layerName == lp.name &&
+                     existing->tensors.size() == lp.tensors.size() &&
+                     existing->configJson == manifest.configJson;
+        Status damage = existing.isOk() ? Status() : existing.status();
+        if (reuse && opt.verifyReused) damage = io::verifyLayerFile(path);
+        bool repair = false;
+        if (!damage.isOk() && io::pathExists(path)) {
+            repair = damage.isCorruption() || damage.isNotSupported();
+            SLI_WARN("cache", "layer %lld (%s) %s, quantizing it again: %s",
+                     static_cast<long long>(lp.index), lp.name.c_str(),
+                     repair ? "is damaged" : "cannot be read", damage.toString().c_str());
+            reuse = false;
+        }
+        if (reuse) {
             ++sum.layersReused;
             ++prog.layersReused;
             for (const auto& te : existing->tensors) {
@@ -473,10 +495,11 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
             CacheWriteOptions wo;
             wo.compressPayload = opt.compressPayload;
             wo.sourceFingerprint = model.fingerprint();
-            wo.source = opt.input;
+            wo.source = sourcePath;
             wo.policyJson = policyJson;
             SLI_RETURN_IF_ERROR(cache->cacheLayer(sum.modelId, lp.index, layer, opt.config, wo));
             ++sum.layersWritten;
+            if (repair) ++sum.layersRepaired;
         }
         auto size = io::fileSize(path);
         if (size.isOk()) sum.cacheBytes += *size;
@@ -487,6 +510,74 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     }
     sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return sum;
+}
+
+Result<IngestOptions> ingestOptionsForCache(const std::string& cacheDirIn) {
+    std::string dir = cacheDirIn;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    const std::string manifestPath = io::joinPath(dir, io::kManifestName);
+    SLI_ASSIGN_OR_RETURN(io::CacheManifest m, io::readManifest(dir));
+    const auto bad = [&](const std::string& what) {
+        return Status::invalidArgument(manifestPath + ": " + what);
+    };
+    IngestOptions o;
+    o.input = m.source;
+    o.modelId = m.modelId;
+    o.verifyReused = true;
+    auto config = QuantizationConfig::fromJsonString(m.configJson);
+    if (!config.isOk()) return bad("config: " + config.status().message());
+    o.config = *config;
+    if (!m.policyJson.empty()) {
+        auto policy = parseJson(m.policyJson);
+        if (!policy.isOk() || !policy->isObject()) return bad("policy is not a JSON object");
+        for (const char* key : {"attention", "ffn"}) {
+            const Json* j = policy->find(key);
+            if (j == nullptr) continue;
+            auto c = QuantizationConfig::fromJson(*j);
+            if (!c.isOk()) return bad(std::string("policy ") + key + " config: " + c.status().message());
+            (std::string_view(key) == "ffn" ? o.ffnConfig : o.attentionConfig) = *c;
+        }
+        if (const Json* j = policy->find("default_skips"); j != nullptr && j->isBool()) {
+            o.defaultSkips = j->asBool();
+        }
+    }
+    // ROOT/<model dir>/<fingerprint>: the options must lead back to exactly this directory.
+    const std::string fingerprint = LayerCache::fingerprint(o.config, ingestPolicyJson(o));
+    const std::string modelDir = io::dirName(dir);
+    o.cacheRoot = io::dirName(modelDir);
+    if (fingerprint != m.configFingerprint || io::baseName(dir) != fingerprint ||
+        io::baseName(modelDir) != io::modelDirName(o.modelId)) {
+        return bad("model " + o.modelId + " with this configuration belongs in " +
+                   io::cacheDirFor("ROOT", o.modelId, fingerprint) +
+                   " under a cache root, not in " + dir +
+                   " (moved or renamed by hand?); run sli quantize again instead");
+    }
+    if (o.input.empty()) return bad("names no source checkpoint");
+    if (!io::pathExists(o.input)) {
+        return Status::notFound("source checkpoint " + o.input + " of cache " + dir +
+                                " no longer exists");
+    }
+    {
+        SLI_ASSIGN_OR_RETURN(SafetensorsModel model, SafetensorsModel::open(o.input));
+        if (model.fingerprint() != m.sourceFingerprint) {
+            return Status::invalidArgument(
+                "source checkpoint " + o.input + " has changed since cache " + dir +
+                " was written (fingerprint " + model.fingerprint() + ", the cache's " +
+                m.sourceFingerprint + "): run sli quantize on it to rebuild the cache");
+        }
+    }
+    // Payload compression is not part of the configuration: keep what the layers have.
+    for (const auto& l : m.layers) {
+        auto idx = io::readLayerIndex(io::joinPath(dir, l.file));
+        if (!idx.isOk()) continue;
+        for (const auto& t : idx->tensors) {
+            if (t.part(QuantPart::kPayload).compression != io::Compression::kNone) {
+                o.compressPayload = true;
+            }
+        }
+        break;
+    }
+    return o;
 }
 
 }  // namespace sli

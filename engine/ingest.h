@@ -83,6 +83,13 @@ struct IngestOptions {
     bool defaultSkips = true;
     bool compressPayload = false;
     int threads = 1;
+    // Layers that would be reused are first verified in full (every checksum, decompression,
+    // zero padding: what `sli verify` checks). One whose data is damaged (Corruption or
+    // NotSupported) is quantized and written again, with a warning naming it and the damage,
+    // and counted in IngestSummary::layersRepaired; a file that cannot be read (permissions,
+    // I/O errors) is an error. Off: only a layer's index is read (a few KiB), so damaged data
+    // is found when the layer is streamed (acquire fails naming it) or by `sli verify`.
+    bool verifyReused = false;
     std::function<void(const IngestProgress&)> progress;  // called after each layer
 };
 
@@ -101,6 +108,7 @@ struct IngestSummary {
     size_t layers = 0;
     size_t layersWritten = 0;
     size_t layersReused = 0;
+    size_t layersRepaired = 0;  // damaged layers written again (verifyReused); in layersWritten
     size_t tensors = 0;
     size_t importedBnbTensors = 0;
     uint64_t sourceBytes = 0;
@@ -111,6 +119,16 @@ struct IngestSummary {
 };
 
 Result<IngestSummary> ingestCheckpoint(const IngestOptions& options);
+
+// The options that made the cache directory `cacheDir` (ROOT/<model dir>/<fingerprint>), read
+// back from its manifest: the source checkpoint, model id, config and policy (attention / FFN
+// configs, default skips), with payload compression as the directory's first readable layer
+// file has it and verifyReused on. ingestCheckpoint(result) then rewrites exactly that
+// directory's missing and damaged layers: what `sli verify --repair` runs. Errors:
+// InvalidArgument when the manifest does not lead back to `cacheDir` (a cache moved or renamed
+// by hand), holds an unreadable config, or the source's fingerprint is no longer the one the
+// cache was made from; NotFound when the source checkpoint is gone.
+Result<IngestOptions> ingestOptionsForCache(const std::string& cacheDir);
 
 // Whether `name` (of a `dims`-D tensor) is a GPT-2 Conv1D weight of `arch`: stored [in, out],
 // transposed to [out, in] by ingestion when it is quantized (see above).

@@ -54,6 +54,7 @@ Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
     ingest.modelId = o.modelId;
     ingest.defaultSkips = o.defaultSkips;
     ingest.threads = o.quantizeThreads;
+    ingest.verifyReused = o.verifyCache;
     SLI_RETURN_IF_ERROR(chooseConfig(o, ingest));
 
     // Complete layers are reused (index read only); missing ones are quantized and written.
@@ -67,6 +68,7 @@ Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
     p->build_.layers = sum->layers;
     p->build_.layersWritten = sum->layersWritten;
     p->build_.layersReused = sum->layersReused;
+    p->build_.layersRepaired = sum->layersRepaired;
     p->build_.seconds = sum->seconds;
 
     EngineOptions eo = o.engine;

@@ -98,6 +98,9 @@ const char* kQuantizeHelp =
     "  --no-default-skips           quantize embeddings / heads / norms too (by default a\n"
     "                               known architecture keeps them unquantized)\n"
     "  --compress-payload           zstd payloads as well as statistics\n"
+    "  --repair                     check layers already in the cache in full (every\n"
+    "                               checksum) and quantize damaged ones again (default:\n"
+    "                               a complete layer's index is read, its data is not)\n"
     "  --model-id ID                default: the input's directory name\n"
     "  --threads N                  kernel threads (default 1; 0 = all cores)\n"
     "  --quiet                      no progress line\n"
@@ -118,14 +121,21 @@ const char* kInspectHelp =
     "bytes and bits per weight, missing layers, and totals. --json prints the same as JSON.\n";
 
 const char* kVerifyHelp =
-    "usage: sli verify DIR\n"
+    "usage: sli verify DIR [--model-id ID] [--repair [--threads N] [--quiet]]\n"
     "\n"
     "Checks every layer file of every cache under DIR: the header and table checksums,\n"
     "every extent's xxh3-64, decompression, and that padding is zero. Layers the\n"
     "manifest lists but that were never written are reported as missing.\n"
     "Exit 0 when everything present is intact (missing layers included), 1 when\n"
     "anything is corrupt (each bad layer / tensor / file is named), 2 on usage errors,\n"
-    "3 when a file cannot be read (permissions, I/O errors: listed as unreadable).\n";
+    "3 when a file cannot be read (permissions, I/O errors: listed as unreadable).\n"
+    "\n"
+    "--repair quantizes the damaged and missing layers of each such cache again from\n"
+    "the source checkpoint its manifest names, with the configuration it records\n"
+    "(what 'sli quantize --repair' would do with the original command), then counts\n"
+    "them as repaired: exit 0 when every listed layer is intact afterwards. The source\n"
+    "must still be there, unchanged. --threads N: kernel threads (default 1; 0 = all\n"
+    "cores); --quiet: no progress line.\n";
 
 const char* kExportHelp =
     "usage: sli export DIR --output FILE.safetensors [--dtype f16|bf16|f32] [--raw]\n"
@@ -213,6 +223,30 @@ std::string clock(double s) {
 
 // ---- quantize -----------------------------------------------------------------------------
 
+// One progress line on stderr (a terminal), rewritten after each layer.
+void printIngestProgress(const IngestProgress& p) {
+    const double rate = p.seconds > 0 ? p.sourceBytesDone / p.seconds : 0;
+    const double left = rate > 0 ? (p.sourceBytesTotal - p.sourceBytesDone) / rate : NAN;
+    std::fprintf(stderr, "\r\033[K  layers %zu/%zu  %s/%s  %s/s  ETA %s  %s", p.layersDone,
+                 p.layersTotal, humanBytes(p.sourceBytesDone).c_str(),
+                 humanBytes(p.sourceBytesTotal).c_str(), humanBytes(rate).c_str(),
+                 clock(left).c_str(), p.currentLayer.c_str());
+    std::fflush(stderr);
+}
+
+// --threads N (0..1024) into *threads; an error message, or nullopt when fine or absent.
+std::optional<std::string> parseThreads(const Args& a, int* threads) {
+    if (auto t = a.value("--threads")) {
+        char* end = nullptr;
+        const long v = std::strtol(t->c_str(), &end, 10);
+        if (end == t->c_str() || *end != 0 || v < 0 || v > 1024) {
+            return std::string("--threads needs an integer in 0..1024");
+        }
+        *threads = static_cast<int>(v);
+    }
+    return std::nullopt;
+}
+
 int cmdQuantize(const std::vector<std::string>& argv) {
     if (wantsHelp(argv)) {
         std::fputs(kQuantizeHelp, stdout);
@@ -223,7 +257,7 @@ int cmdQuantize(const std::vector<std::string>& argv) {
                              {"--cache", "--mode", "--preset", "--config", "--blocksize",
                               "--compute-dtype", "--skip", "--model-id", "--threads"},
                              {"--double-quant", "--no-double-quant", "--no-default-skips",
-                              "--compress-payload", "--quiet"},
+                              "--compress-payload", "--repair", "--quiet"},
                              &a)) {
         return usageError(*err, "quantize");
     }
@@ -304,14 +338,7 @@ int cmdQuantize(const std::vector<std::string>& argv) {
         if (Status st = (*c)->validate(); !st.isOk()) return usageError(st.message(), "quantize");
     }
     int threads = 1;
-    if (auto t = a.value("--threads")) {
-        char* end = nullptr;
-        const long v = std::strtol(t->c_str(), &end, 10);
-        if (end == t->c_str() || *end != 0 || v < 0 || v > 1024) {
-            return usageError("--threads needs an integer in 0..1024", "quantize");
-        }
-        threads = static_cast<int>(v);
-    }
+    if (auto err = parseThreads(a, &threads)) return usageError(*err, "quantize");
 
     IngestOptions opt;
     opt.input = a.positional[0];
@@ -323,18 +350,9 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     opt.defaultSkips = !a.has("--no-default-skips");
     opt.compressPayload = a.has("--compress-payload");
     opt.threads = threads;
+    opt.verifyReused = a.has("--repair");
     const bool tty = ::isatty(STDERR_FILENO) && !a.has("--quiet");
-    if (tty) {
-        opt.progress = [](const IngestProgress& p) {
-            const double rate = p.seconds > 0 ? p.sourceBytesDone / p.seconds : 0;
-            const double left = rate > 0 ? (p.sourceBytesTotal - p.sourceBytesDone) / rate : NAN;
-            std::fprintf(stderr, "\r\033[K  layers %zu/%zu  %s/%s  %s/s  ETA %s  %s",
-                         p.layersDone, p.layersTotal, humanBytes(p.sourceBytesDone).c_str(),
-                         humanBytes(p.sourceBytesTotal).c_str(), humanBytes(rate).c_str(),
-                         clock(left).c_str(), p.currentLayer.c_str());
-            std::fflush(stderr);
-        };
-    }
+    if (tty) opt.progress = printIngestProgress;
     auto sum = ingestCheckpoint(opt);
     if (tty) std::fputs("\n", stderr);
     if (!sum.isOk()) return fail(sum.status());
@@ -351,8 +369,10 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     }
     std::printf("  architecture   %s%s\n", architectureName(sum->architecture),
                 opt.defaultSkips ? "" : " (default skips off)");
-    std::printf("  layers         %zu (%zu written, %zu already complete)\n", sum->layers,
+    std::printf("  layers         %zu (%zu written, %zu already complete", sum->layers,
                 sum->layersWritten, sum->layersReused);
+    if (sum->layersRepaired > 0) std::printf(", %zu damaged ones rewritten", sum->layersRepaired);
+    std::printf(")\n");
     std::printf("  tensors        %zu (%zu imported from bitsandbytes as is)\n", sum->tensors,
                 sum->importedBnbTensors);
     std::printf("  source bytes   %s\n", humanBytes(sum->sourceBytes).c_str());
@@ -540,12 +560,20 @@ int cmdVerify(const std::vector<std::string>& argv) {
         return kExitOk;
     }
     Args a;
-    if (auto err = parseArgs(argv, {"--model-id"}, {}, &a)) return usageError(*err, "verify");
+    if (auto err = parseArgs(argv, {"--model-id", "--threads"}, {"--repair", "--quiet"}, &a)) {
+        return usageError(*err, "verify");
+    }
     if (a.positional.size() != 1) return usageError("verify takes exactly one DIR", "verify");
+    const bool repair = a.has("--repair");
+    if (!repair && (a.has("--threads") || a.has("--quiet"))) {
+        return usageError("--threads and --quiet go with --repair", "verify");
+    }
+    int threads = 1;
+    if (auto err = parseThreads(a, &threads)) return usageError(*err, "verify");
     auto dirs = io::findCacheDirs(a.positional[0]);
     if (!dirs.isOk()) return fail(dirs.status());
     if (dirs->empty()) return fail(Status::notFound("no layer cache under " + a.positional[0]));
-    size_t ok = 0, corrupt = 0, missing = 0, unreadable = 0;
+    size_t ok = 0, corrupt = 0, missing = 0, unreadable = 0, repaired = 0;
     // One line per file: damaged data counts as corrupt (exit 1), a file that cannot be read
     // (permissions, an I/O error) as unreadable (exit 3).
     const auto report = [&](const Status& st, const std::string& what) {
@@ -565,6 +593,8 @@ int cmdVerify(const std::vector<std::string>& argv) {
         }
         if (auto id = a.value("--model-id"); id && m->modelId != *id) continue;
         std::printf("cache %s (model %s)\n", d.c_str(), m->modelId.c_str());
+        // The listed layers' damage, which --repair can undo.
+        const size_t corruptBefore = corrupt, missingBefore = missing, unreadableBefore = unreadable;
         std::vector<std::string> listed;
         for (const auto& ml : m->layers) {
             const std::string path = io::joinPath(d, ml.file);
@@ -591,6 +621,31 @@ int cmdVerify(const std::vector<std::string>& argv) {
                 report(st, "layer " + std::to_string(ml.index) + " (" + ml.name + ")");
             }
         }
+        const size_t badCorrupt = corrupt - corruptBefore, badMissing = missing - missingBefore,
+                     badUnreadable = unreadable - unreadableBefore;
+        if (repair && badCorrupt + badMissing + badUnreadable > 0) {
+            // Rewrites exactly the damaged / missing / unreadable layers; the intact ones are
+            // verified again on the way (the cache may have changed since the pass above).
+            auto opt = ingestOptionsForCache(d);
+            Result<IngestSummary> sum = opt.status();
+            if (opt.isOk()) {
+                opt->threads = threads;
+                if (::isatty(STDERR_FILENO) && !a.has("--quiet")) opt->progress = printIngestProgress;
+                sum = ingestCheckpoint(*opt);
+                if (opt->progress) std::fputs("\n", stderr);
+            }
+            if (sum.isOk()) {
+                std::printf("  REPAIRED %zu layers from %s (%zu intact)\n", sum->layersWritten,
+                            opt->input.c_str(), sum->layersReused);
+                repaired += sum->layersWritten;
+                ok += sum->layersWritten;
+                corrupt -= badCorrupt;
+                missing -= badMissing;
+                unreadable -= badUnreadable;
+            } else {
+                std::printf("  NOT REPAIRED: %s\n", sum.status().toString().c_str());
+            }
+        }
         // Layer files the manifest does not list are verified too.
         auto names = io::listDirectory(d);
         if (names.isOk()) {
@@ -611,7 +666,13 @@ int cmdVerify(const std::vector<std::string>& argv) {
     }
     std::printf("%zu layers ok, %zu corrupt, %zu missing", ok, corrupt, missing);
     if (unreadable > 0) std::printf(", %zu unreadable", unreadable);
+    if (repair) std::printf(" (%zu repaired)", repaired);
     std::printf("\n");
+    if (!repair && corrupt + missing + unreadable > 0) {
+        std::printf("'sli verify %s --repair' quantizes the damaged and missing layers again "
+                    "from their source.\n",
+                    a.positional[0].c_str());
+    }
     if (corrupt > 0) return kExitCorrupt;
     return unreadable > 0 ? kExitIo : kExitOk;
 }

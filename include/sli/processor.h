@@ -16,6 +16,10 @@
 // layers already complete in the cache for the same source and configuration are reused as
 // they are (read their index only, nothing quantized again); missing layers (first use, an
 // interrupted earlier run, a file removed or evicted) are quantized and written atomically.
+// With verifyCache, complete layers are first checked in full (every checksum: a read of the
+// whole cache) and damaged ones are quantized again (build().layersRepaired); without it a
+// damaged layer makes acquire() of it fail naming the layer, tensor and file, until a later
+// open with verifyCache (or `sli verify --repair`) rewrites it.
 // Then it opens an Engine on exactly that cache directory; numLayers / layerNames / acquire
 // pass through to it, and engine() exposes it for everything else (stats, trace). Layer
 // indices are the cache's: execution order, "pre" (embeddings) first when there is one.
@@ -56,6 +60,7 @@ struct ProcessorOptions {
     std::optional<QuantizationConfig> config;
     bool defaultSkips = true;  // keep the registry's embeddings / heads / norms unquantized
     int quantizeThreads = 1;   // kernel threads while quantizing missing layers (0 = all)
+    bool verifyCache = false;  // check complete layers in full at open, rewrite damaged ones
     // Streaming options; cacheDir and modelId are filled in by the processor.
     EngineOptions engine;
 };
@@ -67,6 +72,7 @@ struct ProcessorBuild {
     size_t layers = 0;
     size_t layersWritten = 0;  // quantized and written by this open()
     size_t layersReused = 0;   // already complete: not quantized again
+    size_t layersRepaired = 0;  // damaged (verifyCache) and written again; in layersWritten
     double seconds = 0;        // time spent bringing the cache up to date
 };
 

@@ -602,3 +602,148 @@ TEST_CASE("a bitsandbytes 4-bit set is imported with its bytes and metadata") {
     CHECK(std::memcmp(qt->part(QuantPart::kPayload).data(), packed.data(), 32) == 0);
     CHECK(std::memcmp(qt->part(QuantPart::kQuantMap).data(), qmap.data(), 64) == 0);
 }
+
+namespace {
+
+std::vector<uint8_t> fileBytes(const std::string& path) {
+    auto b = io::readWholeFile(path);
+    REQUIRE(b.isOk());
+    return *b;
+}
+
+void flipByte(const std::string& path, uint64_t offset) {
+    std::FILE* f = std::fopen(path.c_str(), "r+b");
+    REQUIRE(f != nullptr);
+    REQUIRE(std::fseek(f, static_cast<long>(offset), SEEK_SET) == 0);
+    const int c = std::fgetc(f);
+    REQUIRE(c != EOF);
+    REQUIRE(std::fseek(f, static_cast<long>(offset), SEEK_SET) == 0);
+    std::fputc(c ^ 0x10, f);
+    std::fclose(f);
+}
+
+}  // namespace
+
+TEST_CASE("verifyReused quantizes a layer with damaged data again and reuses the intact ones") {
+    TempDir dir;
+    const Ckpt ck = llamaCkpt(2);
+    IngestOptions opt;
+    opt.input = ck.write(dir, "m.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "m";
+    opt.config = getNf4Config();
+    auto first = ingestCheckpoint(opt);
+    if (!first.isOk() && kernelsMissing(first.status())) return;
+    REQUIRE(first.isOk());
+    REQUIRE(first->layers == 4);
+    const std::string path = io::joinPath(first->cacheDir, io::layerFileName(2));
+    const std::vector<uint8_t> clean = fileBytes(path);
+    flipByte(path, clean.size() - 100);  // inside the last extent: the index stays intact
+
+    auto plain = ingestCheckpoint(opt);  // reads indexes only: the damage goes unseen
+    REQUIRE(plain.isOk());
+    CHECK(plain->layersReused == 4);
+    CHECK(plain->layersRepaired == 0);
+    CHECK_FALSE(io::verifyLayerFile(path).isOk());
+
+    opt.verifyReused = true;
+    auto repaired = ingestCheckpoint(opt);
+    REQUIRE(repaired.isOk());
+    CHECK(repaired->layersWritten == 1);
+    CHECK(repaired->layersRepaired == 1);
+    CHECK(repaired->layersReused == 3);
+    CHECK(io::verifyLayerFile(path).isOk());
+    CHECK(fileBytes(path) == clean);  // quantization is deterministic
+
+    // A damaged index is found without verifyReused too, and counted as a repair.
+    opt.verifyReused = false;
+    flipByte(path, 40);
+    auto again = ingestCheckpoint(opt);
+    REQUIRE(again.isOk());
+    CHECK(again->layersRepaired == 1);
+    CHECK(fileBytes(path) == clean);
+}
+
+TEST_CASE("ingestOptionsForCache reads back the options that made a cache") {
+    TempDir dir;
+    const Ckpt ck = llamaCkpt(1);
+    IngestOptions opt;
+    opt.input = ck.write(dir, "m.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "org/m";
+    useAdaptivePolicy(opt, getMixedPrecisionConfig());
+    opt.defaultSkips = false;
+    opt.compressPayload = true;
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE(sum.isOk());
+
+    auto back = ingestOptionsForCache(sum->cacheDir + "/");
+    REQUIRE(back.isOk());
+    CHECK(back->input == opt.input);
+    CHECK(back->modelId == "org/m");
+    CHECK(back->config == opt.config);
+    REQUIRE(back->attentionConfig.has_value());
+    CHECK(*back->attentionConfig == *opt.attentionConfig);
+    REQUIRE(back->ffnConfig.has_value());
+    CHECK(*back->ffnConfig == *opt.ffnConfig);
+    CHECK_FALSE(back->defaultSkips);
+    CHECK(back->compressPayload);
+    CHECK(back->verifyReused);
+    CHECK(ingestPolicyJson(*back) == ingestPolicyJson(opt));
+    auto again = ingestCheckpoint(*back);
+    REQUIRE(again.isOk());
+    CHECK(again->cacheDir == sum->cacheDir);
+    CHECK(again->layersReused == sum->layers);
+
+    // A plain cache: no policy, default skips on, payloads uncompressed.
+    IngestOptions plain;
+    plain.input = opt.input;
+    plain.cacheRoot = opt.cacheRoot;
+    plain.modelId = "m";
+    auto psum = ingestCheckpoint(plain);
+    REQUIRE(psum.isOk());
+    auto pback = ingestOptionsForCache(psum->cacheDir);
+    REQUIRE(pback.isOk());
+    CHECK(pback->config == plain.config);
+    CHECK_FALSE(pback->attentionConfig.has_value());
+    CHECK(pback->defaultSkips);
+    CHECK_FALSE(pback->compressPayload);
+}
+
+TEST_CASE("ingestOptionsForCache refuses a moved cache, a changed source and a vanished one") {
+    TempDir dir;
+    Ckpt ck = llamaCkpt(1);
+    IngestOptions opt;
+    opt.input = ck.write(dir, "m.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "m";
+    auto sum = ingestCheckpoint(opt);
+    REQUIRE(sum.isOk());
+
+    const std::string moved = dir.file("elsewhere");
+    REQUIRE(io::makeDirs(moved).isOk());
+    REQUIRE(std::rename(sum->cacheDir.c_str(), (moved + "/x").c_str()) == 0);
+    auto m = ingestOptionsForCache(moved + "/x");
+    REQUIRE_FALSE(m.isOk());
+    CHECK(m.status().isInvalidArgument());
+    CHECK(m.status().message().find("moved or renamed by hand") != std::string::npos);
+    REQUIRE(std::rename((moved + "/x").c_str(), sum->cacheDir.c_str()) == 0);
+    REQUIRE(ingestOptionsForCache(sum->cacheDir).isOk());
+
+    ck.add("model.extra.weight", {8, 8});  // another header: another fingerprint
+    ck.write(dir, "m.safetensors");
+    auto changed = ingestOptionsForCache(sum->cacheDir);
+    REQUIRE_FALSE(changed.isOk());
+    CHECK(changed.status().message().find("has changed since") != std::string::npos);
+    CHECK(changed.status().message().find(opt.input) != std::string::npos);
+
+    REQUIRE(io::removeFile(opt.input).isOk());
+    auto gone = ingestOptionsForCache(sum->cacheDir);
+    REQUIRE_FALSE(gone.isOk());
+    CHECK(gone.status().isNotFound());
+    CHECK(gone.status().message().find("no longer exists") != std::string::npos);
+
+    auto none = ingestOptionsForCache(dir.file("no-such-cache"));
+    CHECK_FALSE(none.isOk());
+}

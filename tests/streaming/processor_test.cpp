@@ -1,4 +1,5 @@
-// sli::Processor: cache built on first use, reused after, repaired when a layer goes missing,
+// sli::Processor: cache built on first use, reused after, repaired when a layer goes missing
+// or (verifyCache) is damaged,
 // tensors equal to dequantizeLayer of the cached layers, and clear errors for bad options.
 #include "sli/processor.h"
 
@@ -155,6 +156,50 @@ TEST_CASE("a removed layer file is rebuilt on the next open, the others are kept
     CHECK((*p)->build().layersReused == 3);
     CHECK(std::filesystem::exists(victim));
     CHECK(mtimeNs(dir + "/" + io::layerFileName(1)) == keptMtime);
+    checkAgainstCache(**p);
+}
+
+TEST_CASE("damaged layer data fails its acquire until an open with verifyCache rewrites it") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "int8";
+    std::string dir;
+    {
+        auto p = Processor::open(o);
+        if (!p.isOk() && kernelsMissing(p.status())) return;
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        dir = (*p)->build().cacheDir;
+    }
+    const std::string victim = dir + "/" + io::layerFileName(2);
+    {
+        auto idx = io::readLayerIndex(victim);
+        REQUIRE(idx.isOk());  // a payload byte of the last tensor: the index stays intact
+        const auto at = static_cast<std::streamoff>(
+            idx->tensors.back().part(QuantPart::kPayload).offset + 3);
+        std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekg(at);
+        const char c = static_cast<char>(f.get() ^ 0x20);
+        f.seekp(at);
+        f.put(c);
+    }
+    {
+        auto p = Processor::open(o);  // indexes only: the damage is found when streamed
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        CHECK((*p)->build().layersReused == 4);
+        for (int64_t i = 0; i < 2; ++i) CHECK((*p)->acquire(i).isOk());
+        auto bad = (*p)->acquire(2);
+        REQUIRE_FALSE(bad.isOk());
+        CHECK(bad.status().isCorruption());
+        CHECK(bad.status().message().find(victim) != std::string::npos);
+    }
+    o.verifyCache = true;
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    CHECK((*p)->build().layersRepaired == 1);
+    CHECK((*p)->build().layersWritten == 1);
+    CHECK((*p)->build().layersReused == 3);
+    CHECK(io::verifyLayerFile(victim).isOk());
     checkAgainstCache(**p);
 }
 
