@@ -19,6 +19,8 @@
 namespace sli {
 namespace {
 
+constexpr uint64_t kFingerprintSample = 4096;  // bytes per data sample in the fingerprint
+
 Status bad(std::string_view path, std::string_view rule) {
     return Status::invalidArgument("safetensors " + std::string(path) + ": " + std::string(rule));
 }
@@ -383,7 +385,7 @@ Result<SafetensorsModel> SafetensorsModel::open(const std::string& pathIn) {
             XXH3_freeState(hs);
             return f.status();
         }
-        // Fingerprint: shard name, size, and what its header says (names with their lengths,
+        // Fingerprint: shard name, size, what its header says (names with their lengths,
         // offsets, dtype, shape; metadata), so a header that changes in any way changes it.
         auto str = [&](const std::string& v) {
             const uint64_t n = v.size();
@@ -406,6 +408,27 @@ Result<SafetensorsModel> SafetensorsModel::open(const std::string& pathIn) {
         for (const auto& [k, v] : f->header().metadata) {
             str(k);
             str(v);
+        }
+        // And samples of the data: each tensor's first, middle and last 4 KiB (all of a smaller
+        // one), so weights rewritten under an identical header (a fine-tune saved over its
+        // base) change it too, while opening reads at most 12 KiB per tensor.
+        {
+            std::vector<uint8_t> sample(kFingerprintSample);
+            for (const auto& t : f->header().tensors) {
+                const uint64_t n = t.nbytes();
+                const uint64_t len = std::min<uint64_t>(n, kFingerprintSample);
+                uint64_t at[3] = {0, (n - len) / 2 / 4096 * 4096, n - len};
+                const int count = n <= kFingerprintSample ? 1 : n <= 2 * kFingerprintSample ? 2 : 3;
+                if (count == 2) at[1] = at[2];
+                for (int i = 0; i < count && len > 0; ++i) {
+                    const auto out = std::span(sample.data(), static_cast<size_t>(len));
+                    if (Status st = f->readTensorRange(t, at[i], out); !st.isOk()) {
+                        XXH3_freeState(hs);
+                        return st.withContext("fingerprinting " + p);
+                    }
+                    XXH3_64bits_update(hs, out.data(), out.size());
+                }
+            }
         }
         for (const auto& kv : f->header().metadata) m.metadata_.push_back(kv);
         shardIndex[s] = m.shards_.size();

@@ -114,9 +114,11 @@ public:
         return shards_[e.shard].readTensor(*e.info, out);
     }
     uint64_t totalTensorBytes() const;
-    // A stable hex fingerprint of the checkpoint: xxh3-64 over every shard's name, size and
-    // header contents (each tensor's name, offsets, dtype and shape; the metadata). Cheap: it
-    // never reads tensor data, so new weights under an identical header keep the fingerprint.
+    // A stable hex fingerprint of the checkpoint: xxh3-64 over every shard's name, size,
+    // header contents (each tensor's name, offsets, dtype and shape; the metadata) and samples
+    // of each tensor's data (its first, middle and last 4 KiB; all of it when smaller). Cheap:
+    // at most 12 KiB read per tensor. New weights under an identical header (a fine-tune
+    // saved over its base) change it, unless every changed byte lies outside the samples.
     const std::string& fingerprint() const noexcept { return fingerprint_; }
     // Where the model came from (the path given to open()).
     const std::string& source() const noexcept { return source_; }

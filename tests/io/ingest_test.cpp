@@ -219,6 +219,39 @@ TEST_CASE("a checkpoint rewritten with other shapes is quantized again, not reus
     }
 }
 
+TEST_CASE("a checkpoint rewritten with other weights under the same header is quantized again") {
+    TempDir dir;
+    IngestOptions opt;
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = std::string("m");  // not = "...": GCC 12 -Wrestrict false positive
+    std::vector<uint8_t> firstPayload;
+    for (int round = 0; round < 2; ++round) {
+        CAPTURE(round);
+        Ckpt ck;
+        ck.add("model.layers.0.mlp.up_proj.weight", {64, 32});
+        if (round == 1) {  // a "fine-tune": every weight moves a little
+            for (float& x : ck.data[0]) x *= 1.01f;
+            ck.inputs[0].bytes = bytesOf(ck.data[0]);
+        }
+        opt.input = ck.write(dir, "m.safetensors");  // identical header both times
+        auto sum = ingestCheckpoint(opt);
+        REQUIRE(sum.isOk());
+        CHECK(sum->layersWritten == 1);
+        CHECK(sum->layersReused == 0);
+        auto cache = LayerCache::open(opt.cacheRoot);
+        REQUIRE(cache.isOk());
+        auto l = (*cache)->getLayer("m", 0, opt.config);
+        REQUIRE(l.isOk());
+        const auto& part = l->tensors.at(0).parts[0];
+        std::vector<uint8_t> payload(part.data(), part.data() + part.size());
+        if (round == 0) {
+            firstPayload = payload;
+        } else {
+            CHECK(payload != firstPayload);  // the new weights, not the stale cache
+        }
+    }
+}
+
 TEST_CASE("a Llama checkpoint keeps embeddings, norms and lm_head unquantized by default") {
     TempDir dir;
     const Ckpt ck = llamaCkpt(2);
@@ -630,7 +663,7 @@ TEST_CASE("verifyReused quantizes a layer with damaged data again and reuses the
     IngestOptions opt;
     opt.input = ck.write(dir, "m.safetensors");
     opt.cacheRoot = dir.file("cache");
-    opt.modelId = "m";
+    opt.modelId.assign(1, 'm');  // not = "m": a GCC 12 -Wrestrict false positive
     opt.config = getNf4Config();
     auto first = ingestCheckpoint(opt);
     if (!first.isOk() && kernelsMissing(first.status())) return;

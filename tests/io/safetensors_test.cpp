@@ -217,6 +217,39 @@ TEST_CASE("the fingerprint changes with a tensor's shape or the metadata, not wi
     CHECK(fingerprintOf({2, 4}, {{"step", "1000"}}) != base);
 }
 
+TEST_CASE("the fingerprint changes when sampled weights change under an identical header") {
+    TempDir dir;
+    // One tensor of 64 KiB: samples at its first, middle and last 4 KiB.
+    const size_t n = 16384;
+    auto fingerprintWith = [&](size_t at, float value) {
+        std::vector<float> v(n, 0.5f);
+        if (at < n) v[at] = value;
+        const std::string path = dir.file("f.safetensors");
+        const auto bytes = std::span(reinterpret_cast<const uint8_t*>(v.data()), v.size() * 4);
+        REQUIRE(writeSafetensors(path, {{"w", DType::kF32, {128, 128}, bytes}}).isOk());
+        auto m = SafetensorsModel::open(path);
+        REQUIRE(m.isOk());
+        return m->fingerprint();
+    };
+    const std::string base = fingerprintWith(n, 0);
+    CHECK(fingerprintWith(n, 0) == base);
+    CHECK(fingerprintWith(0, -1.0f) != base);             // first sample
+    CHECK(fingerprintWith(7200, -1.0f) != base);          // middle sample: floats 7168..8191
+    CHECK(fingerprintWith(n - 1, -1.0f) != base);         // last sample
+    CHECK(fingerprintWith(n / 4, -1.0f) == base);         // between samples: not read
+    // A fine-tune rewrites every weight: always seen.
+    std::vector<float> tuned(n);
+    for (size_t i = 0; i < n; ++i) tuned[i] = 0.5f + 1e-3f * static_cast<float>(i % 7);
+    const std::string path = dir.file("f.safetensors");
+    REQUIRE(writeSafetensors(path, {{"w", DType::kF32, {128, 128},
+                                     std::span(reinterpret_cast<const uint8_t*>(tuned.data()),
+                                               tuned.size() * 4)}})
+                .isOk());
+    auto m = SafetensorsModel::open(path);
+    REQUIRE(m.isOk());
+    CHECK(m->fingerprint() != base);
+}
+
 TEST_CASE("a missing shard is an error naming the shard") {
     TempDir dir;
     writeShard(dir.file("s1.safetensors"), {"a"});
