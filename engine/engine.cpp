@@ -1268,6 +1268,29 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
                                                          : "explicit plan"));
         }
     }
+    // Every slot leased (CPU slots, or device slots on the GPU path): no slot can be ready for
+    // `pos` nor become ready before a release, which only the caller can do. Refused before
+    // anything changes, so the skipped positions are still there for a retry after a release.
+    auto allLeased = [&]() -> Status {
+        const size_t held = m.gpu() ? m.gpuUses.size() : m.slots.size();
+        // There are prefetchDepth + 1 slots unless the budget holds fewer: name the limit
+        // that actually binds (a larger budget does not help at depth 0).
+        const bool budgetBound = held < static_cast<size_t>(m.opts.prefetchDepth) + 1;
+        return Status::resourceExhausted(
+            "acquire(" + std::to_string(layer) + "): all " + std::to_string(held) +
+            (m.gpu() ? " device" : "") +
+            " layer slots are leased; release earlier layers first (or raise " +
+            (budgetBound ? std::string("the ") + (m.gpu() ? "device" : "host") + " budget"
+                         : std::string("the prefetch depth: the engine keeps depth + 1 slots")) +
+            ")");
+    };
+    const bool everySlotLeased =
+        m.gpu() ? std::all_of(m.gpuUses.begin(), m.gpuUses.end(),
+                              [](const GpuUse& u) { return u.state == GpuState::kLeased; })
+                : std::all_of(m.slots.begin(), m.slots.end(), [](const auto& sp) {
+                      return sp->state == SlotState::kLeased;
+                  });
+    if (everySlotLeased) return allLeased();
     // Drop the positions skipped over (a ready slot linked to a later position still wanted
     // serves that one instead).
     m.nextAcquirePos = pos;
@@ -1329,19 +1352,10 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         }
         if (found >= 0 || foundGpu >= 0) break;
         if (!anyFreeOrPending) {
+            // (not reached with one executor thread: the check above refuses this case before
+            // anything changes, and while this waits no slot becomes leased)
             m.acquireWaiting = false;
-            const size_t held = m.gpu() ? m.gpuUses.size() : m.slots.size();
-            // There are prefetchDepth + 1 slots unless the budget holds fewer: name the limit
-            // that actually binds (a larger budget does not help at depth 0).
-            const bool budgetBound = held < static_cast<size_t>(m.opts.prefetchDepth) + 1;
-            return Status::resourceExhausted(
-                "acquire(" + std::to_string(layer) + "): all " + std::to_string(held) +
-                (m.gpu() ? " device" : "") +
-                " layer slots are leased; release earlier layers first (or raise " +
-                (budgetBound
-                     ? std::string("the ") + (m.gpu() ? "device" : "host") + " budget"
-                     : std::string("the prefetch depth: the engine keeps depth + 1 slots")) +
-                ")");
+            return allLeased();
         }
         m.readyCv.wait(lock);
     }

@@ -1,6 +1,7 @@
 #include "io/cache_manifest.h"
 
 #include <signal.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -117,19 +118,58 @@ Result<CacheManifest> readManifest(const std::string& dir) {
         std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path);
 }
 
+namespace {
+
+bool safeIdByte(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.';
+}
+
+// The longest directory name most file systems take (NAME_MAX).
+constexpr size_t kMaxDirName = 255;
+// '@' and 16 hex digits.
+constexpr size_t kHashSuffix = 17;
+
+// True when the readable spelling below can be decoded back to the id: then no other id
+// spells the same way, and the name is used as is (the folder of every cache written before
+// the hash suffix existed).
+bool plainModelId(std::string_view id) {
+    if (id.empty() || id[0] == '.') return false;
+    for (size_t i = 0; i < id.size(); ++i) {
+        const char c = id[i];
+        if (c == '/') {
+            const bool dashBefore = i > 0 && id[i - 1] == '-';
+            const bool dashAfter = i + 1 < id.size() && id[i + 1] == '-';
+            if (dashBefore || dashAfter) return false;
+        } else if (!safeIdByte(c)) {
+            return false;
+        } else if (c == '-' && i + 1 < id.size() && id[i + 1] == '-') {
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
 std::string modelDirName(std::string_view modelId) {
     std::string out;
     for (char c : modelId) {
         if (c == '/') {
             out += "--";
-        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                   c == '-' || c == '_' || c == '.') {
+        } else if (safeIdByte(c)) {
             out += c;
         } else {
             out += '_';
         }
     }
     if (out.empty() || out[0] == '.') out.insert(out.begin(), '_');
+    if (plainModelId(modelId) && out.size() <= kMaxDirName) return out;
+    if (out.size() > kMaxDirName - kHashSuffix) out.resize(kMaxDirName - kHashSuffix);
+    static constexpr char kHex[] = "0123456789abcdef";
+    const uint64_t h = XXH3_64bits(modelId.data(), modelId.size());
+    out += '@';
+    for (int shift = 60; shift >= 0; shift -= 4) out += kHex[(h >> shift) & 0xf];
     return out;
 }
 

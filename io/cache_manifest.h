@@ -5,7 +5,13 @@
 //                      MANIFEST.json       the expected layers (written before any layer)
 //                      LOCK                flock target (shared: readers, exclusive: writers)
 //                      layer-00000.slc ... one file per layer (docs/cache-format.md)
-// <model dir> is the model id with "/" spelled "--" and other unsafe bytes as "_". The
+// <model dir> is modelDirName(model id), one path component, distinct for distinct ids: the
+// id with "/" spelled "--", other bytes outside [A-Za-z0-9._-] as "_", and a "_" put before an
+// empty or '.'-led result. That spelling is the whole name for a *plain* id — non-empty, not
+// '.'-led, only [A-Za-z0-9._-] and '/', no "--", no '/' next to a '-', and a name of at most
+// 255 bytes — since it decodes back to the id ("org/model" -> "org--model"); every other id
+// ("a--b", "a b", "a-/b") gets the spelling, cut to 238 bytes, then '@' and 16 lowercase hex
+// digits of XXH3-64 of the id's bytes ("a--b@…"). '@' never occurs in a plain name. The
 // manifest is JSON: {"format": 1, "model_id", "config" (QuantizationConfig JSON),
 // "config_fingerprint", "source", "source_fingerprint", ["policy",] ["architecture",]
 // "layers": [{"index", "name", "file", "tensors"}]}. "policy" (optional) is the JSON object

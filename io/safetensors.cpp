@@ -119,6 +119,8 @@ Result<SafetensorsHeader> parseSafetensorsHeader(std::span<const uint8_t> prefix
 
     for (const auto& [name, value] : root.asObject()) {
         if (name == "__metadata__") {
+            // null is "no metadata", as in the reference implementation.
+            if (value.isNull()) continue;
             if (!value.isObject()) return bad(path, "__metadata__ is not an object");
             for (const auto& [k, v] : value.asObject()) {
                 if (!v.isString()) {

@@ -57,7 +57,12 @@
 //
 // Errors: a layer whose read fails or whose checksum does not match makes acquire() of that
 // layer return the error (Corruption / IOError naming layer, tensor and file); other layers
-// still stream. Destroying the engine with reads in flight is clean (it waits for them).
+// still stream. An acquire() made while every slot (on the GPU path, every device slot) is
+// leased returns ResourceExhausted at once instead of waiting for a release that only the
+// caller can make; such a refused acquire has no effect: it consumes no plan positions and
+// recycles no slot, so after a release the same acquire (or one of a layer it would have
+// skipped) is served as if the refused call had never been made. Destroying the engine with
+// reads in flight is clean (it waits for them).
 //
 // Thread safety: acquire() may be called from one executor thread at a time; Lease objects
 // may be released from any thread; stats() and writeTrace() are safe from any thread. On the

@@ -16,7 +16,8 @@
 //   - sorted by begin, the tensors tile the data region exactly: the first begins at 0, each
 //     next one begins where the previous ended (no holes, no overlaps), and the last ends at
 //     the end of the file;
-//   - "__metadata__", when present, is an object whose values are all strings.
+//   - "__metadata__", when present and not null, is an object whose values are all strings
+//     (null reads as no metadata, as the reference implementation does).
 // Tensor data may be unaligned in the file: the reader copies it with pread into the caller's
 // buffer and never dereferences it in place.
 //

@@ -252,6 +252,56 @@ TEST_CASE("a checkpoint rewritten with other weights under the same header is qu
     }
 }
 
+TEST_CASE("models whose ids once shared a cache folder keep separate caches under one root") {
+    // "a/b" and "a--b" (likewise "a b" / "a_b", "a-/b" / "a/-b") were both spelled "a--b"
+    // ("a_b", "a---b"): the second model overwrote the first one's cache.
+    TempDir dir;
+    const Ckpt small = llamaCkpt(1);  // 3 layers
+    const Ckpt large = llamaCkpt(2);  // 4 layers
+    const std::string smallPath = small.write(dir, "small.safetensors");
+    const std::string largePath = large.write(dir, "large.safetensors");
+    const std::vector<std::pair<std::string, std::string>> pairs = {
+        {"a/b", "a--b"}, {"a b", "a_b"}, {"a-/b", "a/-b"}};
+    for (const auto& [first, second] : pairs) {
+        CAPTURE(first);
+        CAPTURE(second);
+        const std::string root = dir.file("cache");
+        std::vector<std::string> cacheDirs;
+        for (const auto& [id, path] : {std::pair{first, smallPath}, std::pair{second, largePath}}) {
+            IngestOptions opt;
+            opt.input = path;
+            opt.cacheRoot = root;
+            opt.modelId = id;
+            opt.config = getInt8Config();
+            auto sum = ingestCheckpoint(opt);
+            if (!sum.isOk() && kernelsMissing(sum.status())) return;
+            REQUIRE_MESSAGE(sum.isOk(), sum.status().toString());
+            CHECK(sum->modelId == id);
+            CHECK(sum->cacheDir == io::cacheDirFor(root, id, opt.config.fingerprint()));
+            cacheDirs.push_back(sum->cacheDir);
+        }
+        CHECK(cacheDirs[0] != cacheDirs[1]);
+        // Both caches are intact: each manifest names its own model and layers, and every
+        // layer file it lists is there and reads back with its model's id.
+        for (size_t k = 0; k < 2; ++k) {
+            const std::string& id = k == 0 ? first : second;
+            auto m = io::readManifest(cacheDirs[k]);
+            REQUIRE_MESSAGE(m.isOk(), m.status().toString());
+            CHECK(m->modelId == id);
+            CHECK(m->layers.size() == (k == 0 ? 3u : 4u));
+            for (const auto& l : m->layers) {
+                const std::string file = io::joinPath(cacheDirs[k], l.file);
+                auto layer = io::readLayerFile(file, true);
+                REQUIRE_MESSAGE(layer.isOk(), layer.status().toString());
+                CHECK(layer->tensors.size() == l.tensors);
+                auto index = io::readLayerIndex(file);
+                REQUIRE(index.isOk());
+                CHECK(index->modelId == id);
+            }
+        }
+    }
+}
+
 TEST_CASE("a Llama checkpoint keeps embeddings, norms and lm_head unquantized by default") {
     TempDir dir;
     const Ckpt ck = llamaCkpt(2);

@@ -78,6 +78,8 @@ std::vector<BadCase> badCases() {
     c.push_back({"data region truncated", stFile(kOne, 5), "truncated"});
     c.push_back({"__metadata__ not an object", stFile(R"({"__metadata__": [1]})", 0), "__metadata__ is not an object"});
     c.push_back({"__metadata__ value not a string", stFile(R"({"__metadata__": {"format": 1}})", 0), "not a string"});
+    c.push_back({"__metadata__ a string", stFile(R"({"__metadata__": "pt"})", 0), "__metadata__ is not an object"});
+    c.push_back({"__metadata__ a number", stFile(R"({"__metadata__": 0})", 0), "__metadata__ is not an object"});
     return c;
 }
 
@@ -126,6 +128,26 @@ TEST_CASE("a valid file with unaligned data and metadata is read exactly") {
     CHECK(std::memcmp(out.data(), bytes.data() + f->header().dataStart + 4, 6) == 0);
     std::vector<uint8_t> wrong(5);
     CHECK(f->readTensor(*b, wrong).isInvalidArgument());
+}
+
+TEST_CASE("a null __metadata__ reads as no metadata") {
+    TempDir dir;
+    const std::string h =
+        R"({"__metadata__": null, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})";
+    const auto bytes = stFile(h, 8);
+    const std::string path = dir.file("null-metadata.safetensors");
+    put(path, bytes);
+    auto f = SafetensorsFile::open(path);
+    REQUIRE(f.isOk());
+    CHECK(f->header().metadata.empty());
+    REQUIRE(f->header().tensors.size() == 1);
+    CHECK(f->header().tensors[0].name == "a");
+    auto parsed = parseSafetensorsHeader(bytes, bytes.size(), path);
+    REQUIRE(parsed.isOk());
+    CHECK(parsed->metadata.empty());
+    std::vector<uint8_t> out(8);
+    REQUIRE(f->readTensor(f->header().tensors[0], out).isOk());
+    CHECK(std::memcmp(out.data(), bytes.data() + f->header().dataStart, 8) == 0);
 }
 
 TEST_CASE("the writer produces files the reader accepts, contents intact") {

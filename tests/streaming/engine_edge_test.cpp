@@ -161,6 +161,80 @@ TEST_CASE("acquire of a negative, out-of-range, held or passed layer fails witho
     checkLayer(*b, tc, 2);
 }
 
+namespace {
+
+std::vector<std::vector<uint8_t>> leaseBytes(const Lease& lease) {
+    std::vector<std::vector<uint8_t>> out;
+    const Layer& t = lease.tensors();
+    for (size_t k = 0; k < t.size(); ++k) {
+        const auto* p = static_cast<const uint8_t*>(t[k].data());
+        out.emplace_back(p, p + t[k].nbytes());
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("an acquire refused because every slot is leased consumes no plan positions") {
+    // Two slots (depth 1), layers 0 and 1 held: acquire(3) is refused. Layer 2 (skipped over
+    // had it been served) is still there after a release, and its tensors are those a fresh
+    // engine hands out.
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNf4);
+    struct Case {
+        const char* what;
+        LayerOrder order;
+        std::vector<int64_t> plan;
+    };
+    for (const Case& c : {Case{"sequential", LayerOrder::kSequential, {}},
+                          Case{"explicit", LayerOrder::kExplicit, {0, 1, 2, 0, 3}},
+                          Case{"cyclic", LayerOrder::kCyclic, {}}}) {
+        SUBCASE(c.what) {
+            EngineOptions o = edgeOptions(tc);
+            o.order = c.order;
+            o.plan = c.plan;
+            o.prefetchDepth = 1;
+            o.recordTrace = true;
+            auto e = Engine::open(o);
+            REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+            auto l0 = (*e)->acquire(0);
+            auto l1 = (*e)->acquire(1);
+            REQUIRE(l0.isOk());
+            REQUIRE(l1.isOk());
+            for (int attempt = 0; attempt < 2; ++attempt) {  // a second refusal changes nothing
+                auto refused = (*e)->acquire(3);
+                REQUIRE_FALSE(refused.isOk());
+                CHECK_MESSAGE(refused.status().isResourceExhausted(), refused.status().toString());
+                CHECK(refused.status().message().find("slots are leased") != std::string::npos);
+            }
+            l0->release();
+            auto l2 = (*e)->acquire(2);
+            REQUIRE_MESSAGE(l2.isOk(), l2.status().toString());
+            checkLayer(*l2, tc, 2);
+            const auto got = leaseBytes(*l2);
+            l2->release();
+            // Position 2 was served, not a later occurrence of layer 2 (cyclic: the next pass).
+            const auto timings = (*e)->timings();
+            REQUIRE(timings.size() == 2);
+            CHECK(timings.back().layer == 2);
+            CHECK(timings.back().sequence == 2);
+            // The rest of the plan is intact too.
+            l1->release();
+            const int64_t next = c.order == LayerOrder::kExplicit ? 0 : 3;
+            auto after = (*e)->acquire(next);
+            REQUIRE_MESSAGE(after.isOk(), after.status().toString());
+            checkLayer(*after, tc, next);
+
+            auto fresh = Engine::open(o);
+            REQUIRE(fresh.isOk());
+            for (int64_t l : {0, 1}) REQUIRE((*fresh)->acquire(l).isOk());
+            auto want = (*fresh)->acquire(2);
+            REQUIRE(want.isOk());
+            CHECK(got == leaseBytes(*want));
+        }
+    }
+}
+
 TEST_CASE("a moved-from lease holds nothing and a moved-to lease releases exactly once") {
     TempDir tmp;
     TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kInt8);
