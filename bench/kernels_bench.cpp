@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <tuple>
 #include <memory>
 #include <random>
 #include <string>
@@ -60,13 +61,25 @@ QuantizedTensorInfo infoFor(QuantizationMode mode, bool dq) {
     return info;
 }
 
-const QuantizedTensor& quantized(QuantizationMode mode, bool dq) {
-    static std::map<std::pair<int, bool>, std::unique_ptr<QuantizedTensor>> cache;
-    auto& slot = cache[{static_cast<int>(mode), dq}];
+// The same values rounded to bf16, as a bf16 checkpoint holds them (its LLM.int8 row scales
+// then have at most 8 significant bits, which the int8 -> bf16 kernel's split-scale path
+// takes; the f32 source's full-precision scales take the two-product path).
+const std::vector<float>& bf16Source() {
+    static const std::vector<float> v = [] {
+        std::vector<float> x = source();
+        for (auto& f : x) f = bf16ToF32(f32ToBf16(f));
+        return x;
+    }();
+    return v;
+}
+
+const QuantizedTensor& quantized(QuantizationMode mode, bool dq, bool fromBf16 = false) {
+    static std::map<std::tuple<int, bool, bool>, std::unique_ptr<QuantizedTensor>> cache;
+    auto& slot = cache[{static_cast<int>(mode), dq, fromBf16}];
     if (!slot) {
         slot = std::make_unique<QuantizedTensor>();
         slot->info = infoFor(mode, dq);
-        if (!kernels::quantize(source(), *slot).isOk()) std::abort();
+        if (!kernels::quantize(fromBf16 ? bf16Source() : source(), *slot).isOk()) std::abort();
     }
     return *slot;
 }
@@ -342,8 +355,9 @@ void bmFloor(benchmark::State& state, Floor f) {
 // paused) by one run of the floor on buffers of its own: counters floor_values/s and vs_floor
 // (total floor time / total kernel time, so > 1 = faster than the floor) come from the same
 // moments of the same run.
-void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType dst, Floor floor) {
-    const QuantizedTensor& q = quantized(mode, dq);
+void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType dst, Floor floor,
+                  bool fromBf16) {
+    const QuantizedTensor& q = quantized(mode, dq, fromBf16);
     AlignedBuffer buf = lineBuffer(static_cast<size_t>(kN) * dtypeSize(dst));
     std::span<uint8_t> out = buf.bytes();
     FloorBuffers fb(floor);
@@ -413,9 +427,16 @@ void registerAll() {
             const Floor f{readTimes2(m.mode), static_cast<int>(dtypeSize(t))};
             benchmark::RegisterBenchmark(
                 ("dequantize/" + std::string(m.name) + "->" + tn + "/" + isa).c_str(), bmDequantize,
-                m.mode, m.dq, t, f)
+                m.mode, m.dq, t, f, false)
                 ->UseRealTime();
         }
+    }
+    // LLM.int8 of a bf16 checkpoint (the common case): row scales with few significant bits.
+    for (auto [t, tn] : outs) {
+        const Floor f{readTimes2(QuantizationMode::kInt8), static_cast<int>(dtypeSize(t))};
+        benchmark::RegisterBenchmark(("dequantize/int8_bf16src->" + std::string(tn) + "/" + isa).c_str(),
+                                     bmDequantize, QuantizationMode::kInt8, false, t, f, true)
+            ->UseRealTime();
     }
     for (const Mode& m : modes) {
         const QuantizedTensor& q = quantized(m.mode, m.dq);
