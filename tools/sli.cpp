@@ -133,8 +133,9 @@ const char* kVerifyHelp =
     "--repair quantizes the damaged and missing layers of each such cache again from\n"
     "the source checkpoint its manifest names, with the configuration it records\n"
     "(what 'sli quantize --repair' would do with the original command), then counts\n"
-    "them as repaired: exit 0 when every listed layer is intact afterwards. The source\n"
-    "must still be there, unchanged. --threads N: kernel threads (default 1; 0 = all\n"
+    "them as repaired: exit 0 when every listed layer is intact afterwards, 3 when a\n"
+    "repair could not be done (1 while corrupt layers remain). The source must still\n"
+    "be there, unchanged. --threads N: kernel threads (default 1; 0 = all\n"
     "cores); --quiet: no progress line.\n";
 
 const char* kExportHelp =
@@ -574,6 +575,7 @@ int cmdVerify(const std::vector<std::string>& argv) {
     if (!dirs.isOk()) return fail(dirs.status());
     if (dirs->empty()) return fail(Status::notFound("no layer cache under " + a.positional[0]));
     size_t ok = 0, corrupt = 0, missing = 0, unreadable = 0, repaired = 0;
+    bool repairFailed = false;
     // One line per file: damaged data counts as corrupt (exit 1), a file that cannot be read
     // (permissions, an I/O error) as unreadable (exit 3).
     const auto report = [&](const Status& st, const std::string& what) {
@@ -644,6 +646,7 @@ int cmdVerify(const std::vector<std::string>& argv) {
                 unreadable -= badUnreadable;
             } else {
                 std::printf("  NOT REPAIRED: %s\n", sum.status().toString().c_str());
+                repairFailed = true;
             }
         }
         // Layer files the manifest does not list are verified too.
@@ -674,7 +677,8 @@ int cmdVerify(const std::vector<std::string>& argv) {
                     a.positional[0].c_str());
     }
     if (corrupt > 0) return kExitCorrupt;
-    return unreadable > 0 ? kExitIo : kExitOk;
+    // A repair asked for and not done (say, of missing layers only) is a failure too.
+    return unreadable > 0 || repairFailed ? kExitIo : kExitOk;
 }
 
 // ---- export -------------------------------------------------------------------------------

@@ -62,10 +62,13 @@ expect_out "NOT REPAIRED: .*source checkpoint $WORK/m has changed" "the changed 
 rm -rf "$WORK/m"
 expect_rc 1 "verify --repair without the source" -- "$SLI" verify "$WORK/c" --repair
 expect_out "NOT REPAIRED: .*source checkpoint $WORK/m .*no longer exists" "the missing source is named"
+rm "$WORK/c/$REL"  # missing only: a repair that cannot be done still fails (exit 3)
+expect_rc 3 "verify --repair of a missing layer without the source" -- "$SLI" verify "$WORK/c" --repair
+expect_out "NOT REPAIRED" "the failed repair of a missing layer is reported"
 mv "$WORK/m.orig" "$WORK/m"
 mkdir -p "$WORK/moved"
 mv "$WORK/c/$(dirname "$(dirname "$REL")")" "$WORK/moved/other"
-expect_rc 1 "verify --repair of a cache moved by hand" -- "$SLI" verify "$WORK/moved" --repair
+expect_rc 3 "verify --repair of a cache moved by hand" -- "$SLI" verify "$WORK/moved" --repair
 expect_out "NOT REPAIRED: .*moved or renamed by hand" "the move is explained"
 # Export refuses damage that touches data it would hand on.
 for what in magic table first-payload late-payload; do
