@@ -146,6 +146,8 @@ struct SlotData {
     uint32_t chunks = 0, landedChunks = 0;
     size_t nextLand = 0;
     Status error;             // first error of this layer (guarded by Impl::mu)
+    // CPU slot classes (Impl::classes): sized for the large layers, which only such slots hold.
+    bool large = false;
     io::PinnedPool::Slot buffer;
     // Output tensors: this slot's stride of Impl::arenas (huge-page memory faulted in at open(),
     // so the first pass through a slot pays no page faults inside the dequant stage).
@@ -197,6 +199,13 @@ struct Engine::Impl {
     uint32_t readChunk = 0;  // bytes per read request (the scheduler's chunk size)
     int depth = 2;
     std::unique_ptr<io::PinnedPool> pool;
+    // CPU slot classes: when a few layers (embeddings, a head) need much more read buffer or
+    // output arena than the rest, `largeSlots` slots (from largePool) are sized for those and
+    // the depth + 1 others for the rest, instead of every slot for the largest (see
+    // chooseSlotClasses). layerLarge: per layer, whether it is one of them.
+    bool classes = false;
+    std::vector<uint8_t> layerLarge;
+    std::unique_ptr<io::PinnedPool> largePool;
     // Every slot's output arena in one allocation: per-slot buffers would each round up to
     // whole pages (and more), which the budget did not count (many slots of tiny layers).
     io::AlignedBuffer arenas;
@@ -250,6 +259,10 @@ struct Engine::Impl {
 
     Status openLayers();
     Status allocate();
+    // Whether slot s may hold `layer` (any slot, unless slot classes are on).
+    bool slotFits(size_t s, int64_t layer) const {
+        return !classes || slots[s]->large == (layerLarge[static_cast<size_t>(layer)] != 0);
+    }
     Status openGpu();
     void pumpGpuLocked(std::unique_lock<std::mutex>& lock);
     void pollCopiesLocked(bool* anyCopying);
@@ -436,17 +449,72 @@ Status Engine::Impl::allocate() {
         opts.workerThreads > 0 ? opts.workerThreads
                                : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     // GPU: the slot also holds the decoded statistics; outputs and scratch live elsewhere.
-    const uint64_t slotRead =
-        alignUp(std::max<uint64_t>(gpu() ? maxRegionBytes : maxDataBytes, 4096), 4096);
+    const auto readCap = [](uint64_t b) { return alignUp(std::max<uint64_t>(b, 4096), 4096); };
     // Output arena stride: page-aligned for real layers, packed at kArenaAlign for tiny ones.
-    const uint64_t hostOut =
-        gpu() || maxOutBytes == 0 ? 0
-        : maxOutBytes < 4096      ? alignUp(maxOutBytes, kArenaAlign)
-                                  : alignUp(maxOutBytes, 4096);
+    const auto outCap = [](uint64_t b) {
+        return b == 0 ? 0 : b < 4096 ? alignUp(b, kArenaAlign) : alignUp(b, 4096);
+    };
+    const uint64_t slotRead = readCap(gpu() ? maxRegionBytes : maxDataBytes);
+    const uint64_t hostOut = gpu() ? 0 : outCap(maxOutBytes);
     const uint64_t perSlot = slotRead + hostOut;
     const uint64_t scratchTotal =
         gpu() ? 0 : alignUp(maxScratch, 4096) * static_cast<uint64_t>(workersWanted);
-    if (opts.hostBudgetBytes < perSlot + scratchTotal) {
+    depth = std::max(0, opts.prefetchDepth);
+    uint64_t want = static_cast<uint64_t>(depth) + 1;
+    if (planFinite()) want = std::min<uint64_t>(want, std::max<uint64_t>(1, planLength()));
+    const uint64_t avail =
+        opts.hostBudgetBytes > scratchTotal ? opts.hostBudgetBytes - scratchTotal : 0;
+    const uint64_t uniformSlots = std::min<uint64_t>(avail / perSlot, want);
+
+    // Slot classes (CPU): a layer is large when its read buffer or output arena exceeds 1.5 x
+    // the median layer's plus 1 MiB. Used when they let the budget hold more slots for the
+    // other layers, or the same number in less memory.
+    uint64_t regRead = slotRead, regOut = hostOut, bigRead = 0, bigOut = 0, nLarge = 0;
+    uint64_t nslots = uniformSlots;
+    if (!gpu() && layers.size() >= 3 && want >= 2) {
+        std::vector<uint64_t> r, o;
+        for (const auto& l : layers) {
+            r.push_back(readCap(l.index.dataBytes()));
+            o.push_back(outCap(l.outBytes));
+        }
+        auto median = [](std::vector<uint64_t> v) {
+            std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+            return v[v.size() / 2];
+        };
+        const uint64_t rMed = median(r), oMed = median(o);
+        std::vector<uint8_t> large(layers.size(), 0);
+        uint64_t cr = 0, co = 0, br = 0, bo = 0, count = 0;
+        for (size_t i = 0; i < layers.size(); ++i) {
+            large[i] = r[i] > rMed + rMed / 2 + (1u << 20) || o[i] > oMed + oMed / 2 + (1u << 20);
+            if (large[i]) {
+                ++count;
+                br = std::max(br, r[i]);
+                bo = std::max(bo, o[i]);
+            } else {
+                cr = std::max(cr, r[i]);
+                co = std::max(co, o[i]);
+            }
+        }
+        if (count > 0) {
+            for (uint64_t nl : {std::min<uint64_t>(2, count), uint64_t{1}}) {
+                const uint64_t big = br + bo, reg = cr + co;
+                if (avail < nl * big + reg) continue;
+                const uint64_t nr = std::min<uint64_t>((avail - nl * big) / reg, want);
+                if (nr > uniformSlots || (nr == uniformSlots && nl * big + nr * reg < nr * perSlot)) {
+                    classes = true;
+                    layerLarge = std::move(large);
+                    regRead = cr;
+                    regOut = co;
+                    bigRead = br;
+                    bigOut = bo;
+                    nLarge = nl;
+                    nslots = nr;
+                }
+                break;
+            }
+        }
+    }
+    if (nslots == 0) {
         return Status::invalidArgument(
             "host budget of " + std::to_string(opts.hostBudgetBytes) + " bytes cannot hold one layer: " +
             "the largest needs " + std::to_string(slotRead) + " bytes of read buffer" +
@@ -455,41 +523,59 @@ Status Engine::Impl::allocate() {
                          " output") +
             " (" + std::to_string(perSlot + scratchTotal) + " bytes in all)");
     }
-    depth = std::max(0, opts.prefetchDepth);
-    const uint64_t fit = (opts.hostBudgetBytes - scratchTotal) / perSlot;
-    uint64_t nslots = std::min<uint64_t>(fit, static_cast<uint64_t>(depth) + 1);
-    if (planFinite()) nslots = std::min<uint64_t>(nslots, std::max<uint64_t>(1, planLength()));
     if (nslots < static_cast<uint64_t>(depth) + 1 && nslots < planLength()) {
         SLI_INFO(kLog, "host budget holds %llu layer slots: prefetch depth lowered from %d to %llu",
                  static_cast<unsigned long long>(nslots), depth,
                  static_cast<unsigned long long>(nslots - 1));
         depth = static_cast<int>(nslots) - 1;
     }
+    if (classes) {
+        SLI_INFO(kLog, "%llu of %zu layers need larger slots: %llu slots of %llu + %llu bytes for "
+                 "them, %llu of %llu + %llu bytes for the others",
+                 static_cast<unsigned long long>(std::count(layerLarge.begin(), layerLarge.end(), 1)),
+                 layers.size(), static_cast<unsigned long long>(nLarge),
+                 static_cast<unsigned long long>(bigRead), static_cast<unsigned long long>(bigOut),
+                 static_cast<unsigned long long>(nslots), static_cast<unsigned long long>(regRead),
+                 static_cast<unsigned long long>(regOut));
+    }
     io::PinnedPoolOptions po;
-    po.budgetBytes = slotRead * nslots;
-    po.slotBytes = slotRead;
-    po.maxSlabBytes = std::max<uint64_t>(1ull << 30, slotRead);
+    po.budgetBytes = regRead * nslots;
+    po.slotBytes = regRead;
+    po.maxSlabBytes = std::max<uint64_t>(1ull << 30, regRead);
     SLI_ASSIGN_OR_RETURN(pool, io::PinnedPool::create(po));
+    if (nLarge > 0) {
+        io::PinnedPoolOptions lo;
+        lo.budgetBytes = bigRead * nLarge;
+        lo.slotBytes = bigRead;
+        lo.maxSlabBytes = std::max<uint64_t>(1ull << 30, bigRead);
+        SLI_ASSIGN_OR_RETURN(largePool, io::PinnedPool::create(lo));
+    }
+    // Arenas: the large slots' first (their strides are the larger ones).
+    const uint64_t arenaBytes = bigOut * nLarge + regOut * nslots;
     if (!gpu()) {
-        SLI_ASSIGN_OR_RETURN(arenas, io::AlignedBuffer::allocate(std::max<uint64_t>(hostOut * nslots, 64)));
+        SLI_ASSIGN_OR_RETURN(arenas, io::AlignedBuffer::allocate(std::max<uint64_t>(arenaBytes, 64)));
         SLI_RETURN_IF_ERROR(io::populateForWrite(arenas.data(), arenas.size()));
     }
-    for (uint64_t s = 0; s < nslots; ++s) {
+    uint64_t arenaOff = 0;
+    for (uint64_t s = 0; s < nLarge + nslots; ++s) {
         auto slot = std::make_unique<SlotData>();
         slot->reuse.reserve(kMaxLinks);  // no allocation when linking
-        SLI_ASSIGN_OR_RETURN(slot->buffer, pool->acquire());
+        slot->large = s < nLarge;
+        SLI_ASSIGN_OR_RETURN(slot->buffer, slot->large ? largePool->acquire() : pool->acquire());
         if (gpu()) {
             slot->gpuViews.resize(maxTensors);
         } else {
-            slot->arena = reinterpret_cast<uint8_t*>(arenas.data()) + s * hostOut;
+            slot->arena = reinterpret_cast<uint8_t*>(arenas.data()) + arenaOff;
+            arenaOff += slot->large ? bigOut : regOut;
         }
         slots.push_back(std::move(slot));
     }
     if (opts.recordTrace) timings.reserve(Engine::kMaxTimings);
-    stats.slots = static_cast<int>(nslots);
+    stats.slots = static_cast<int>(nLarge + nslots);
+    stats.largeSlots = static_cast<int>(nLarge);
     stats.workers = workersWanted;
-    stats.pinnedBytes = pool->stats().totalBytes;
-    stats.hostOutputBytes = hostOut * nslots;
+    stats.pinnedBytes = pool->stats().totalBytes + (largePool ? largePool->stats().totalBytes : 0);
+    stats.hostOutputBytes = gpu() ? 0 : arenaBytes;
     if (gpu()) SLI_RETURN_IF_ERROR(openGpu());
 
     io::ReadSchedulerOptions so;
@@ -503,7 +589,7 @@ Status Engine::Impl::allocate() {
     // Reads in flight are bounded by the prefetch window (depth layers): lower the chunk size
     // so that window still fills the queue depth, or a cold stream leaves the disk idle.
     {
-        const uint64_t window = maxDataBytes * static_cast<uint64_t>(std::max(1, depth));
+        const uint64_t window = (classes ? regRead : maxDataBytes) * static_cast<uint64_t>(std::max(1, depth));
         const uint64_t fill = window / std::max<uint32_t>(1, opts.queueDepth) / 4096 * 4096;
         const uint64_t floor = 256u << 10;
         if (fill < so.chunkBytes) {
@@ -528,7 +614,9 @@ Status Engine::Impl::allocate() {
         Status s = scheduler->registerFile(l.file.fd(), l.file.path());
         if (!s.isOk()) SLI_DEBUG(kLog, "file registration: %s", s.toString().c_str());
     }
-    Status rb = scheduler->registerBuffers(pool->regions());
+    std::vector<io::MemoryRegion> regions(pool->regions().begin(), pool->regions().end());
+    if (largePool) regions.insert(regions.end(), largePool->regions().begin(), largePool->regions().end());
+    Status rb = scheduler->registerBuffers(regions);
     if (!rb.isOk()) SLI_DEBUG(kLog, "fixed buffers not registered: %s", rb.toString().c_str());
     stats.ioBackend = backendName;
     stats.directIo = anyDirect;
@@ -857,20 +945,30 @@ void Engine::Impl::ioLoop() {
             // fewer layers than the depth) is linked to that slot instead of read again.
             // A position unlinked by acquire() (wanted while its slot is still leased) is
             // read first.
+            // Positions are assigned in plan order: with slot classes, one whose class has no
+            // free slot waits, and so do the positions after it.
             while (!rereadPos.empty() && rereadPos.front() < nextAcquirePos) rereadPos.pop_front();
-            for (size_t s = 0; s < slots.size(); ++s) {
-                uint64_t pos;
-                if (!rereadPos.empty()) {
-                    if (slots[s]->state != SlotState::kFree) continue;
-                    pos = rereadPos.front();
+            while (true) {
+                // (links are also made on every acquire and release, when the window moves or
+                // a slot changes: here only while a slot can take a read)
+                if (std::none_of(slots.begin(), slots.end(), [](const auto& sp) {
+                        return sp->state == SlotState::kFree;
+                    })) {
+                    break;
+                }
+                const bool reread = !rereadPos.empty();
+                if (!reread && !linkAheadLocked()) break;  // window full
+                const uint64_t pos = reread ? rereadPos.front() : nextReadPos;
+                size_t s = 0;  // a free slot of the position's class
+                while (s < slots.size() &&
+                       (slots[s]->state != SlotState::kFree || !slotFits(s, planAt(pos)))) {
+                    ++s;
+                }
+                if (s == slots.size()) break;  // none: this position and the next ones wait
+                if (reread) {
                     rereadPos.pop_front();
                 } else {
-                    // (links are also made on every acquire and release, when the window moves
-                    // or a slot changes: here only for a slot that can take a read, which keeps
-                    // a pass linear in the number of slots)
-                    if (slots[s]->state != SlotState::kFree) continue;
-                    if (!linkAheadLocked()) break;  // window full
-                    pos = nextReadPos++;
+                    ++nextReadPos;
                 }
                 SlotData& slot = *slots[s];
                 const int64_t layer = planAt(pos);
@@ -1272,6 +1370,19 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     // `pos` nor become ready before a release, which only the caller can do. Refused before
     // anything changes, so the skipped positions are still there for a retry after a release.
     auto allLeased = [&]() -> Status {
+        if (m.classes) {  // every slot of the layer's class
+            size_t held = 0;
+            for (size_t s = 0; s < m.slots.size(); ++s) held += m.slotFits(s, layer) ? 1 : 0;
+            const bool large = m.layerLarge[static_cast<size_t>(layer)] != 0;
+            return Status::resourceExhausted(
+                "acquire(" + std::to_string(layer) + "): all " + std::to_string(held) +
+                (large ? " slots sized for the largest layers (embeddings, heads)"
+                       : " layer slots for layers of its size") +
+                " are leased; release earlier layers first" +
+                (large ? std::string(" (the engine keeps up to 2 such slots; a larger host "
+                                     "budget does not add more)")
+                       : std::string(" (or raise the prefetch depth or the host budget)")));
+        }
         const size_t held = m.gpu() ? m.gpuUses.size() : m.slots.size();
         // There are prefetchDepth + 1 slots unless the budget holds fewer: name the limit
         // that actually binds (a larger budget does not help at depth 0).
@@ -1287,9 +1398,14 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     const bool everySlotLeased =
         m.gpu() ? std::all_of(m.gpuUses.begin(), m.gpuUses.end(),
                               [](const GpuUse& u) { return u.state == GpuState::kLeased; })
-                : std::all_of(m.slots.begin(), m.slots.end(), [](const auto& sp) {
-                      return sp->state == SlotState::kLeased;
-                  });
+                : [&] {
+                      for (size_t s = 0; s < m.slots.size(); ++s) {
+                          if (m.slotFits(s, layer) && m.slots[s]->state != SlotState::kLeased) {
+                              return false;
+                          }
+                      }
+                      return true;
+                  }();
     if (everySlotLeased) return allLeased();
     // Drop the positions skipped over (a ready slot linked to a later position still wanted
     // serves that one instead).
@@ -1336,7 +1452,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         bool anyFreeOrPending = false;
         for (size_t s = 0; s < m.slots.size(); ++s) {
             SlotData& slot = *m.slots[s];
-            if (slot.state != SlotState::kLeased) anyFreeOrPending = true;
+            if (slot.state != SlotState::kLeased && m.slotFits(s, layer)) anyFreeOrPending = true;
             if (slot.state == SlotState::kReady && slot.pos == pos && !slot.discard) {
                 found = static_cast<int>(s);
             }

@@ -32,8 +32,14 @@
 // but their tensors are freed with the engine and must not be used after it.
 // Memory: everything is allocated at open() from the host budget — `slots` pinned read
 // buffers sized for the largest layer plus as many output tensor sets; steady state allocates
-// nothing. A budget too small for one layer is InvalidArgument at open(), as is any option out
-// of its documented range (the message names the option).
+// nothing. On the CPU path, when a few layers need much more read buffer or output than the
+// median layer (by more than half, plus 1 MiB: typically the embeddings and lm_head of a
+// large-vocabulary model, kept unquantized), those get up to 2 slots of their own size and the
+// others depth + 1 slots of theirs (stats().largeSlots), whenever that lets the budget hold
+// more slots, or as many in less memory. Then at most that many (1 or 2) of the large layers
+// can be leased at once, and a large layer waits for one of those slots (as do the positions
+// after it). A budget too small for one layer is InvalidArgument at open(), as is any option
+// out of its documented range (the message names the option).
 //
 // GPU (device "cuda:N"): the pinned read slots are registered with CUDA once at open(); after
 // a layer's read, worker threads verify its checksums and decompress its statistics into a
@@ -153,6 +159,7 @@ struct EngineStats {
     uint64_t pinnedBytes = 0, hostOutputBytes = 0;
     uint64_t deviceBytes = 0;  // GPU: device buffers held (staging + outputs)
     int slots = 0;
+    int largeSlots = 0;      // CPU: of `slots`, those sized for the large layers (see Memory)
     int workers = 0;         // CPU worker threads (verify, decode, dequantize)
     std::string ioBackend;   // what was actually used: "io_uring" or "pread"
     bool directIo = false;   // whether O_DIRECT was actually used

@@ -40,17 +40,6 @@ void checkRejected(const EngineOptions& o, const std::string& needle) {
     CHECK_MESSAGE(e.status().message().find(needle) != std::string::npos, e.status().toString());
 }
 
-void checkLayer(const Lease& lease, const TestCache& tc, int64_t layer) {
-    const auto want = expectedLayer(tc.files[static_cast<size_t>(layer)], DType::kF32);
-    const Layer& t = lease.tensors();
-    REQUIRE(t.size() == want.size());
-    for (size_t k = 0; k < t.size(); ++k) {
-        REQUIRE(t[k].nbytes() == want[k].size());
-        CHECK_MESSAGE(std::memcmp(t[k].data(), want[k].data(), want[k].size()) == 0,
-                      "layer " << layer << " tensor " << t[k].name());
-    }
-}
-
 std::string readFile(const std::string& path) {
     std::ifstream f(path);
     return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <doctest/doctest.h>
 #include <filesystem>
 #include <span>
 #include <stdexcept>
@@ -167,6 +168,18 @@ inline std::vector<std::vector<uint8_t>> expectedLayer(const std::string& path, 
         out.push_back(std::move(bytes));
     }
     return out;
+}
+
+// Checks a CPU lease of `layer` against expectedLayer() of that layer's file in f32.
+inline void checkLayer(const Lease& lease, const TestCache& tc, int64_t layer) {
+    const auto want = expectedLayer(tc.files[static_cast<size_t>(layer)], DType::kF32);
+    const Layer& t = lease.tensors();
+    REQUIRE(t.size() == want.size());
+    for (size_t k = 0; k < t.size(); ++k) {
+        REQUIRE(t[k].nbytes() == want[k].size());
+        CHECK_MESSAGE(std::memcmp(t[k].data(), want[k].data(), want[k].size()) == 0,
+                      "layer " << layer << " tensor " << t[k].name());
+    }
 }
 
 // Engine options for a test cache: pread (deterministic everywhere), two workers, a 64 MiB
