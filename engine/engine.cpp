@@ -19,7 +19,10 @@
 //                  the slot and wakes the io thread.
 //
 // Memory is fixed at open(): slots x (pinned read buffer of the largest layer's data region +
-// output arena of the largest layer's full-precision tensors) + per-worker scratch.
+// output arena of the largest layer's full-precision tensors) + per-worker scratch. On the CPU
+// path, layers far larger than the median (embeddings, heads) may instead get up to 2 slots
+// of their own size, the others slots of theirs ("slot classes"): such a layer only goes to
+// such a slot, and plan positions are still assigned in order.
 // Pass-through tensors (mode none, stored uncompressed in the output dtype) are verified and
 // handed out straight from the pinned read buffer: no copy, no arena space.
 //
@@ -201,8 +204,8 @@ struct Engine::Impl {
     std::unique_ptr<io::PinnedPool> pool;
     // CPU slot classes: when a few layers (embeddings, a head) need much more read buffer or
     // output arena than the rest, `largeSlots` slots (from largePool) are sized for those and
-    // the depth + 1 others for the rest, instead of every slot for the largest (see
-    // chooseSlotClasses). layerLarge: per layer, whether it is one of them.
+    // the depth + 1 others for the rest, instead of every slot for the largest (chosen in
+    // allocate()). layerLarge: per layer, whether it is one of them.
     bool classes = false;
     std::vector<uint8_t> layerLarge;
     std::unique_ptr<io::PinnedPool> largePool;
