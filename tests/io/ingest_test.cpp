@@ -92,6 +92,15 @@ bool kernelsMissing(const Status& st) {
     return false;
 }
 
+// Layer `index` of opt's cache (model opt.modelId, plain config), read back whole.
+QuantizedLayer cachedLayer(const IngestOptions& opt, int64_t index) {
+    auto cache = LayerCache::open(opt.cacheRoot);
+    REQUIRE(cache.isOk());
+    auto l = (*cache)->getLayer(opt.modelId, index, opt.config);
+    REQUIRE(l.isOk());
+    return std::move(l).value();
+}
+
 QuantizationMode modeOf(const QuantizedLayer& l, const std::string& name) {
     const QuantizedTensor* t = l.find(name);
     REQUIRE(t != nullptr);
@@ -211,11 +220,7 @@ TEST_CASE("a checkpoint rewritten with other shapes is quantized again, not reus
         auto sum = ingestCheckpoint(opt);
         REQUIRE(sum.isOk());
         CHECK(sum->layersWritten == 1);
-        auto cache = LayerCache::open(opt.cacheRoot);
-        REQUIRE(cache.isOk());
-        auto l = (*cache)->getLayer("m", 0, opt.config);
-        REQUIRE(l.isOk());
-        CHECK(l->tensors.at(0).info.shape == shape);
+        CHECK(cachedLayer(opt, 0).tensors.at(0).info.shape == shape);
     }
 }
 
@@ -238,11 +243,8 @@ TEST_CASE("a checkpoint rewritten with other weights under the same header is qu
         REQUIRE(sum.isOk());
         CHECK(sum->layersWritten == 1);
         CHECK(sum->layersReused == 0);
-        auto cache = LayerCache::open(opt.cacheRoot);
-        REQUIRE(cache.isOk());
-        auto l = (*cache)->getLayer("m", 0, opt.config);
-        REQUIRE(l.isOk());
-        const auto& part = l->tensors.at(0).parts[0];
+        const QuantizedLayer l = cachedLayer(opt, 0);
+        const auto& part = l.tensors.at(0).parts[0];
         std::vector<uint8_t> payload(part.data(), part.data() + part.size());
         if (round == 0) {
             firstPayload = payload;

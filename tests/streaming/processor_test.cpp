@@ -102,6 +102,15 @@ bool kernelsMissing(const Status& st) {
     return false;
 }
 
+// Opens (and closes) a processor once to build its cache; its directory, or "" when the
+// kernels are not built.
+std::string buildCache(const ProcessorOptions& o) {
+    auto p = Processor::open(o);
+    if (!p.isOk() && kernelsMissing(p.status())) return {};
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    return (*p)->build().cacheDir;
+}
+
 }  // namespace
 
 TEST_CASE("the first open builds the cache and a second reuses it without quantizing again") {
@@ -140,13 +149,8 @@ TEST_CASE("a removed layer file is rebuilt on the next open, the others are kept
     Checkpoint ck(tmp.path);
     ProcessorOptions o = options(ck.path, tmp.path + "/cache");
     o.preset = "int8";
-    std::string dir;
-    {
-        auto p = Processor::open(o);
-        if (!p.isOk() && kernelsMissing(p.status())) return;
-        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-        dir = (*p)->build().cacheDir;
-    }
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
     const std::string victim = dir + "/" + io::layerFileName(2);
     const int64_t keptMtime = mtimeNs(dir + "/" + io::layerFileName(1));
     REQUIRE(std::filesystem::remove(victim));
@@ -164,13 +168,8 @@ TEST_CASE("damaged layer data fails its acquire until an open with verifyCache r
     Checkpoint ck(tmp.path);
     ProcessorOptions o = options(ck.path, tmp.path + "/cache");
     o.preset = "int8";
-    std::string dir;
-    {
-        auto p = Processor::open(o);
-        if (!p.isOk() && kernelsMissing(p.status())) return;
-        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-        dir = (*p)->build().cacheDir;
-    }
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
     const std::string victim = dir + "/" + io::layerFileName(2);
     {
         auto idx = io::readLayerIndex(victim);
