@@ -285,6 +285,15 @@ std::string human(uint64_t b) {
     return fmt("%llu B", static_cast<unsigned long long>(b));
 }
 
+// "5 slots", or "7 slots (2 sized for the layers far larger than the rest)".
+std::string slotsText(const StreamResult& r) {
+    std::string t = std::to_string(r.slots) + " slots";
+    if (r.largeSlots > 0) {
+        t += " (" + std::to_string(r.largeSlots) + " sized for the layers far larger than the rest)";
+    }
+    return t;
+}
+
 Json num(double d) { return std::isfinite(d) ? Json::number(d) : Json::null(); }
 Json unum(uint64_t u) { return Json::unsignedInteger(u); }
 
@@ -473,6 +482,8 @@ struct RunRecord {
         j.set("read_vs_limit", num(readVsLimit()));
         j.set("peak_rss_bytes", unum(peakRss));
         j.set("pinned_bytes", unum(r.pinnedBytes));
+        j.set("slots", Json::integer(r.slots));
+        j.set("large_slots", Json::integer(r.largeSlots));
         // extras
         j.set("bytes_produced", unum(r.bytesProduced));
         j.set("layers", Json::integer(r.layers));
@@ -836,8 +847,9 @@ int main(int argc, char** argv) {
     std::printf("  (stage times are busy times, the union of per-layer intervals (CPU dequant: workers' busy\n"
                 "   seconds / workers); overlap = wall / slowest stage;\n"
                 "   vs limit: cold = read GB/s / raw O_DIRECT read of the same files, warm = / memcpy;\n"
-                "   naive = pread, verify, dequantize, execute, next layer; pinned bytes %s)\n\n",
-                runs.empty() ? "-" : human(runs.front().r.pinnedBytes).c_str());
+                "   naive = pread, verify, dequantize, execute, next layer; pinned bytes %s, %s)\n\n",
+                runs.empty() ? "-" : human(runs.front().r.pinnedBytes).c_str(),
+                runs.empty() ? "-" : slotsText(runs.front().r).c_str());
 
     // Seed comparison.
     const RunRecord *nfRun = nullptr, *noneRun = nullptr;

@@ -216,6 +216,7 @@ Result<StreamResult> streamEngine(const StreamOptions& o) {
     r.pinnedBytes = st.pinnedBytes;
     r.hostOutputBytes = st.hostOutputBytes;
     r.slots = st.slots;
+    r.largeSlots = st.largeSlots;
     r.backendUsed = st.ioBackend;
     r.directIo = st.directIo;
     r.checksum = exec.checksum();

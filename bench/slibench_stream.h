@@ -70,6 +70,7 @@ struct StreamResult {
     StageTimes stages;
     uint64_t pinnedBytes = 0, hostOutputBytes = 0;
     int slots = 0;
+    int largeSlots = 0;  // of `slots`, those sized for the large layers (EngineStats)
     std::string backendUsed;
     bool directIo = false;
     double checksum = 0;
