@@ -629,13 +629,15 @@ int cmdVerify(const std::vector<std::string>& argv) {
             // Rewrites exactly the damaged / missing / unreadable layers; the intact ones are
             // verified again on the way (the cache may have changed since the pass above).
             auto opt = ingestOptionsForCache(d);
-            Result<IngestSummary> sum = opt.status();
-            if (opt.isOk()) {
+            const auto run = [&]() -> Result<IngestSummary> {
+                if (!opt.isOk()) return opt.status();
                 opt->threads = threads;
                 if (::isatty(STDERR_FILENO) && !a.has("--quiet")) opt->progress = printIngestProgress;
-                sum = ingestCheckpoint(*opt);
+                auto r = ingestCheckpoint(*opt);
                 if (opt->progress) std::fputs("\n", stderr);
-            }
+                return r;
+            };
+            const Result<IngestSummary> sum = run();
             if (sum.isOk()) {
                 std::printf("  REPAIRED %zu layers from %s (%zu intact)\n", sum->layersWritten,
                             opt->input.c_str(), sum->layersReused);
