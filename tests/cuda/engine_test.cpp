@@ -11,6 +11,7 @@
 #include "sli/cuda.h"
 #include "sli/engine.h"
 #include "tests/cuda/test_kernels.h"
+#include "file_damage.h"
 #include "tests/streaming/engine_test_util.h"
 
 namespace sli::cudatest {
@@ -225,15 +226,7 @@ TEST_CASE("engine on cuda: a corrupt layer fails its acquire; the others stream"
     auto idx = io::readLayerIndex(tc.files[2]);
     REQUIRE(idx.isOk());
     const auto& ext = idx->tensors[1].part(QuantPart::kPayload);
-    {
-        std::fstream f(tc.files[2], std::ios::in | std::ios::out | std::ios::binary);
-        char c = 0;
-        f.seekg(static_cast<std::streamoff>(ext.offset + 17));
-        f.read(&c, 1);
-        c = static_cast<char>(c ^ 0x20);
-        f.seekp(static_cast<std::streamoff>(ext.offset + 17));
-        f.write(&c, 1);
-    }
+    REQUIRE(sli::testing::flipByte(tc.files[2], ext.offset + 17));
     auto e = Engine::open(gpuOptions(tc));
     REQUIRE(e.isOk());
     auto stream = gpu::CudaStream::create(0);

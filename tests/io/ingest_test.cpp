@@ -7,6 +7,7 @@
 
 #include "io/cache_format.h"
 #include "io/file.h"
+#include "file_damage.h"
 #include "io_test_util.h"
 #include "io/cache_manifest.h"
 #include "sli/cache.h"
@@ -696,17 +697,6 @@ std::vector<uint8_t> fileBytes(const std::string& path) {
     return *b;
 }
 
-void flipByte(const std::string& path, uint64_t offset) {
-    std::FILE* f = std::fopen(path.c_str(), "r+b");
-    REQUIRE(f != nullptr);
-    REQUIRE(std::fseek(f, static_cast<long>(offset), SEEK_SET) == 0);
-    const int c = std::fgetc(f);
-    REQUIRE(c != EOF);
-    REQUIRE(std::fseek(f, static_cast<long>(offset), SEEK_SET) == 0);
-    std::fputc(c ^ 0x10, f);
-    std::fclose(f);
-}
-
 }  // namespace
 
 TEST_CASE("verifyReused quantizes a layer with damaged data again and reuses the intact ones") {
@@ -723,7 +713,7 @@ TEST_CASE("verifyReused quantizes a layer with damaged data again and reuses the
     REQUIRE(first->layers == 4);
     const std::string path = io::joinPath(first->cacheDir, io::layerFileName(2));
     const std::vector<uint8_t> clean = fileBytes(path);
-    flipByte(path, clean.size() - 100);  // inside the last extent: the index stays intact
+    REQUIRE(sli::testing::flipByte(path, clean.size() - 100));  // last extent: index intact
 
     auto plain = ingestCheckpoint(opt);  // reads indexes only: the damage goes unseen
     REQUIRE(plain.isOk());
@@ -742,7 +732,7 @@ TEST_CASE("verifyReused quantizes a layer with damaged data again and reuses the
 
     // A damaged index is found without verifyReused too, and counted as a repair.
     opt.verifyReused = false;
-    flipByte(path, 40);
+    REQUIRE(sli::testing::flipByte(path, 40));
     auto again = ingestCheckpoint(opt);
     REQUIRE(again.isOk());
     CHECK(again->layersRepaired == 1);

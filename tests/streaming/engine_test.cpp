@@ -17,6 +17,7 @@
 #include "engine/engine_testing.h"
 #include "engine/trace.h"
 #include "engine_test_util.h"
+#include "file_damage.h"
 #include "io/fault_injecting_scheduler.h"
 #include "sli/engine.h"
 #include "sli/quantizer.h"
@@ -135,16 +136,7 @@ TEST_CASE("a corrupt layer fails its acquire naming layer, tensor and file; othe
     auto idx = io::readLayerIndex(tc.files[2]);
     REQUIRE(idx.isOk());
     const auto& ext = idx->tensors[1].part(QuantPart::kPayload);
-    {
-        std::fstream f(tc.files[2], std::ios::in | std::ios::out | std::ios::binary);
-        f.seekp(static_cast<std::streamoff>(ext.offset + 17));
-        char c = 0;
-        f.seekg(static_cast<std::streamoff>(ext.offset + 17));
-        f.read(&c, 1);
-        c = static_cast<char>(c ^ 0x20);
-        f.seekp(static_cast<std::streamoff>(ext.offset + 17));
-        f.write(&c, 1);
-    }
+    REQUIRE(sli::testing::flipByte(tc.files[2], ext.offset + 17));
     EngineOptions o = baseOptions(tc);
     auto e = Engine::open(o);
     REQUIRE(e.isOk());

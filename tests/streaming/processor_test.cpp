@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "engine_test_util.h"
+#include "file_damage.h"
 #include "io/cache_format.h"
 #include "sli/quantizer.h"
 #include "sli/safetensors.h"
@@ -174,13 +175,8 @@ TEST_CASE("damaged layer data fails its acquire until an open with verifyCache r
     {
         auto idx = io::readLayerIndex(victim);
         REQUIRE(idx.isOk());  // a payload byte of the last tensor: the index stays intact
-        const auto at = static_cast<std::streamoff>(
-            idx->tensors.back().part(QuantPart::kPayload).offset + 3);
-        std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
-        f.seekg(at);
-        const char c = static_cast<char>(f.get() ^ 0x20);
-        f.seekp(at);
-        f.put(c);
+        const uint64_t at = idx->tensors.back().part(QuantPart::kPayload).offset + 3;
+        REQUIRE(sli::testing::flipByte(victim, at));
     }
     {
         auto p = Processor::open(o);  // indexes only: the damage is found when streamed
