@@ -15,6 +15,9 @@
 # slibench_cuda_trace.json, cpu.txt, kernels-test.txt, kernels_bench_<isa>.{txt,json}, summary.txt.
 #
 # Usage on the device machine, from the repository root:   bash bench/gpu_check.sh
+# The device tool brings back at most 8 files, so the device call packs the results:
+#   D=$OUT; OUT=/tmp/gc bash bench/gpu_check.sh; rc=$?; tar czf $D/gc.tgz -C /tmp gc;
+#   cp /tmp/gc/summary.txt /tmp/gc/gpu_check.log $D/; exit $rc        (carry: .debs)
 # Environment: OUT, GPU_ARCHS (default 90), JOBS (default nproc), BENCH_ARGS (extra flags for
 # cuda_bench, e.g. "--layers 8"), SLIBENCH_ARGS (extra slibench flags), FORCE_PREFIX=1 (use .debs/ even when the system has the
 # packages; for checking the script on a CPU machine), DEADLINE_S (default 480: every step's
@@ -131,9 +134,10 @@ PC
 fi
 
 step "configure (release, CUDA, sm_$GPU_ARCHS)"
-rm -rf "$BUILD"
-if ! meson setup "$BUILD" --buildtype=release -Dcuda=enabled -Dgpu_archs="$GPU_ARCHS" \
-    -Dio_uring=disabled -Dtests=true -Dbench=true -Dprefer_static=true --wrap-mode=nodownload; then
+if [ "${KEEP_BUILD:-0}" = 1 ] && [ -f "$BUILD/build.ninja" ]; then
+  echo "KEEP_BUILD=1: reusing $BUILD (ninja rebuilds what changed)"
+elif ! { rm -rf "$BUILD"; meson setup "$BUILD" --buildtype=release -Dcuda=enabled -Dgpu_archs="$GPU_ARCHS" \
+    -Dio_uring=disabled -Dtests=true -Dbench=true -Dprefer_static=true --wrap-mode=nodownload; }; then
   cp "$BUILD/meson-logs/meson-log.txt" "$OUT/" 2>/dev/null
   echo "configure failed"
   exit 3
@@ -215,6 +219,18 @@ if timeout "$(budget 120)" ninja -C "$BUILD" -j "$JOBS" tests/kernels/test_kerne
 else
   status=1
   echo "kernel test / bench build FAILED"
+fi
+
+step "compute-sanitizer memcheck of the CUDA tests (informative)"
+if ! command -v compute-sanitizer >/dev/null; then
+  echo "skipped: no compute-sanitizer"
+elif late 60; then
+  echo "skipped: fewer than 60 s left before the deadline"
+else
+  SLI_TEST_DATA="$ROOT/tests" SLI_LOG=error timeout "$(budget 120)" compute-sanitizer --tool memcheck \
+    --error-exitcode 9 "$BUILD/tests/cuda/test_cuda" > "$OUT/memcheck.txt" 2>&1
+  echo "memcheck exit $?"
+  tail -4 "$OUT/memcheck.txt"
 fi
 
 exit $status
