@@ -24,6 +24,7 @@
 #include "engine/gpu/gpu_runtime.h"
 #include "engine/gpu/layer_pipeline.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/quant_rules.h"
 #include "sli/cuda.h"
 
 namespace {
@@ -91,10 +92,13 @@ struct Json {
     }
 };
 
-// A random NF4 tensor description laid out in `region`: payload then absmax (finite).
+// A random NF4 tensor description laid out in `region`: payload, absmax (finite) and the
+// stored quant_map (the NF4 codebook), each part starting on a 4 KiB boundary.
 struct Nf4Layer {
     sli::QuantizedTensorInfo info;
-    size_t payloadBytes = 0, absmaxBytes = 0, bytes = 0;
+    size_t payloadBytes = 0, absmaxBytes = 0, qmapBytes = 0, bytes = 0;
+    size_t absmaxAt() const { return (payloadBytes + 4095) / 4096 * 4096; }
+    size_t qmapAt() const { return absmaxAt() + (absmaxBytes + 4095) / 4096 * 4096; }
 };
 
 Nf4Layer makeNf4Info(int64_t n, bool doubleQuant) {
@@ -108,7 +112,8 @@ Nf4Layer makeNf4Info(int64_t n, bool doubleQuant) {
     l.info.nestedBlocksize = doubleQuant ? 256 : 0;
     l.payloadBytes = l.info.expectedPartBytes(sli::QuantPart::kPayload);
     l.absmaxBytes = l.info.expectedPartBytes(sli::QuantPart::kAbsmax);
-    l.bytes = (l.payloadBytes + 4095) / 4096 * 4096 + (l.absmaxBytes + 4095) / 4096 * 4096;
+    l.qmapBytes = l.info.expectedPartBytes(sli::QuantPart::kQuantMap);
+    l.bytes = l.qmapAt() + (l.qmapBytes + 4095) / 4096 * 4096;
     return l;
 }
 
@@ -116,15 +121,18 @@ void fillNf4(uint8_t* region, const Nf4Layer& l, uint64_t seed) {
     std::mt19937_64 rng(seed);
     auto* p64 = reinterpret_cast<uint64_t*>(region);
     for (size_t i = 0; i < l.payloadBytes / 8; ++i) p64[i] = rng();
-    float* am = reinterpret_cast<float*>(region + (l.payloadBytes + 4095) / 4096 * 4096);
+    float* am = reinterpret_cast<float*>(region + l.absmaxAt());
     for (size_t i = 0; i < l.absmaxBytes / 4; ++i) am[i] = 0.01f + static_cast<float>(i % 97) * 1e-3f;
+    float* qm = reinterpret_cast<float*>(region + l.qmapAt());
+    for (unsigned i = 0; i < l.qmapBytes / 4; ++i) qm[i] = sli::kernels::rules::nf4Value(i);
 }
 
 sli::QuantizedTensorView viewOf(const Nf4Layer& l, const uint8_t* base) {
     sli::QuantizedTensorView v;
     v.info = &l.info;
-    v.parts[0] = {base, l.payloadBytes};
-    v.parts[1] = {base + (l.payloadBytes + 4095) / 4096 * 4096, l.absmaxBytes};
+    v.parts[static_cast<int>(sli::QuantPart::kPayload)] = {base, l.payloadBytes};
+    v.parts[static_cast<int>(sli::QuantPart::kAbsmax)] = {base + l.absmaxAt(), l.absmaxBytes};
+    v.parts[static_cast<int>(sli::QuantPart::kQuantMap)] = {base + l.qmapAt(), l.qmapBytes};
     return v;
 }
 

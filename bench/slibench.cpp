@@ -799,9 +799,12 @@ int main(int argc, char** argv) {
                     SLI_VERSION, c.dir.c_str(), c.name().c_str(), c.files.size(), c.params / 1e6,
                     human(c.fileBytes).c_str(), c.bitsPerWeight());
     }
-    std::printf("machine: %s, %d cores, %s, io_uring %s, CUDA no, kernels %s; load average %s at start, %s at end\n",
+    const std::string cudaWord = device != "cpu"  ? device
+                                 : cuda::built() ? std::string("built, not used (--device cpu)")
+                                                 : std::string("not built");
+    std::printf("machine: %s, %d cores, %s, io_uring %s, CUDA %s, kernels %s; load average %s at start, %s at end\n",
                 mach.cpu.c_str(), mach.cores, mach.kernel.c_str(), mach.uringUsable ? "yes" : "no",
-                mach.isa.c_str(), mach.loadavg.c_str(), loadAverage().c_str());
+                cudaWord.c_str(), mach.isa.c_str(), mach.loadavg.c_str(), loadAverage().c_str());
     std::printf("limits:  raw O_DIRECT read %.2f GB/s (%s, %u KiB chunks x %u in flight, best of 4, "
                 "into %s of memory; largest cache), memcpy %.1f GB/s; page cache dropped before "
                 "cold runs: %s\n",
@@ -840,8 +843,8 @@ int main(int argc, char** argv) {
     }
     if (device != "cpu") {
         for (const auto& r : runs) {
-            std::printf("  %-12s %-5s %-9s h2d %.3f s on %s (CUDA events)\n", r.mode.c_str(),
-                        r.cold ? "cold" : "warm", r.backend.c_str(), r.r.stages.h2d, device.c_str());
+            std::printf("  %-12s %-5s %-9s h2d %.3f ms on %s (CUDA events)\n", r.mode.c_str(),
+                        r.cold ? "cold" : "warm", r.backend.c_str(), r.r.stages.h2d * 1e3, device.c_str());
         }
     }
     std::printf("  (stage times are busy times, the union of per-layer intervals (CPU dequant: workers' busy\n"

@@ -138,8 +138,9 @@ inline void fillBytes(AlignedBuffer& b, std::mt19937_64& rng) {
 
 // A tensor whose parts are random (codes, payload bits) with scales from randomScale(): every
 // decode path, incl. NaN payloads, infinities and subnormals. Not a quantization of anything.
-// finiteOnly: no NaN / inf scales (NaN payloads differ between GPU and CPU arithmetic, which
-// a byte checksum would not forgive).
+// finiteOnly: no NaN anywhere in the output (NaN payloads differ between GPU and CPU
+// arithmetic, which a byte checksum would not forgive): scales finite and |scale| <= 1e4,
+// NaN bit patterns of an unquantized payload turned into infinities.
 inline QuantizedTensor randomTensor(QuantizationMode mode, std::vector<int64_t> shape,
                                     int blocksize, bool doubleQuant, DType stored, uint64_t seed,
                                     bool finiteOnly = false) {
@@ -165,7 +166,9 @@ inline QuantizedTensor randomTensor(QuantizationMode mode, std::vector<int64_t> 
         if (floats) {
             for (size_t k = 0; k < bytes / 4; ++k) {
                 float v = randomScale(rng);
-                if (finiteOnly && !rules::isFinite(v)) v = 1.0f;
+                // |v| <= 1e4 also keeps products of two scales finite (3e38 * 3e38 = inf and
+                // then 0 * inf = NaN in a double-quant absmax).
+                if (finiteOnly && !(v >= -1e4f && v <= 1e4f)) v = 1.0f;
                 b.as<float>()[k] = v;
             }
         } else {
@@ -173,6 +176,26 @@ inline QuantizedTensor randomTensor(QuantizationMode mode, std::vector<int64_t> 
             if (finiteOnly && mode == QuantizationMode::kInt4 && p == QuantPart::kPayload) {
                 for (size_t k = 0; k + 18 <= bytes; k += 18) {
                     if ((b.data()[k + 1] & 0x7c) == 0x7c) b.data()[k + 1] &= 0xbf;  // finite d
+                }
+            }
+            if (finiteOnly && mode == QuantizationMode::kNone && p == QuantPart::kPayload) {
+                // Unquantized random bits: NaN patterns become infinities (still a special
+                // value, but one with a portable bit pattern).
+                if (stored == DType::kF32) {
+                    for (size_t k = 0; k + 4 <= bytes; k += 4) {
+                        uint32_t u;
+                        std::memcpy(&u, b.data() + k, 4);
+                        if ((u & 0x7f800000u) == 0x7f800000u) u &= 0xff800000u;
+                        std::memcpy(b.data() + k, &u, 4);
+                    }
+                } else if (stored == DType::kF16 || stored == DType::kBF16) {
+                    const uint16_t e = stored == DType::kF16 ? 0x7c00 : 0x7f80;
+                    for (size_t k = 0; k + 2 <= bytes; k += 2) {
+                        uint16_t h;
+                        std::memcpy(&h, b.data() + k, 2);
+                        if ((h & e) == e) h = static_cast<uint16_t>(h & (0x8000 | e));
+                        std::memcpy(b.data() + k, &h, 2);
+                    }
                 }
             }
         }
