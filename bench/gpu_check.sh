@@ -123,7 +123,9 @@ Cflags: -I\${includedir}
 PC
   export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$PREFIX/pkgconfig:${PKG_CONFIG_PATH:-}"
   export CPATH="$PREFIX/usr/include:${CPATH:-}"
-  export LIBRARY_PATH="$LIBDIR:${LIBRARY_PATH:-}"
+  # Not LIBRARY_PATH: meson takes its directories for system ones and drops the .pc files' -L,
+  # and the driver searches them after /usr/lib (which may hold another libbenchmark).
+  export LDFLAGS="-L$LIBDIR ${LDFLAGS:-}"
   export LD_LIBRARY_PATH="$LIBDIR:${LD_LIBRARY_PATH:-}"
   if ! command -v pkg-config >/dev/null; then
     export PKG_CONFIG="$PREFIX/usr/bin/pkgconf"

@@ -52,6 +52,7 @@ std::vector<Case> allCases() {
     for (auto mode : {QuantizationMode::kInt8, QuantizationMode::kInt8Dynamic}) {
         cases.push_back({mode, {64, 96}, 0, false, DType::kI8});   // rows aligned to 16
         cases.push_back({mode, {29, 33}, 0, false, DType::kI8});   // chunks straddle rows
+        cases.push_back({mode, {12, 36}, 0, false, DType::kI8});   // rows aligned for f32 items only
         cases.push_back({mode, {5, 1}, 0, false, DType::kI8});
         cases.push_back({mode, {3, 7, 50}, 0, false, DType::kI8});  // 3-d: rows = shape[0]
     }
