@@ -7,6 +7,8 @@
 #   3. runs the CUDA test suite (meson test --suite cuda),
 #   4. runs bench/cuda_bench (H2D, dequant-kernel and pipeline ratios),
 #   5. runs a brief `slibench --tiny --device cuda:0` (sli::Engine on the GPU: h2d stage),
+#      and `sli quantize --device cuda:0` of a small checkpoint against the CPU's cache (nf4,
+#      fp4, int8: every layer file byte-identical),
 #   6. runs the CPU kernel tests on the host CPU (these machines' CPUs usually have AVX-512,
 #      which the development VM lacks: the AVX-512 kernels then run natively, bit-exact
 #      against the scalar reference) and a short kernels_bench per ISA,
@@ -56,6 +58,7 @@ summary() {
     echo "tests: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')"
     grep -E 'ratio|wall' "$OUT/cuda_bench.txt" 2>/dev/null
     grep -E 'h2d' "$OUT/slibench_cuda.txt" 2>/dev/null
+    cat "$OUT/quantize_device.txt" 2>/dev/null
     echo "cpu: $(tr '\n' ' ' 2>/dev/null < "$OUT/cpu.txt")"
     echo "kernel tests: $(grep -E '^\[doctest\] (test cases|Status)' "$OUT/kernels-test.txt" 2>/dev/null | tr '\n' ' ')"
     echo "status: $1   elapsed: $(( $(date +%s) - START ))s"
@@ -192,6 +195,39 @@ sb_rc=${PIPESTATUS[0]}
 if [ "$sb_rc" != 0 ]; then
   status=1
   echo "slibench --device cuda:0 FAILED (exit $sb_rc)"
+fi
+
+step "sli quantize --device cuda:0 vs the CPU (byte-identical caches)"
+if late 100; then
+  echo "skipped: fewer than 100 s left before the deadline"
+elif ! timeout "$(budget 90)" ninja -C "$BUILD" -j "$JOBS" tools/sli >/dev/null; then
+  status=1
+  echo "sli build FAILED"
+else
+  QW="$BUILD/quantize-device"
+  rm -rf "$QW"
+  python3 scripts/make_llama_checkpoint.py "$QW/ckpt" --layers 4 --hidden 256 --intermediate 512 \
+    --vocab 512 --shards 1 --dtype BF16 > /dev/null
+  for mode in nf4 fp4 int8; do
+    extra=""
+    [ "$mode" = int8 ] || extra="--double-quant"
+    # shellcheck disable=SC2086
+    timeout "$(budget 60)" "$BUILD/tools/sli" quantize "$QW/ckpt" --cache "$QW/cpu-$mode" --mode $mode $extra --quiet > "$QW/cpu-$mode.txt" 2>&1
+    # shellcheck disable=SC2086
+    timeout "$(budget 60)" "$BUILD/tools/sli" quantize "$QW/ckpt" --cache "$QW/gpu-$mode" --mode $mode $extra --device cuda:0 --quiet > "$QW/gpu-$mode.txt" 2>&1
+    q_rc=$?
+    grep -E "device|time" "$QW/gpu-$mode.txt"
+    same=0 differ=0
+    while IFS= read -r f; do
+      if cmp -s "$QW/cpu-$mode/$f" "$QW/gpu-$mode/$f"; then same=$((same + 1)); else differ=$((differ + 1)); fi
+    done < <(cd "$QW/cpu-$mode" && find . -name '*.slc' | sort)
+    echo "quantize --device cuda:0 --mode $mode: exit $q_rc, $same layer files identical to the CPU's, $differ differ" \
+      | tee -a "$OUT/quantize_device.txt"
+    if [ "$q_rc" != 0 ] || [ "$differ" != 0 ] || [ "$same" = 0 ]; then
+      status=1
+      tail -3 "$QW/gpu-$mode.txt"
+    fi
+  done
 fi
 
 step "host CPU kernels (AVX-512 natively when this CPU has it)"

@@ -43,6 +43,10 @@ Result<AdaptiveQuantizer> AdaptiveQuantizer::create(QuantizationConfig base,
     return AdaptiveQuantizer(std::move(base), std::move(attention), std::move(ffn), threads);
 }
 
+void AdaptiveQuantizer::setDevice(int cudaDevice) noexcept {
+    for (LayerQuantizer* q : {&base_, &attention_, &ffn_, &keep_}) q->setDevice(cudaDevice);
+}
+
 void AdaptiveQuantizer::setKeywords(std::vector<std::string> attention, std::vector<std::string> ffn) {
     for (auto& k : attention) k = lower(k);
     for (auto& k : ffn) k = lower(k);

@@ -15,6 +15,7 @@
 #include "io/cache_manifest.h"
 #include "io/file.h"
 #include "sli/cache.h"
+#include "sli/cuda.h"
 #include "sli/json.h"
 #include "sli/kernels.h"
 #include "sli/log.h"
@@ -368,6 +369,12 @@ std::string ingestPolicyJson(const IngestOptions& o) {
 Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     const auto t0 = std::chrono::steady_clock::now();
     SLI_RETURN_IF_ERROR(opt.config.validate().withContext("quantization config"));
+    if (opt.device >= 0 && !cuda::deviceAvailable(opt.device)) {
+        return Status::notSupported(
+            "quantize on cuda:" + std::to_string(opt.device) + ": " +
+            (cuda::built() ? "not available (" + std::to_string(cuda::deviceCount()) + " CUDA devices)"
+                           : std::string("this build of sli has no CUDA support")));
+    }
     if (opt.attentionConfig) {
         SLI_RETURN_IF_ERROR(opt.attentionConfig->validate().withContext("attention quantization config"));
     }
@@ -389,6 +396,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                         opt.config.computeDType};
     policy.quantizer.setArchitecture(arch);
     policy.quantizer.setKeepRegistryDefaults(opt.defaultSkips);
+    policy.quantizer.setDevice(opt.device);
 
     // Recorded absolute, so that `sli verify --repair` finds it from any directory.
     std::string sourcePath = opt.input;

@@ -83,6 +83,10 @@ struct IngestOptions {
     bool defaultSkips = true;
     bool compressPayload = false;
     int threads = 1;
+    // CUDA device that quantizes NF4 / FP4 / INT8 tensors (`sli quantize --device cuda:N`);
+    // -1: the CPU. The cache bytes are the same either way (LayerQuantizer::setDevice). A device
+    // that is not available is refused up front (NotSupported), before any file is written.
+    int device = -1;
     // Layers that would be reused are first verified in full (every checksum, decompression,
     // zero padding: what `sli verify` checks). One whose data is damaged (Corruption or
     // NotSupported) is quantized and written again, with a warning naming it and the damage,

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cuda/cuda_kernels.h"
 #include "sli/kernels.h"
 #include "sli/log.h"
 
@@ -240,7 +241,16 @@ Result<QuantizedTensor> LayerQuantizer::quantizeTensorAs(const TensorView& t, Qu
         SLI_RETURN_IF_ERROR(convertToF32(t.dtype, t.data, n, widened.data()).withContext(what));
         src = widened;
     }
-    SLI_RETURN_IF_ERROR(kernels::quantize(src, q, threads_).withContext(what));
+    // 4-bit on the GPU only with the default uint8 quant storage (the device path writes u8).
+    const bool onGpu = device_ >= 0 && (((mode == QuantizationMode::kNf4 ||
+                                          mode == QuantizationMode::kFp4) &&
+                                         info.storedDType == DType::kU8) ||
+                                        mode == QuantizationMode::kInt8);
+    if (onGpu) {
+        SLI_RETURN_IF_ERROR(cuda::quantizeOnDevice(src, q, device_).withContext(what));
+    } else {
+        SLI_RETURN_IF_ERROR(kernels::quantize(src, q, threads_).withContext(what));
+    }
     if (mode == QuantizationMode::kInt8) {
         // LLM.int8 rounds the weights to fp16 first (as bitsandbytes): a row with a value past
         // the fp16 range gets an infinite SCB and dequantizes to NaN / Inf throughout.

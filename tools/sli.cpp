@@ -28,6 +28,7 @@
 #include "io/file.h"
 #include "sli/cache.h"
 #include "sli/config.h"
+#include "sli/cuda.h"
 #include "sli/json.h"
 #include "sli/kernels.h"
 #include "sli/quantizer.h"
@@ -103,6 +104,9 @@ const char* kQuantizeHelp =
     "                               a complete layer's index is read, its data is not)\n"
     "  --model-id ID                default: the input's directory name\n"
     "  --threads N                  kernel threads (default 1; 0 = all cores)\n"
+    "  --device D                   cpu (default) or cuda[:N]: NF4, FP4 and INT8 tensors\n"
+    "                               are quantized on that GPU, to the same bytes as on\n"
+    "                               the CPU (other modes stay on the CPU)\n"
     "  --quiet                      no progress line\n"
     "  --help\n"
     "\n"
@@ -256,7 +260,7 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     Args a;
     if (auto err = parseArgs(argv,
                              {"--cache", "--mode", "--preset", "--config", "--blocksize",
-                              "--compute-dtype", "--skip", "--model-id", "--threads"},
+                              "--compute-dtype", "--skip", "--model-id", "--threads", "--device"},
                              {"--double-quant", "--no-double-quant", "--no-default-skips",
                               "--compress-payload", "--repair", "--quiet"},
                              &a)) {
@@ -340,6 +344,12 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     }
     int threads = 1;
     if (auto err = parseThreads(a, &threads)) return usageError(*err, "quantize");
+    int device = -1;
+    if (auto d = a.value("--device")) {
+        auto dev = cuda::parseDevice(*d);
+        if (!dev.isOk()) return usageError(dev.status().message(), "quantize");
+        device = *dev;
+    }
 
     IngestOptions opt;
     opt.input = a.positional[0];
@@ -351,6 +361,7 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     opt.defaultSkips = !a.has("--no-default-skips");
     opt.compressPayload = a.has("--compress-payload");
     opt.threads = threads;
+    opt.device = device;
     opt.verifyReused = a.has("--repair");
     const bool tty = ::isatty(STDERR_FILENO) && !a.has("--quiet");
     if (tty) opt.progress = printIngestProgress;
@@ -368,6 +379,7 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     } else {
         std::printf("  mode           %s (compute %s)\n", modeName(cfg.mode), dtypeName(cfg.computeDType));
     }
+    if (device >= 0) std::printf("  device         cuda:%d (%s)\n", device, cuda::deviceDescription(device).c_str());
     std::printf("  architecture   %s%s\n", architectureName(sum->architecture),
                 opt.defaultSkips ? "" : " (default skips off)");
     std::printf("  layers         %zu (%zu written, %zu already complete", sum->layers,

@@ -85,6 +85,12 @@ public:
 
     const QuantizationConfig& config() const noexcept { return config_; }
     int threads() const noexcept { return threads_; }
+    // The CUDA device that quantizes NF4 / FP4 / INT8 tensors (-1, the default: the CPU
+    // kernels). The bytes are the CPU quantizer's (kernels/cuda/quant.cuh: the same rules,
+    // IEEE-rounded reciprocals); INT8_DYNAMIC, INT4 and NONE always run on the CPU. A device
+    // that is absent fails each such tensor (NotSupported); check cuda::deviceAvailable() first.
+    void setDevice(int cudaDevice) noexcept { device_ = cudaDevice; }
+    int device() const noexcept { return device_; }
 
     // Quantizes every tensor of `layer` per the policy above. `layerName` (default:
     // layer.name()) names the QuantizedLayer and prefixes tensor names for skip matching;
@@ -127,6 +133,7 @@ public:
 private:
     QuantizationConfig config_;
     int threads_ = 0;
+    int device_ = -1;
 };
 
 // The seed's one-line helpers. `options` fills the rest of the QuantizationConfig (its mode
@@ -178,6 +185,8 @@ public:
     void setArchitecture(Architecture arch) { arch_ = arch; }
     void setUseArchitectureRegistry(bool use) { useRegistry_ = use; }
     void setKeepRegistryDefaults(bool keep) { keepDefaults_ = keep; }
+    // LayerQuantizer::setDevice() for each config's quantizer.
+    void setDevice(int cudaDevice) noexcept;
 
     // The role that picks the config (kAttention, kFfn, or another role meaning "base").
     TensorRole roleOf(std::string_view fullName) const;

@@ -56,6 +56,16 @@ if have_kernels; then
     done
     expect_rc 0 "preset nf4 keeps embeddings unquantized" -- "$SLI" inspect "$WORK/q-nf4"
     expect_out "model.embed_tokens.weight +none" "embeddings stay none"
+    # --device: cpu is the default; a GPU that is not there is refused before anything is
+    # written (bench/gpu_check.sh compares a cuda:0 cache with the CPU's byte for byte).
+    expect_rc 2 "quantize --device with a bad name" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/dv" --mode nf4 --device gpu0
+    expect_out "expected cpu, cuda or cuda:N" "bad device message"
+    expect_rc 1 "quantize on an absent GPU is refused" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/dv" --mode nf4 --device cuda:99
+    expect_out "cuda:99" "absent-device message names it"
+    if [ -z "$(find "$WORK/dv" -name '*.slc' 2>/dev/null)" ]; then pass "nothing written for an absent GPU"; else fail "layer files written for an absent GPU"; fi
+    expect_rc 0 "quantize --device cpu" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/dv" --mode nf4 --device cpu
+    expect_rc 0 "--device cpu reuses the default run's layers" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/q-nf4" --mode nf4 --device cpu
+    expect_out "0 written" "no layer rewritten"
 else
     echo "skip: quantized modes (this build has no quantization kernels yet)"
 fi

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
+#include "sli/quantizer.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace sli::cudatest {
@@ -246,6 +248,66 @@ TEST_CASE("quantizeOnDevice round-trips through the device dequantizer") {
     bad.info.shape = {32, 32};
     bad.info.mode = QuantizationMode::kInt4;
     CHECK(cuda::quantizeOnDevice(std::vector<float>(1024, 1.0f), bad, 0).isNotSupported());
+}
+
+TEST_CASE("LayerQuantizer::setDevice quantizes to the CPU quantizer's bytes (sli quantize --device)") {
+    struct Case {
+        QuantizationConfig config;
+        std::vector<int64_t> shape;
+        DType source;
+    };
+    std::vector<Case> cases;
+    for (bool dq : {false, true}) {
+        QuantizationConfig nf4 = getNf4Config();
+        nf4.doubleQuant = dq;
+        cases.push_back({nf4, {96, 130}, DType::kBF16});
+        QuantizationConfig fp4 = getFp4Config();
+        fp4.doubleQuant = dq;
+        fp4.blocksize = 128;
+        cases.push_back({fp4, {33, 77}, DType::kF32});
+    }
+    cases.push_back({getInt8Config(), {64, 200}, DType::kF16});
+    cases.push_back({getInt8Config(), {7, 1000}, DType::kF32});
+    uint64_t seed = 40;
+    for (const Case& c : cases) {
+        CAPTURE(std::string(modeName(c.config.mode)));
+        CAPTURE(c.config.doubleQuant);
+        CAPTURE(shapeToString(c.shape));
+        const int64_t n = c.shape[0] * c.shape[1];
+        auto x = hardInput(n, seed++);
+        // Finite: a NaN would make the double-quant offset NaN and every nested code alike
+        // (the kernel-level cases above cover non-finite input byte for byte).
+        for (float& v : x) {
+            if (!rules::isFinite(v)) v = 2.5f;
+        }
+        const auto bytes = asType(x, c.source);
+        const TensorView view{"w", c.shape, c.source, bytes.data(), bytes.size()};
+        LayerQuantizer cpu(c.config, 1);
+        LayerQuantizer gpu(c.config, 1);
+        gpu.setDevice(0);
+        auto want = cpu.quantizeTensor(view, "model.layers.0.w");
+        auto got = gpu.quantizeTensor(view, "model.layers.0.w");
+        REQUIRE_MESSAGE(want.isOk(), want.status().toString());
+        REQUIRE_MESSAGE(got.isOk(), got.status().toString());
+        CHECK(got->info.mode == c.config.mode);
+        CHECK(got->info.storedDType == want->info.storedDType);
+        CHECK(floatBits(got->info.nestedOffset) == floatBits(want->info.nestedOffset));
+        for (int p = 0; p < kQuantPartCount; ++p) {
+            CAPTURE(quantPartName(static_cast<QuantPart>(p)));
+            const auto& g = got->parts[static_cast<size_t>(p)];
+            const auto& w = want->parts[static_cast<size_t>(p)];
+            REQUIRE(g.size() == w.size());
+            CHECK((g.size() == 0 || std::memcmp(g.data(), w.data(), g.size()) == 0));
+        }
+    }
+    // A device that does not exist fails the tensor with an error naming it.
+    LayerQuantizer absent(getNf4Config(), 1);
+    absent.setDevice(99);
+    const std::vector<uint8_t> one(64 * 64 * 4, 0);
+    const std::vector<int64_t> shape = {64, 64};
+    auto r = absent.quantizeTensor(TensorView{"w", shape, DType::kF32, one.data(), one.size()},
+                                   "model.layers.0.w");
+    CHECK_FALSE(r.isOk());
 }
 
 }  // namespace
