@@ -79,8 +79,8 @@ const CpuKernels* avx512Kernels() noexcept;
 // block, NaN, huge and subnormal values) and compares the bits. Returns the name of the first
 // entry that disagrees, or an empty string. Dispatch runs it on the table it is about to use
 // (about 1 ms: 0.7-0.8 ms for AVX2 on the development VM) and falls back to the next ISA if it
-// fails: a guard for tables that have never run on real hardware of their ISA before (the
-// AVX-512 one, verified by emulation).
+// fails: a guard for a table on hardware it has not been checked on (the AVX-512 one is
+// verified by emulation in CI and ran natively on one AVX-512 Xeon so far).
 std::string selfTestAgainstReference(const CpuKernels& k);
 // Test only (tests/kernels, when SIMDe is installed): the AVX-512 bodies built with the AVX2
 // flags on SIMDe's emulated intrinsics. Runs on any CPU that can run avx2Kernels().

@@ -16,8 +16,10 @@
 // _mm512_* intrinsics come from <simde/x86/avx512.h> (Debian libsimde-dev), and the few that
 // SIMDe 0.7 lacks come from the shims below, built from the equivalent AVX2 / F16C
 // instructions on the two 256-bit halves (the streaming-store shim also aborts on a misaligned
-// address, as the real instruction faults). The native build is compiled and linked but was
-// never executed there, and its speed is unmeasured until a run on an AVX-512 host:
+// address, as the real instruction faults). The native build runs on AVX-512 hosts: on
+// 2026-11-27 bench/gpu_check.sh ran tests/kernels natively on the H200 machine's Xeon (AVX-512
+// F/DQ/BW/VL; all passed, the start-up self-test kept the table) and measured it
+// (docs/benchmarks.md, "AVX-512 natively"):
 //   SLI_ISA=avx512 build/bench/kernels_bench --benchmark_filter='dequantize/|quantize_kernel'
 //
 // Same rules as x86_avx2_impl.h: pure functions (no state, no allocation, no blocking, safe
