@@ -3,6 +3,7 @@
 
 #include "engine/ingest.h"
 #include "io/file.h"
+#include "sli/cuda.h"
 #include "sli/quantizer.h"
 
 namespace sli {
@@ -55,6 +56,7 @@ Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
     ingest.defaultSkips = o.defaultSkips;
     ingest.threads = o.quantizeThreads;
     ingest.verifyReused = o.verifyCache;
+    if (auto d = cuda::parseDevice(o.engine.device); d.isOk()) ingest.device = *d;
     SLI_RETURN_IF_ERROR(chooseConfig(o, ingest));
 
     // Complete layers are reused (index read only); missing ones are quantized and written.

@@ -61,7 +61,10 @@ struct ProcessorOptions {
     bool defaultSkips = true;  // keep the registry's embeddings / heads / norms unquantized
     int quantizeThreads = 1;   // kernel threads while quantizing missing layers (0 = all)
     bool verifyCache = false;  // check complete layers in full at open, rewrite damaged ones
-    // Streaming options; cacheDir and modelId are filled in by the processor.
+    // Streaming options; cacheDir and modelId are filled in by the processor. With
+    // engine.device "cuda:N", missing NF4 / FP4 / INT8 layers are quantized on that GPU too
+    // (the same bytes as on the CPU); a device that is not available fails open() before any
+    // layer is written.
     EngineOptions engine;
 };
 

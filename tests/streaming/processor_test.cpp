@@ -112,6 +112,15 @@ std::string buildCache(const ProcessorOptions& o) {
     return (*p)->build().cacheDir;
 }
 
+// True when a layer file (*.slc) exists anywhere under `root`.
+bool anyLayerFile(const std::string& root) {
+    if (!std::filesystem::exists(root)) return false;
+    for (auto& e : std::filesystem::recursive_directory_iterator(root)) {
+        if (e.path().extension() == ".slc") return true;
+    }
+    return false;
+}
+
 }  // namespace
 
 TEST_CASE("the first open builds the cache and a second reuses it without quantizing again") {
@@ -284,13 +293,16 @@ TEST_CASE("bad processor options give clear errors") {
         auto p = Processor::open(options(bad, root));
         REQUIRE_FALSE(p.isOk());
         CHECK(p.status().message().find("bad.safetensors") != std::string::npos);
-        bool anyLayer = false;
-        if (std::filesystem::exists(root)) {
-            for (auto& e : std::filesystem::recursive_directory_iterator(root)) {
-                anyLayer = anyLayer || e.path().extension() == ".slc";
-            }
-        }
-        CHECK_FALSE(anyLayer);
+        CHECK_FALSE(anyLayerFile(root));
+    }
+    SUBCASE("a GPU that is not there fails before any layer is written") {
+        ProcessorOptions o = options(ck.path, root);
+        o.engine.device = "cuda:99";
+        auto p = Processor::open(o);
+        REQUIRE_FALSE(p.isOk());
+        CHECK(p.status().isNotSupported());
+        CHECK(p.status().message().find("cuda:99") != std::string::npos);
+        CHECK_FALSE(anyLayerFile(root));
     }
     SUBCASE("a host budget too small for one layer") {
         ProcessorOptions o = options(ck.path, root);
