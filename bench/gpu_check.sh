@@ -12,9 +12,12 @@
 #   6. runs the CPU kernel tests on the host CPU (these machines' CPUs usually have AVX-512,
 #      which the development VM lacks: the AVX-512 kernels then run natively, bit-exact
 #      against the scalar reference) and a short kernels_bench per ISA,
+#   7. when time is left: slibench's default model on cuda:0 (real layer sizes) and a
+#      compute-sanitizer memcheck of the CUDA tests,
 # and writes everything under $OUT (default ./gpu-check-out): gpu_check.log, nvidia-smi.txt,
 # meson-testlog.txt, cuda_bench.txt, cuda_bench.json, slibench_cuda.txt, slibench_cuda.json,
-# slibench_cuda_trace.json, cpu.txt, kernels-test.txt, kernels_bench_<isa>.{txt,json}, summary.txt.
+# slibench_cuda_trace.json, quantize_device.txt, cpu.txt, kernels-test.txt,
+# kernels_bench_<isa>.{txt,json}, slibench_cuda_full.{txt,json}, memcheck.txt, summary.txt.
 #
 # Usage on the device machine, from the repository root:   bash bench/gpu_check.sh
 # The device tool brings back at most 8 files, so the device call packs the results:
@@ -259,6 +262,22 @@ if timeout "$(budget 120)" ninja -C "$BUILD" -j "$JOBS" tests/kernels/test_kerne
 else
   status=1
   echo "kernel test / bench build FAILED"
+fi
+
+step "slibench on cuda:0, default model (engine on the GPU at real layer sizes)"
+if late 200; then
+  echo "skipped: fewer than 200 s left before the deadline"
+else
+  # shellcheck disable=SC2086
+  timeout "$(budget 180)" "$BUILD/bench/slibench" --device cuda:0 --workdir "$BUILD/slibench-full" \
+    --json "$OUT/slibench_cuda_full.json" ${SLIBENCH_ARGS:-} > "$OUT/slibench_cuda_full.txt" 2>&1
+  full_rc=$?
+  grep -E "^  (none|int8|nf4|fp4|int4) |Headline|wall / slowest|h2d" "$OUT/slibench_cuda_full.txt"
+  if [ "$full_rc" != 0 ]; then
+    status=1
+    echo "slibench --device cuda:0 (default model) FAILED (exit $full_rc)"
+    tail -5 "$OUT/slibench_cuda_full.txt"
+  fi
 fi
 
 step "compute-sanitizer memcheck of the CUDA tests (informative)"
