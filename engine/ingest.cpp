@@ -408,6 +408,11 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     }
 
     IngestSummary sum;
+    std::string firstFp8;  // for the warning on FP8 tensors kept as stored
+    const auto countFp8 = [&](const QuantizedTensorInfo& info, const std::string& fullName) {
+        if (info.storedDType != DType::kF8E4M3 && info.storedDType != DType::kF8E5M2) return;
+        if (sum.fp8TensorsKept++ == 0) firstFp8 = fullName;
+    };
     sum.architecture = arch;
     sum.modelId = opt.modelId.empty() ? defaultModelId(opt.input) : opt.modelId;
     if (sum.modelId.empty()) {
@@ -477,6 +482,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
             ++sum.layersReused;
             ++prog.layersReused;
             for (const auto& te : existing->tensors) {
+                countFp8(te.info, tensorFullName(lp.name, te.info.name));
                 sum.storedBytes += te.rawBytes();
                 sum.weights += static_cast<uint64_t>(std::max<int64_t>(0, te.info.numel()));
             }
@@ -495,6 +501,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                     return qt.status().withContext("layer " + std::to_string(lp.index) + " (" + lp.name + ")");
                 }
                 if (ct.kind != CheckpointTensor::Kind::kPlain) ++sum.importedBnbTensors;
+                countFp8(qt->info, tensorFullName(lp.name, ct.name));
                 sum.weights += static_cast<uint64_t>(std::max<int64_t>(0, qt->info.numel()));
                 layer.tensors.push_back(std::move(*qt));
             }
@@ -517,6 +524,16 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         if (opt.progress) opt.progress(prog);
     }
     sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const bool quantizing = opt.config.mode != QuantizationMode::kNone ||
+                            (opt.attentionConfig && opt.attentionConfig->mode != QuantizationMode::kNone) ||
+                            (opt.ffnConfig && opt.ffnConfig->mode != QuantizationMode::kNone);
+    if (sum.fp8TensorsKept > 0 && quantizing) {
+        SLI_WARN("engine",
+                 "%s: %zu FP8 tensor(s) (the first: %s) kept as stored, not quantized: FP8 values "
+                 "are not requantized, and the checkpoint's scale tensors are kept as ordinary "
+                 "tensors, not applied",
+                 model.source().c_str(), sum.fp8TensorsKept, firstFp8.c_str());
+    }
     return sum;
 }
 

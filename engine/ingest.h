@@ -115,6 +115,11 @@ struct IngestSummary {
     size_t layersRepaired = 0;  // damaged layers written again (verifyReused); in layersWritten
     size_t tensors = 0;
     size_t importedBnbTensors = 0;
+    // FP8 (F8_E4M3 / F8_E5M2) tensors kept as stored, whatever the mode: their values are
+    // not quantized further, and an FP8 checkpoint's scale tensors (e.g. weight_scale_inv) are
+    // ordinary tensors here, never applied; the engine hands FP8 tensors out as FP8. A warning
+    // says so when a quantizing mode was asked for.
+    size_t fp8TensorsKept = 0;
     uint64_t sourceBytes = 0;
     uint64_t cacheBytes = 0;   // file bytes of the cache's layer files
     uint64_t storedBytes = 0;  // bytes of the quantized parts

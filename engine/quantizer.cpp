@@ -38,8 +38,12 @@ Result<int64_t> checkView(const TensorView& t, std::string_view fullName) {
         return Status::invalidArgument(what + " is empty (shape " + shapeToString(t.shape) + ")");
     }
     if (t.dtype == DType::kF8E4M3 || t.dtype == DType::kF8E5M2) {
+        // The values would widen exactly, but an FP8 checkpoint's weights mean value x scale,
+        // with scale tensors in a layout of its own (per tensor, per row, per 128 x 128 block)
+        // that the quantizer does not interpret: it would quantize the wrong numbers.
         return Status::notSupported(what + ": dtype " + dtypeName(t.dtype) +
-                                    " cannot be widened exactly to f32 for quantization");
+                                    " is not quantized (an FP8 checkpoint's scale tensors are "
+                                    "not interpreted; `sli quantize` keeps FP8 tensors as stored)");
     }
     if (static_cast<uint64_t>(*n) > std::numeric_limits<size_t>::max() / dtypeSize(t.dtype)) {
         // The byte count would wrap around and could then match a too-short `nbytes`.

@@ -386,8 +386,10 @@ int cmdQuantize(const std::vector<std::string>& argv) {
                 sum->layersWritten, sum->layersReused);
     if (sum->layersRepaired > 0) std::printf(", %zu damaged ones rewritten", sum->layersRepaired);
     std::printf(")\n");
-    std::printf("  tensors        %zu (%zu imported from bitsandbytes as is)\n", sum->tensors,
+    std::printf("  tensors        %zu (%zu imported from bitsandbytes as is", sum->tensors,
                 sum->importedBnbTensors);
+    if (sum->fp8TensorsKept > 0) std::printf(", %zu fp8 kept as stored", sum->fp8TensorsKept);
+    std::printf(")\n");
     std::printf("  source bytes   %s\n", humanBytes(sum->sourceBytes).c_str());
     std::printf("  cache bytes    %s (ratio %.3f)\n", humanBytes(sum->cacheBytes).c_str(), ratio);
     std::printf("  bits/weight    %.3f\n", bpw);

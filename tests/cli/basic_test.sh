@@ -64,6 +64,18 @@ if have_kernels; then
     expect_out "cuda:99" "absent-device message names it"
     if [ -z "$(find "$WORK/dv" -name '*.slc' 2>/dev/null)" ]; then pass "nothing written for an absent GPU"; else fail "layer files written for an absent GPU"; fi
     expect_rc 0 "quantize --device cpu" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/dv" --mode nf4 --device cpu
+    # FP8 tensors are kept as stored (their scales are not interpreted), with a warning
+    # when a quantizing mode was asked for, and counted in the summary.
+    $ST synth "$WORK/fp8.safetensors" model.layers.0.mlp.up_proj.weight=64x64@F8_E4M3 \
+        model.layers.0.mlp.down_proj.weight=64x64
+    expect_rc 0 "quantize an fp8 checkpoint to nf4" -- env SLI_LOG=warn "$SLI" quantize "$WORK/fp8.safetensors" --cache "$WORK/f8" --mode nf4
+    expect_out "1 fp8 kept as stored" "summary counts the fp8 tensor"
+    expect_out "FP8 tensor.*up_proj.weight.*kept as stored" "warning names the fp8 tensor"
+    expect_rc 0 "inspect the fp8 cache" -- "$SLI" inspect "$WORK/f8"
+    expect_out "up_proj.weight +none +f8_e4m3" "fp8 tensor stored as f8_e4m3"
+    expect_out "down_proj.weight +nf4" "the f32 tensor beside it is quantized"
+    expect_rc 0 "quantize the fp8 checkpoint in mode none" -- env SLI_LOG=warn "$SLI" quantize "$WORK/fp8.safetensors" --cache "$WORK/f8n" --mode none
+    if grep -q "FP8 tensor" "$WORK/out"; then fail "mode none warned about fp8"; else pass "no fp8 warning in mode none"; fi
     expect_rc 0 "--device cpu reuses the default run's layers" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/q-nf4" --mode nf4 --device cpu
     expect_out "0 written" "no layer rewritten"
 else

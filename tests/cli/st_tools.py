@@ -8,8 +8,10 @@
                                                   the golden vectors (bytes bnb produced)
   st_tools.py flip FILE OFFSET                    xor one byte
   st_tools.py json-get FILE KEY...                print a value from a JSON document
-  st_tools.py synth OUT NAME=D0xD1... ...          an F32 checkpoint with those tensors
-                                                  (deterministic values, about +-0.05)
+  st_tools.py synth OUT NAME=D0xD1[@F8_E4M3] ...  a checkpoint with those tensors: F32
+                                                  (deterministic values, about +-0.05) or,
+                                                  with @F8_E4M3, deterministic FP8 bytes
+                                                  (no NaN pattern)
   st_tools.py transposed A NAME B NAME2           tensor NAME of A transposed (2-D) has the
                                                   shape of NAME2 in B (exit 1 otherwise)
 """
@@ -149,11 +151,17 @@ def main():
     if cmd == "synth":
         t = []
         for k, arg in enumerate(sys.argv[3:]):
-            name, dims = arg.split("=")
+            name, spec = arg.split("=")
+            dims, _, dtype = spec.partition("@")
             shape = [int(d) for d in dims.split("x")]
             n = 1
             for d in shape:
                 n *= d
+            if dtype == "F8_E4M3":
+                raw = bytes(b ^ 1 if (b & 0x7F) == 0x7F else b
+                            for b in ((i * 37 + k * 11) % 256 for i in range(n)))
+                t.append((name, "F8_E4M3", shape, raw))
+                continue
             vals = [math.sin((i * 7 + k * 131) * 0.37) * 0.05 for i in range(n)]
             t.append((name, "F32", shape, struct.pack("<%df" % n, *vals)))
         write_st(sys.argv[2], t)
