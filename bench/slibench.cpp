@@ -888,10 +888,13 @@ int main(int argc, char** argv) {
     const bool okOv = ovNoop && ov <= 1.10;
     const uint64_t rssLimit = budget8 + (64ull << 20);
     const bool okRss = rssRun && childPeak <= rssLimit;
-    std::printf("Targets (issue 5)\n");
+    // A --tiny model's runs last milliseconds: its ratios say nothing about the targets.
+    const auto verdict = [&](bool ok) { return o.tiny ? std::string("(not judged: --tiny)") : pass(ok); };
+    std::printf(o.tiny ? "Targets (issue 5; a --tiny run checks that they are computed, not whether they are met)\n"
+                       : "Targets (issue 5)\n");
     std::printf("  cold read (engine, no-op consumer) vs raw O_DIRECT %s read, %s cache, median of %d alternating: %.2f / %.2f GB/s = %.3f (>= 0.95) %s\n"
                 "    (engine GB/s:%s; raw GB/s:%s; median of pairwise ratios %.3f)\n",
-                rawBackendName.c_str(), acc.name().c_str(), o.repeat, medEng, medRaw, readRatio, pass(okRead).c_str(),
+                rawBackendName.c_str(), acc.name().c_str(), o.repeat, medEng, medRaw, readRatio, verdict(okRead).c_str(),
                 list(engRead).c_str(), list(rawRead).c_str(), medPair);
     if (!rawVerifyRead.empty()) {
         const double medRv = median(rawVerifyRead);
@@ -903,13 +906,13 @@ int main(int argc, char** argv) {
         std::printf("  wall / slowest stage (read %.3f, dequant %.3f), %s: %.3f s / %.3f s = %.3f (<= 1.10) %s\n"
                     "    (with the executor on the same cores, %s: %.3f s / %.3f s = %.3f)\n",
                     ovNoop->r.stages.read, ovNoop->r.stages.dequant, ovNoop->name.c_str(),
-                    ovNoop->r.wallSeconds, ovNoop->r.stages.slowest(), ov, pass(okOv).c_str(),
+                    ovNoop->r.wallSeconds, ovNoop->r.stages.slowest(), ov, verdict(okOv).c_str(),
                     ovRun->name.c_str(), ovRun->r.wallSeconds, ovRun->r.stages.slowest(), ovRun->r.overlap());
     }
     if (rssRun) {
         std::printf("  peak RSS streaming the %s cache (%s) with a budget of 1/8 (%s, %d slots): %s <= %s %s\n",
                     big.name().c_str(), human(big.fileBytes).c_str(), human(budget8).c_str(), rssRun->r.slots,
-                    human(childPeak).c_str(), human(rssLimit).c_str(), pass(okRss).c_str());
+                    human(childPeak).c_str(), human(rssLimit).c_str(), verdict(okRss).c_str());
     } else {
         std::printf("  peak RSS with a budget of 1/8 of the %s cache: not measured (%s)\n",
                     big.name().c_str(), rssNote.c_str());
@@ -1050,6 +1053,7 @@ int main(int argc, char** argv) {
         a3.set("met", Json::boolean(okRss));
         if (!rssRun) a3.set("note", Json::string(rssNote));
         a.set("peak_rss_at_budget_1_8", std::move(a3));
+        a.set("judged", Json::boolean(!o.tiny));  // a --tiny model's ratios are not target runs
         root.set("acceptance", std::move(a));
         root.set("nf4_vs_none_load_speedup", nfSpeed > 0 ? num(nfSpeed) : Json::null());
         root.set("total_s", num(totalSeconds));

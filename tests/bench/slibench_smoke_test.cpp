@@ -27,22 +27,28 @@ struct TempDir {
 
 struct RunOutput {
     int status = -1;
+    std::string out;
     std::string err;
 };
 
-// Runs slibench with `args`; stdout discarded, stderr captured.
+// Runs slibench with `args`; stdout and stderr captured.
 RunOutput slibench(const std::string& args, const std::string& dir) {
     const char* bin = std::getenv("SLIBENCH");
     REQUIRE_MESSAGE(bin != nullptr, "SLIBENCH is not set (run through meson test)");
+    const std::string outPath = dir + "/stdout.txt";
     const std::string errPath = dir + "/stderr.txt";
-    const std::string cmd = std::string(bin) + " " + args + " >/dev/null 2>" + errPath;
+    const std::string cmd = std::string(bin) + " " + args + " >" + outPath + " 2>" + errPath;
     const int st = std::system(cmd.c_str());
     RunOutput out;
     out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    std::ifstream f(errPath);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    out.err = ss.str();
+    const auto slurp = [](const std::string& path) {
+        std::ifstream f(path);
+        std::stringstream ss;
+        ss << f.rdbuf();
+        return ss.str();
+    };
+    out.out = slurp(outPath);
+    out.err = slurp(errPath);
     return out;
 }
 
@@ -95,6 +101,13 @@ TEST_CASE("a tiny run exits 0 and writes JSON with the stable keys") {
         CHECK(run.find("bytes_read")->asUint64().value_or(0) > 0);
         CHECK(run.find("wall_s")->asDouble() > 0);
     }
+    // A tiny run's ratios come from milliseconds of work: the report says they are not judged.
+    const sli::Json* judged = j.find("acceptance")->find("judged");
+    REQUIRE(judged != nullptr);
+    CHECK(judged->isBool());
+    CHECK_FALSE(judged->asBool());
+    CHECK(r.out.find("(not judged: --tiny)") != std::string::npos);
+    CHECK(r.out.find("MISSED") == std::string::npos);
     // The trace is JSON too.
     const sli::Json t = readJson(trace);
     CHECK((t.isObject() || t.isArray()));
