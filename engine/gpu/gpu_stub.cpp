@@ -44,11 +44,6 @@ Status quantizeNested(const float*, int64_t, float, const float*, uint8_t*, floa
 Status quantizeInt8(const void*, DType, int64_t, int64_t, int8_t*, float*, void*) {
     return noCuda("cuda quantizeInt8");
 }
-float nestedOffsetOf(std::span<const float> absmax) {
-    double sum = 0.0;
-    for (float a : absmax) sum += a;
-    return absmax.empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(absmax.size()));
-}
 Status quantizeOnDevice(std::span<const float>, QuantizedTensor&, int) {
     return noCuda("cuda quantize");
 }

@@ -10,6 +10,7 @@
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/quant.cuh"
 #include "kernels/blocks.h"
+#include "kernels/reference.h"
 #include "kernels/cuda/quant_rules.h"
 
 namespace sli::cuda {
@@ -203,12 +204,6 @@ Status quantizeInt8(const void* src, DType srcType, int64_t rows, int64_t cols, 
                          "cuda quantizeInt8");
 }
 
-float nestedOffsetOf(std::span<const float> absmax) {
-    double sum = 0.0;
-    for (float a : absmax) sum += a;
-    return absmax.empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(absmax.size()));
-}
-
 namespace {
 
 // Owns device allocations made by quantizeOnDevice and frees them on every path.
@@ -309,7 +304,8 @@ Status quantizeOnDevice(std::span<const float> src, QuantizedTensor& out, int de
         } else {
             // The offset needs the whole absmax vector (small: n / blocksize floats).
             SLI_RETURN_IF_ERROR(fromCudaError(cudaStreamSynchronize(s), "cuda quantize " + name));
-            const float offset = nestedOffsetOf({absmax.as<float>(), static_cast<size_t>(nb)});
+            // The CPU quantizer's offset (kernels/reference.h), so the bytes match it.
+            const float offset = kernels::absmaxMean(absmax.as<float>(), nb);
             info.nestedOffset = offset;
             const int64_t nn = (nb + 255) / 256;
             void* dMap = nullptr;

@@ -61,10 +61,6 @@ Status quantizeNested(const float* absmax, int64_t nb, float offset, const float
 Status quantizeInt8(const void* src, DType srcType, int64_t rows, int64_t cols, int8_t* cb,
                     float* scb, void* stream);
 
-// The double-quant offset the GPU path uses: the float32 mean of absmax accumulated in double
-// (torch's float32 mean is not reproducible; bnb checkpoints store their own offset).
-float nestedOffsetOf(std::span<const float> absmax);
-
 // Convenience for the quantize tool: like sli::kernels::quantize() (metadata already set in
 // out.info: mode NF4 / FP4 / INT8, shape, blocksize, doubleQuant) but computed on `device`:
 // copies `src` in, quantizes, copies the parts back (allocating them), synchronizes.

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/reference.h"
 #include "sli/quantizer.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -137,7 +138,7 @@ TEST_CASE("quantizes a double-quant absmax vector byte-identically to the host r
         std::vector<float> a(static_cast<size_t>(nb));
         for (auto& v : a) v = ud(rng);
         if (nb > 10) a[3] = 0.0f;
-        const float offset = cuda::nestedOffsetOf(a);
+        const float offset = kernels::absmaxMean(a.data(), nb);
         gpu::DeviceBuffer dA = deviceCopy(a.data(), a.size() * 4);
         gpu::DeviceBuffer dMap = deviceCopy(map, 256 * 4);
         gpu::DeviceBuffer dCodes = std::move(gpu::DeviceBuffer::allocate(0, a.size()).value());
