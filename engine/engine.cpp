@@ -196,6 +196,7 @@ struct Engine::Impl {
     std::chrono::steady_clock::time_point origin = std::chrono::steady_clock::now();
     std::string cacheDir;
     std::vector<LayerSource> layers;
+    std::vector<io::ManifestLayer> manifestLayers;  // as read at open(): what reload() reopens
     std::vector<std::string> layerNames;
     DType outDType = DType::kF16;
     uint64_t maxDataBytes = 0, maxOutBytes = 0, maxScratch = 0;
@@ -237,6 +238,13 @@ struct Engine::Impl {
     uint64_t nextReadPos = 0;     // next plan position to read
     uint64_t nextAcquirePos = 0;  // plan position the next acquire() consumes
     bool acquireWaiting = false;
+    // The layer and plan position of the last acquire() if it failed (-1: it did not, or a
+    // later acquire moved on): what reload() may read again.
+    int64_t failedLayer = -1;
+    uint64_t failedPos = 0;
+    // Layers reopened by reload(), swapped in by the io thread (it owns the scheduler's file
+    // registrations) before it assigns the next read.
+    std::vector<std::pair<int64_t, LayerSource>> pendingSwaps;
     EngineStats stats;
     // Ring of the last kMaxTimings released layers (reserved at open(): a cyclic run neither
     // allocates nor grows); timingsTotal counts every release, so entry k is at k % kMaxTimings
@@ -261,6 +269,8 @@ struct Engine::Impl {
     }
 
     Status openLayers();
+    // Opens layer i's file and derives its read / output layout (outDType must be set).
+    Result<LayerSource> loadLayer(size_t i, const io::ManifestLayer& ml) const;
     Status allocate();
     // Whether slot s may hold `layer` (any slot, unless slot classes are on).
     bool slotFits(size_t s, int64_t layer) const {
@@ -326,6 +336,70 @@ std::vector<LayerTiming> Engine::Impl::timingsLocked() const {
     return out;
 }
 
+Result<LayerSource> Engine::Impl::loadLayer(size_t i, const io::ManifestLayer& ml) const {
+    LayerSource src;
+    src.name = ml.name;
+    const std::string path = cacheDir + "/" + ml.file;
+    auto f = io::openForDirectRead(path, opts.directIo);
+    if (!f.isOk()) {
+        const std::string what = "layer " + std::to_string(i) + " (" + ml.name + ")";
+        if (!f.status().isNotFound()) return f.status().withContext(what);  // e.g. EACCES
+        return f.status().withContext(what + " is missing from the cache; run `sli quantize` again");
+    }
+    src.file = std::move(f).value();
+    SLI_ASSIGN_OR_RETURN(src.index, io::readLayerIndex(src.file.fd(), path));
+    // A valid file of another layer (copied or renamed over this one) would otherwise be
+    // handed out as layer i.
+    if (src.index.layerIndex != ml.index) {
+        return Status::corruption("cache file " + path + " holds layer " +
+                                  std::to_string(src.index.layerIndex) + " (" +
+                                  src.index.layerName + "); the manifest lists it as layer " +
+                                  std::to_string(i) + " (" + ml.name +
+                                  "); run `sli quantize` again");
+    }
+    uint64_t off = 0;
+    for (const auto& t : src.index.tensors) {
+        // Integer / bool tensors (position ids, masks) are handed out as stored.
+        const bool raw = t.info.mode == QuantizationMode::kNone && !dtypeIsFloat(t.info.storedDType);
+        const DType dt = raw ? t.info.storedDType : outDType;
+        const int64_t n = t.info.numel();
+        const uint64_t bytes = static_cast<uint64_t>(n) * dtypeSize(dt);
+        // Pass-through: stored uncompressed exactly as handed out.
+        const io::Extent& payload = t.part(QuantPart::kPayload);
+        bool passThrough = t.info.mode == QuantizationMode::kNone && t.info.storedDType == dt &&
+                           payload.compression == io::Compression::kNone &&
+                           payload.storedBytes == bytes && payload.rawBytes == bytes &&
+                           payload.offset >= src.index.dataStart && bytes > 0;
+        for (int p = 1; p < kQuantPartCount; ++p) passThrough = passThrough && t.parts[p].empty();
+        src.inPlace.push_back(passThrough ? static_cast<int64_t>(payload.offset - src.index.dataStart) : -1);
+        src.outOffsets.push_back(off);
+        src.outDTypes.push_back(dt);
+        if (!passThrough) off = alignUp(off + bytes, kArenaAlign);
+    }
+    src.outBytes = off;
+    uint64_t tail = alignUp(src.index.dataBytes(), kDeviceAlign);
+    for (const auto& t : src.index.tensors) {
+        src.statsOffsets.push_back(tail);
+        tail += alignUp(t.scratchBytes(), kDeviceAlign);
+    }
+    src.regionBytes = tail;
+    // Extents past the data region are the index's error to report (decodeTensor names
+    // it); such a tensor is queued once the whole region has landed.
+    for (const auto& t : src.index.tensors) {
+        uint64_t end = 0;
+        for (const auto& e : t.parts) {
+            if (!e.empty()) end = std::max(end, e.offset + e.storedBytes - std::min(e.offset, src.index.dataStart));
+        }
+        src.tensorEnd.push_back(std::min(end, src.index.dataBytes()));
+    }
+    src.landOrder.resize(src.index.tensors.size());
+    for (size_t t = 0; t < src.landOrder.size(); ++t) src.landOrder[t] = static_cast<uint32_t>(t);
+    std::stable_sort(src.landOrder.begin(), src.landOrder.end(), [&src](uint32_t a, uint32_t b) {
+        return src.tensorEnd[a] < src.tensorEnd[b];
+    });
+    return src;
+}
+
 Status Engine::Impl::openLayers() {
     SLI_ASSIGN_OR_RETURN(auto dirs, io::findCacheDirs(opts.cacheDir));
     std::vector<io::CacheManifest> manifests;
@@ -352,6 +426,7 @@ Status Engine::Impl::openLayers() {
     const io::CacheManifest& m = manifests[0];
     if (m.layers.empty()) return Status::notFound("cache " + cacheDir + " lists no layers");
 
+    manifestLayers = m.layers;
     SLI_ASSIGN_OR_RETURN(QuantizationConfig cfg, QuantizationConfig::fromJsonString(m.configJson));
     outDType = dtypeIsCompute(opts.computeDType) ? opts.computeDType : cfg.computeDType;
 
@@ -361,67 +436,8 @@ Status Engine::Impl::openLayers() {
             return Status::corruption("cache " + cacheDir + ": manifest layer " +
                                       std::to_string(i) + " has index " + std::to_string(ml.index));
         }
-        LayerSource src;
-        src.name = ml.name;
-        const std::string path = cacheDir + "/" + ml.file;
-        auto f = io::openForDirectRead(path, opts.directIo);
-        if (!f.isOk()) {
-            const std::string what = "layer " + std::to_string(i) + " (" + ml.name + ")";
-            if (!f.status().isNotFound()) return f.status().withContext(what);  // e.g. EACCES
-            return f.status().withContext(what + " is missing from the cache; run `sli quantize` again");
-        }
-        src.file = std::move(f).value();
+        SLI_ASSIGN_OR_RETURN(LayerSource src, loadLayer(i, ml));
         anyDirect = anyDirect || src.file.isDirect();
-        SLI_ASSIGN_OR_RETURN(src.index, io::readLayerIndex(src.file.fd(), path));
-        // A valid file of another layer (copied or renamed over this one) would otherwise be
-        // handed out as layer i.
-        if (src.index.layerIndex != ml.index) {
-            return Status::corruption("cache file " + path + " holds layer " +
-                                      std::to_string(src.index.layerIndex) + " (" +
-                                      src.index.layerName + "); the manifest lists it as layer " +
-                                      std::to_string(i) + " (" + ml.name +
-                                      "); run `sli quantize` again");
-        }
-        uint64_t off = 0;
-        for (const auto& t : src.index.tensors) {
-            // Integer / bool tensors (position ids, masks) are handed out as stored.
-            const bool raw = t.info.mode == QuantizationMode::kNone && !dtypeIsFloat(t.info.storedDType);
-            const DType dt = raw ? t.info.storedDType : outDType;
-            const int64_t n = t.info.numel();
-            const uint64_t bytes = static_cast<uint64_t>(n) * dtypeSize(dt);
-            // Pass-through: stored uncompressed exactly as handed out.
-            const io::Extent& payload = t.part(QuantPart::kPayload);
-            bool passThrough = t.info.mode == QuantizationMode::kNone && t.info.storedDType == dt &&
-                               payload.compression == io::Compression::kNone &&
-                               payload.storedBytes == bytes && payload.rawBytes == bytes &&
-                               payload.offset >= src.index.dataStart && bytes > 0;
-            for (int p = 1; p < kQuantPartCount; ++p) passThrough = passThrough && t.parts[p].empty();
-            src.inPlace.push_back(passThrough ? static_cast<int64_t>(payload.offset - src.index.dataStart) : -1);
-            src.outOffsets.push_back(off);
-            src.outDTypes.push_back(dt);
-            if (!passThrough) off = alignUp(off + bytes, kArenaAlign);
-        }
-        src.outBytes = off;
-        uint64_t tail = alignUp(src.index.dataBytes(), kDeviceAlign);
-        for (const auto& t : src.index.tensors) {
-            src.statsOffsets.push_back(tail);
-            tail += alignUp(t.scratchBytes(), kDeviceAlign);
-        }
-        src.regionBytes = tail;
-        // Extents past the data region are the index's error to report (decodeTensor names
-        // it); such a tensor is queued once the whole region has landed.
-        for (const auto& t : src.index.tensors) {
-            uint64_t end = 0;
-            for (const auto& e : t.parts) {
-                if (!e.empty()) end = std::max(end, e.offset + e.storedBytes - std::min(e.offset, src.index.dataStart));
-            }
-            src.tensorEnd.push_back(std::min(end, src.index.dataBytes()));
-        }
-        src.landOrder.resize(src.index.tensors.size());
-        for (size_t t = 0; t < src.landOrder.size(); ++t) src.landOrder[t] = static_cast<uint32_t>(t);
-        std::stable_sort(src.landOrder.begin(), src.landOrder.end(), [&src](uint32_t a, uint32_t b) {
-            return src.tensorEnd[a] < src.tensorEnd[b];
-        });
         maxRegionBytes = std::max(maxRegionBytes, src.regionBytes);
         maxTensors = std::max(maxTensors, src.index.tensors.size());
         if (gpu()) {
@@ -950,6 +966,14 @@ void Engine::Impl::ioLoop() {
             // read first.
             // Positions are assigned in plan order: with slot classes, one whose class has no
             // free slot waits, and so do the positions after it.
+            for (auto& [l, fresh] : pendingSwaps) {  // reload(): no slot holds layer l
+                LayerSource& cur = layers[static_cast<size_t>(l)];
+                scheduler->unregisterFile(cur.file.fd());
+                cur = std::move(fresh);  // closes the old file
+                Status rs = scheduler->registerFile(cur.file.fd(), cur.file.path());
+                if (!rs.isOk()) SLI_DEBUG(kLog, "file registration: %s", rs.toString().c_str());
+            }
+            pendingSwaps.clear();
             while (!rereadPos.empty() && rereadPos.front() < nextAcquirePos) rereadPos.pop_front();
             while (true) {
                 // (links are also made on every acquire and release, when the window moves or
@@ -1480,6 +1504,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     }
     m.acquireWaiting = false;
     m.nextAcquirePos = pos + 1;
+    m.failedLayer = -1;
     if (foundGpu >= 0) {
         GpuUse& u = m.gpuUses[static_cast<size_t>(foundGpu)];
         Status st = m.pipeline->acquire(foundGpu, stream);
@@ -1512,11 +1537,15 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     if (!slot.error.isOk()) {
         Status err = slot.error;
         m.freeSlotLocked(found);
+        m.failedLayer = layer;
+        m.failedPos = pos;
         return err;
     }
     auto view = m.layerView(found, layer);
     if (!view.isOk()) {
         m.retireSlotLocked(found);  // a later position linked to it gets the same answer
+        m.failedLayer = layer;
+        m.failedPos = pos;
         return view.status();
     }
     slot.state = SlotState::kLeased;
@@ -1529,6 +1558,74 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
     lease.layer_ = layer;
     lease.layerPtr_ = *view;
     return lease;
+}
+
+namespace {
+
+// Whether a reopened layer fits what open() sized its slots and arenas for: the same read
+// region, tensors, output layout and decode scratch.
+bool sameLayout(const LayerSource& a, const LayerSource& b) {
+    if (a.index.dataStart != b.index.dataStart || a.index.dataBytes() != b.index.dataBytes() ||
+        a.index.tensors.size() != b.index.tensors.size() || a.outOffsets != b.outOffsets ||
+        a.outDTypes != b.outDTypes || a.inPlace != b.inPlace || a.outBytes != b.outBytes ||
+        a.statsOffsets != b.statsOffsets || a.regionBytes != b.regionBytes ||
+        a.tensorEnd != b.tensorEnd) {
+        return false;
+    }
+    for (size_t t = 0; t < a.index.tensors.size(); ++t) {
+        const auto& x = a.index.tensors[t];
+        const auto& y = b.index.tensors[t];
+        if (x.info.name != y.info.name || x.info.shape != y.info.shape || x.info.mode != y.info.mode ||
+            x.info.storedDType != y.info.storedDType || x.scratchBytes() != y.scratchBytes()) {
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
+Status Engine::reload(int64_t layer) {
+    Impl& m = *impl_;
+    const std::string what = "reload(" + std::to_string(layer) + ")";
+    if (layer < 0 || layer >= numLayers()) {
+        return Status::invalidArgument(what + ": the cache has " + std::to_string(numLayers()) + " layers");
+    }
+    if (m.gpu()) {
+        return Status::notSupported(what + " on " + m.opts.device +
+                                    ": only the CPU path rereads a layer; open the engine again");
+    }
+    {
+        std::lock_guard<std::mutex> lock(m.mu);
+        if (m.failedLayer != layer) {
+            return Status::invalidArgument(what + ": only right after acquire(" + std::to_string(layer) +
+                                           ") failed, before the next acquire()");
+        }
+    }
+    // Outside the lock: nothing reads or writes layers[layer] while its last acquire failed
+    // and no slot holds it (checked below; only this thread, the executor's, acquires).
+    const auto& ml = m.manifestLayers[static_cast<size_t>(layer)];
+    SLI_ASSIGN_OR_RETURN(LayerSource fresh, m.loadLayer(static_cast<size_t>(layer), ml));
+    if (!sameLayout(m.layers[static_cast<size_t>(layer)], fresh)) {
+        return Status::invalidArgument(what + ": cache file " + fresh.file.path() +
+                                       " now has another layout (tensors, sizes) than when the "
+                                       "engine opened it; open the engine again");
+    }
+    std::lock_guard<std::mutex> lock(m.mu);
+    for (const auto& sp : m.slots) {
+        if (sp->state != SlotState::kFree && sp->layer == layer) {
+            return Status::invalidArgument(
+                what + ": the engine holds layer " + std::to_string(layer) +
+                " for a later plan position (a plan over no more layers than the prefetch "
+                "depth); open the engine again to read it anew");
+        }
+    }
+    m.pendingSwaps.emplace_back(layer, std::move(fresh));
+    m.nextAcquirePos = m.failedPos;
+    m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), m.failedPos), m.failedPos);
+    m.failedLayer = -1;
+    m.ioCv.notify_one();
+    return Status();
 }
 
 void Engine::releaseSlot(int s, bool gpu, void* stream) {

@@ -437,7 +437,27 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         manifest.layers.push_back({lp.index, lp.name, io::layerFileName(lp.index),
                                    static_cast<uint32_t>(lp.tensors.size())});
     }
-    {
+    const auto wanted = [&opt](int64_t index) {
+        return opt.onlyLayers.empty() ||
+               std::find(opt.onlyLayers.begin(), opt.onlyLayers.end(), index) != opt.onlyLayers.end();
+    };
+    for (int64_t index : opt.onlyLayers) {
+        if (std::none_of(plan.begin(), plan.end(), [index](const LayerPlan& lp) { return lp.index == index; })) {
+            return Status::invalidArgument(model.source() + " has no layer " + std::to_string(index) +
+                                           " (" + std::to_string(plan.size()) + " layers)");
+        }
+    }
+    if (!opt.onlyLayers.empty()) {
+        // Single layers of an existing cache: the same source, the same layer list.
+        auto old = io::readManifest(sum.cacheDir);
+        if (!old.isOk()) return old.status().withContext("repairing layers of " + sum.cacheDir);
+        if (old->sourceFingerprint != model.fingerprint() || old->layers.size() != plan.size()) {
+            return Status::invalidArgument(
+                "cache " + sum.cacheDir + " was made from another version of " + model.source() +
+                " (its source fingerprint or layer count differs): a layer quantized now would not "
+                "match the others; run `sli quantize` on the whole model again");
+        }
+    } else {
         SLI_ASSIGN_OR_RETURN(auto lock, io::FileLock::acquire(io::joinPath(sum.cacheDir, io::kLockName),
                                                               io::FileLock::Kind::kExclusive));
         auto old = io::readManifest(sum.cacheDir);
@@ -457,6 +477,10 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     sum.sourceBytes = prog.sourceBytesTotal;
     sum.layers = plan.size();
     for (const auto& lp : plan) {
+        if (!wanted(lp.index)) {
+            ++prog.layersDone;
+            continue;
+        }
         const std::string path = io::joinPath(sum.cacheDir, io::layerFileName(lp.index));
         uint64_t layerSource = 0;
         for (size_t ti : lp.tensors) layerSource += tensors[ti].sourceBytes();

@@ -94,6 +94,14 @@ struct IngestOptions {
     // I/O errors) is an error. Off: only a layer's index is read (a few KiB), so damaged data
     // is found when the layer is streamed (acquire fails naming it) or by `sli verify`.
     bool verifyReused = false;
+    // Non-empty: only these cache layer indices are looked at (reused, verified with
+    // verifyReused, or written); the others are left as they are, unread, and the manifest is
+    // not rewritten. For repairing single layers of an existing cache (sli::Processor, while
+    // streaming): the cache's manifest must exist and name the same source, by fingerprint, or
+    // the call fails (InvalidArgument) before anything is written, so a changed checkpoint
+    // is never mixed into a cache made from another. An index the plan does not have is
+    // InvalidArgument.
+    std::vector<int64_t> onlyLayers;
     std::function<void(const IngestProgress&)> progress;  // called after each layer
 };
 

@@ -1,9 +1,12 @@
 // sli::Processor: see include/sli/processor.h.
 #include "sli/processor.h"
 
+#include <filesystem>
+
 #include "engine/ingest.h"
 #include "io/file.h"
 #include "sli/cuda.h"
+#include "sli/log.h"
 #include "sli/quantizer.h"
 
 namespace sli {
@@ -41,6 +44,7 @@ Status chooseConfig(const ProcessorOptions& o, IngestOptions& ingest) {
 
 }  // namespace
 
+Processor::Processor() = default;
 Processor::~Processor() = default;
 
 Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
@@ -65,6 +69,7 @@ Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
 
     std::unique_ptr<Processor> p(new Processor());
     p->config_ = ingest.config;
+    p->repairWhileStreaming_ = o.repairWhileStreaming;
     p->build_.cacheDir = sum->cacheDir;
     p->build_.modelId = sum->modelId;
     p->build_.layers = sum->layers;
@@ -79,7 +84,42 @@ Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
     auto engine = Engine::open(eo);
     if (!engine.isOk()) return engine.status().withContext("streaming " + sum->cacheDir);
     p->engine_ = std::move(engine).value();
+    // Absolute, so that a repair still finds them if the working directory changes.
+    std::error_code ec;
+    if (auto a = std::filesystem::absolute(ingest.input, ec); !ec) ingest.input = a.string();
+    if (auto a = std::filesystem::absolute(o.cacheRoot, ec); !ec) ingest.cacheRoot = a.string();
+    ingest.modelId = sum->modelId;
+    ingest.progress = nullptr;
+    p->ingest_ = std::make_unique<IngestOptions>(std::move(ingest));
     return p;
+}
+
+Result<Lease> Processor::acquire(int64_t layer) {
+    auto lease = engine_->acquire(layer);
+    if (lease.isOk() || !repairWhileStreaming_) return lease;
+    const Status damage = lease.status();
+    if (!damage.isCorruption() && !damage.isIOError()) return lease;
+    const std::string name = layer < numLayers() && layer >= 0
+                                 ? layerNames()[static_cast<size_t>(layer)]
+                                 : std::string("?");
+    SLI_WARN("processor", "layer %lld (%s) of %s: %s; quantizing it again from %s",
+             static_cast<long long>(layer), name.c_str(), build_.cacheDir.c_str(),
+             damage.toString().c_str(), ingest_->input.c_str());
+    const auto failed = [&](const Status& why) {
+        std::string msg = damage.message() + " (repairing layer " + std::to_string(layer) +
+                          " failed: " + why.toString() + ")";
+        return damage.isCorruption() ? Status::corruption(std::move(msg)) : Status::ioError(std::move(msg));
+    };
+    IngestOptions one = *ingest_;
+    one.onlyLayers = {layer};
+    one.verifyReused = true;  // an intact file (a transient read error) is kept and reread
+    auto sum = ingestCheckpoint(one);
+    if (!sum.isOk()) return failed(sum.status());
+    if (Status s = engine_->reload(layer); !s.isOk()) return failed(s);
+    auto again = engine_->acquire(layer);
+    if (!again.isOk()) return failed(again.status());
+    ++repairs_;
+    return again;
 }
 
 }  // namespace sli

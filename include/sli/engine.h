@@ -63,7 +63,8 @@
 //
 // Errors: a layer whose read fails or whose checksum does not match makes acquire() of that
 // layer return the error (Corruption / IOError naming layer, tensor and file); other layers
-// still stream. An acquire() made while every slot (on the GPU path, every device slot) is
+// still stream; reload() reads a failed layer again once its file has been rewritten. An
+// acquire() made while every slot (on the GPU path, every device slot) is
 // leased returns ResourceExhausted at once instead of waiting for a release that only the
 // caller can make; such a refused acquire has no effect: it consumes no plan positions and
 // recycles no slot, so after a release the same acquire (or one of a layer it would have
@@ -224,6 +225,17 @@ public:
     // verified); `stream` (a cudaStream_t, nullptr = legacy default stream) is made to wait for
     // the layer's dequant event. On a CPU engine the stream is ignored.
     Result<Lease> acquire(int64_t layer, void* stream);
+    // After acquire(layer) failed on the layer's data (its file was damaged, and has been
+    // written again since: `sli verify --repair`, sli::Processor), and before the next
+    // acquire(): reopens the layer's file, checks that it still has the layout the engine was
+    // opened with, and puts the failed plan position back, so that the next acquire(layer)
+    // reads it again from the new file (the prefetched layers after it are kept). CPU path
+    // only (NotSupported on a GPU engine). InvalidArgument when the last acquire was not a
+    // failed acquire(layer), when the file's layout changed, or when the engine holds the
+    // layer for a later plan position (a cyclic plan over no more layers than the depth): open
+    // the engine again then. Errors opening or parsing the file are returned as such. Called
+    // from the executor thread, like acquire().
+    Status reload(int64_t layer);
     // -1 for "cpu", N for "cuda:N".
     int device() const noexcept;
     EngineStats stats() const;

@@ -17,9 +17,16 @@
 // they are (read their index only, nothing quantized again); missing layers (first use, an
 // interrupted earlier run, a file removed or evicted) are quantized and written atomically.
 // With verifyCache, complete layers are first checked in full (every checksum: a read of the
-// whole cache) and damaged ones are quantized again (build().layersRepaired); without it a
-// damaged layer makes acquire() of it fail naming the layer, tensor and file, until a later
-// open with verifyCache (or `sli verify --repair`) rewrites it.
+// whole cache) and damaged ones are quantized again (build().layersRepaired). Without it, a
+// damaged layer is found when it is streamed: with repairWhileStreaming (the default), the
+// acquire() that meets the damage (Corruption or IOError from the engine) quantizes that
+// layer again from the model (after checking that the model is still the one the cache was
+// made from), has the engine reread it (Engine::reload) and returns it, with one warning
+// naming the layer and the damage (repairsWhileStreaming() counts them). If the repair fails
+// (the model changed or is gone, a layer the engine cannot reread, a second failure), acquire()
+// returns the original error with the reason the repair failed; with repairWhileStreaming off,
+// the error as the engine gave it, until a later open with verifyCache (or `sli verify
+// --repair`) rewrites the layer.
 // Then it opens an Engine on exactly that cache directory; numLayers / layerNames / acquire
 // pass through to it, and engine() exposes it for everything else (stats, trace). Layer
 // indices are the cache's: execution order, "pre" (embeddings) first when there is one.
@@ -52,6 +59,8 @@
 
 namespace sli {
 
+struct IngestOptions;  // engine/ingest.h
+
 struct ProcessorOptions {
     std::string modelPath;  // .safetensors file, model.safetensors.index.json, or directory
     std::string modelId;    // default: the model's directory (or file) name, as `sli quantize`
@@ -61,6 +70,7 @@ struct ProcessorOptions {
     bool defaultSkips = true;  // keep the registry's embeddings / heads / norms unquantized
     int quantizeThreads = 1;   // kernel threads while quantizing missing layers (0 = all)
     bool verifyCache = false;  // check complete layers in full at open, rewrite damaged ones
+    bool repairWhileStreaming = true;  // acquire() quantizes a damaged layer again (see above)
     // Streaming options; cacheDir and modelId are filled in by the processor. With
     // engine.device "cuda:N", missing NF4 / FP4 / INT8 layers are quantized on that GPU too
     // (the same bytes as on the CPU); a device that is not available fails open() before any
@@ -95,11 +105,17 @@ public:
     int64_t numLayers() const noexcept { return engine_->numLayers(); }
     const std::vector<std::string>& layerNames() const noexcept { return engine_->layerNames(); }
     DType computeDType() const noexcept { return engine_->computeDType(); }
-    Result<Lease> acquire(int64_t layer) { return engine_->acquire(layer); }
+    // Engine::acquire, plus the repair described above.
+    Result<Lease> acquire(int64_t layer);
+    // Layers quantized again by acquire() (repairWhileStreaming).
+    size_t repairsWhileStreaming() const noexcept { return repairs_; }
 
 private:
-    Processor() = default;
+    Processor();
     ProcessorBuild build_;
+    std::unique_ptr<IngestOptions> ingest_;  // what open() ran: a repair runs it on one layer
+    bool repairWhileStreaming_ = true;
+    size_t repairs_ = 0;
     QuantizationConfig config_;
     std::unique_ptr<Engine> engine_;
 };

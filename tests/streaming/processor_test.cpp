@@ -1,6 +1,7 @@
 // sli::Processor: cache built on first use, reused after, repaired when a layer goes missing
-// or (verifyCache) is damaged,
-// tensors equal to dequantizeLayer of the cached layers, and clear errors for bad options.
+// or (verifyCache) is damaged, or when a damaged layer is met while streaming (and
+// Engine::reload, which that uses), tensors equal to dequantizeLayer of the cached layers, and
+// clear errors for bad options.
 #include "sli/processor.h"
 
 #include <doctest/doctest.h>
@@ -188,6 +189,7 @@ TEST_CASE("damaged layer data fails its acquire until an open with verifyCache r
         REQUIRE(sli::testing::flipByte(victim, at));
     }
     {
+        o.repairWhileStreaming = false;
         auto p = Processor::open(o);  // indexes only: the damage is found when streamed
         REQUIRE_MESSAGE(p.isOk(), p.status().toString());
         CHECK((*p)->build().layersReused == 4);
@@ -200,11 +202,182 @@ TEST_CASE("damaged layer data fails its acquire until an open with verifyCache r
     o.verifyCache = true;
     auto p = Processor::open(o);
     REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    CHECK((*p)->repairsWhileStreaming() == 0);
     CHECK((*p)->build().layersRepaired == 1);
     CHECK((*p)->build().layersWritten == 1);
     CHECK((*p)->build().layersReused == 3);
     CHECK(io::verifyLayerFile(victim).isOk());
     checkAgainstCache(**p);
+}
+
+namespace {
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// Damages a payload byte of the last tensor of `path` (the index stays intact).
+void damagePayload(const std::string& path) {
+    auto idx = io::readLayerIndex(path);
+    REQUIRE(idx.isOk());
+    const uint64_t at = idx->tensors.back().part(QuantPart::kPayload).offset + 3;
+    REQUIRE(sli::testing::flipByte(path, at));
+}
+
+// Writes `bytes` to `path` as a cache writer does: a temporary file renamed over it (a new
+// inode; an engine that opened the old file still reads the old one).
+void replaceFile(const std::string& path, const std::string& bytes) {
+    const std::string tmp = path + ".new";
+    {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        REQUIRE(f.good());
+    }
+    std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
+TEST_CASE("a layer found damaged while streaming is quantized again and handed out intact") {
+    for (const char* preset : {"int8", "nf4"}) {
+        for (bool cyclic : {false, true}) {
+            CAPTURE(preset);
+            CAPTURE(cyclic);
+            TempDir tmp;
+            Checkpoint ck(tmp.path);
+            ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+            o.preset = preset;
+            o.engine.prefetchDepth = 1;  // layer 2 is not read before layer 1 is acquired
+            if (cyclic) o.engine.order = LayerOrder::kCyclic;
+            const std::string dir = buildCache(o);
+            if (dir.empty()) return;
+            const std::string victim = dir + "/" + io::layerFileName(2);
+            const std::string good = slurp(victim);
+            const int64_t keptMtime = mtimeNs(dir + "/" + io::layerFileName(1));
+            damagePayload(victim);
+            REQUIRE(slurp(victim) != good);
+
+            auto p = Processor::open(o);  // indexes only: the damage is found when streamed
+            REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+            CHECK((*p)->build().layersReused == 4);
+            for (int pass = 0; pass < (cyclic ? 2 : 1); ++pass) {
+                for (int64_t i = 0; i < 4; ++i) {
+                    CAPTURE(pass);
+                    CAPTURE(i);
+                    auto lease = (*p)->acquire(i);
+                    REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+                    auto q = io::readLayerFile(dir + "/" + io::layerFileName(i));
+                    REQUIRE_MESSAGE(q.isOk(), q.status().toString());
+                    auto want = LayerQuantizer::dequantizeLayer(*q, (*p)->computeDType());
+                    REQUIRE(want.isOk());
+                    const Layer& got = lease->tensors();
+                    REQUIRE(got.size() == want->size());
+                    for (size_t k = 0; k < got.size(); ++k) {
+                        REQUIRE(got[k].nbytes() == (*want)[k].nbytes());
+                        CHECK(std::memcmp(got[k].data(), (*want)[k].data(), got[k].nbytes()) == 0);
+                    }
+                }
+            }
+            CHECK((*p)->repairsWhileStreaming() == 1);
+            // Quantized again from the same model: the very bytes it had before the damage.
+            CHECK(slurp(victim) == good);
+            CHECK(mtimeNs(dir + "/" + io::layerFileName(1)) == keptMtime);  // the others untouched
+        }
+    }
+}
+
+TEST_CASE("a repair while streaming refuses a model that changed since the cache was made") {
+    TempDir tmp;
+    auto ck = std::make_unique<Checkpoint>(tmp.path);
+    ProcessorOptions o = options(ck->path, tmp.path + "/cache");
+    o.preset = "int8";
+    o.engine.prefetchDepth = 1;
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
+    const std::string victim = dir + "/" + io::layerFileName(2);
+    damagePayload(victim);
+    const std::string damaged = slurp(victim);
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    // Another model at the same path (same tensors, other values).
+    {
+        auto model = slurp(ck->path);
+        model[model.size() - 7] = static_cast<char>(model[model.size() - 7] ^ 0x55);
+        replaceFile(ck->path, model);
+    }
+    for (int64_t i = 0; i < 2; ++i) CHECK((*p)->acquire(i).isOk());
+    auto bad = (*p)->acquire(2);
+    REQUIRE_FALSE(bad.isOk());
+    CHECK(bad.status().isCorruption());
+    const std::string msg = bad.status().message();
+    CHECK(msg.find(victim) != std::string::npos);          // the original damage, named
+    CHECK(msg.find("another version") != std::string::npos);  // and why it was not repaired
+    CHECK((*p)->repairsWhileStreaming() == 0);
+    CHECK(slurp(victim) == damaged);  // nothing written from the changed model
+    CHECK((*p)->acquire(3).isOk());   // the other layers still stream
+}
+
+TEST_CASE("Engine::reload rereads a rewritten layer, and refuses what it cannot do") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "int8";
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
+    ProcessorOptions o4 = options(ck.path, tmp.path + "/cache");
+    o4.preset = "nf4";
+    const std::string dir4 = buildCache(o4);
+    REQUIRE_FALSE(dir4.empty());
+    const std::string victim = dir + "/" + io::layerFileName(2);
+    const std::string good = slurp(victim);
+    damagePayload(victim);
+    for (const std::string backend : {"pread", "io_uring"}) {
+        CAPTURE(backend);
+        EngineOptions eo;
+        eo.cacheDir = dir;
+        eo.hostBudgetBytes = 64ull << 20;
+        eo.workerThreads = 2;
+        eo.prefetchDepth = 1;
+        eo.ioBackend = backend;
+        auto opened = Engine::open(eo);
+        if (!opened.isOk() && backend == "io_uring") {
+            MESSAGE("io_uring engine not available: " << opened.status().toString());
+            continue;
+        }
+        REQUIRE_MESSAGE(opened.isOk(), opened.status().toString());
+        Engine& e = **opened;
+        CHECK(e.reload(0).isInvalidArgument());  // no acquire failed
+        CHECK(e.reload(7).isInvalidArgument());  // no such layer
+        for (int64_t i = 0; i < 2; ++i) CHECK(e.acquire(i).isOk());
+        auto bad = e.acquire(2);
+        REQUIRE_FALSE(bad.isOk());
+        CHECK(bad.status().isCorruption());
+        CHECK(e.reload(1).isInvalidArgument());  // not the layer that failed
+        // A file of another configuration (nf4) in its place: another layout.
+        replaceFile(victim, slurp(dir4 + "/" + io::layerFileName(2)));
+        Status other = e.reload(2);
+        CHECK(other.isInvalidArgument());
+        CHECK(other.message().find("layout") != std::string::npos);
+        // Still the failed layer's turn: the intact bytes, as `sli verify --repair` writes them.
+        replaceFile(victim, good);
+        REQUIRE(e.reload(2).isOk());
+        CHECK(e.reload(2).isInvalidArgument());  // once
+        auto lease = e.acquire(2);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        auto q = io::readLayerFile(victim);
+        REQUIRE(q.isOk());
+        auto want = LayerQuantizer::dequantizeLayer(*q, e.computeDType());
+        REQUIRE(want.isOk());
+        REQUIRE(lease->tensors().size() == want->size());
+        for (size_t k = 0; k < want->size(); ++k) {
+            REQUIRE(lease->tensors()[k].nbytes() == (*want)[k].nbytes());
+            CHECK(std::memcmp(lease->tensors()[k].data(), (*want)[k].data(), (*want)[k].nbytes()) == 0);
+        }
+        lease->release();
+        CHECK(e.acquire(3).isOk());
+        damagePayload(victim);  // for the next backend
+    }
 }
 
 TEST_CASE("streamed tensors equal dequantizeLayer of the cached layer for each preset") {
