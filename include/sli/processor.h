@@ -39,7 +39,9 @@
 //
 // Ownership: the Processor owns its Engine; leases must be released before it is destroyed.
 // Blocking: open() does file I/O and quantizes on the calling thread (plus quantizeThreads
-// kernel threads); acquire() blocks as Engine::acquire does. Thread safety: as Engine (one
+// kernel threads); acquire() blocks as Engine::acquire does, and while it repairs a layer for
+// that layer's read from the model and quantization (on the calling thread, as open() does).
+// Thread safety: as Engine (one
 // executor thread calls acquire; leases may be released from any thread).
 // Errors: open() returns InvalidArgument for bad options (no model path or cache root, an
 // unknown preset, both a preset and a config, an invalid config) naming the option, NotFound
