@@ -21,7 +21,7 @@
 // damaged layer is found when it is streamed: with repairWhileStreaming (the default), the
 // acquire() that meets the damage (Corruption or IOError from the engine) quantizes that
 // layer again from the model (after checking that the model is still the one the cache was
-// made from), has the engine reread it (Engine::reload) and returns it, with one warning
+// made from), has the engine reread it (Engine::reload) and returns it, with a warning
 // naming the layer and the damage (repairsWhileStreaming() counts them). If the repair fails
 // (the model changed or is gone, a layer the engine cannot reread, a second failure), acquire()
 // returns the original error with the reason the repair failed; with repairWhileStreaming off,
