@@ -74,25 +74,29 @@ int64_t mtimeNs(const std::string& path) {
     return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
 }
 
+// A streamed layer equals LayerQuantizer::dequantizeLayer of its cached layer file.
+void checkAgainstFile(const Layer& got, const std::string& file, DType dtype) {
+    auto q = io::readLayerFile(file);
+    REQUIRE_MESSAGE(q.isOk(), q.status().toString());
+    auto want = LayerQuantizer::dequantizeLayer(*q, dtype);
+    REQUIRE(want.isOk());
+    REQUIRE(got.size() == want->size());
+    for (size_t k = 0; k < got.size(); ++k) {
+        CAPTURE(got[k].name());
+        CHECK(got[k].name() == (*want)[k].name());
+        CHECK(got[k].shape() == (*want)[k].shape());
+        CHECK(got[k].dtype() == (*want)[k].dtype());
+        REQUIRE(got[k].nbytes() == (*want)[k].nbytes());
+        CHECK(std::memcmp(got[k].data(), (*want)[k].data(), got[k].nbytes()) == 0);
+    }
+}
+
 // Every layer streamed equals LayerQuantizer::dequantizeLayer of the cached layer file.
 void checkAgainstCache(Processor& p) {
     for (int64_t i = 0; i < p.numLayers(); ++i) {
-        auto q = io::readLayerFile(p.build().cacheDir + "/" + io::layerFileName(i));
-        REQUIRE_MESSAGE(q.isOk(), q.status().toString());
-        auto want = LayerQuantizer::dequantizeLayer(*q, p.computeDType());
-        REQUIRE(want.isOk());
         auto lease = p.acquire(i);
         REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-        const Layer& got = lease->tensors();
-        REQUIRE(got.size() == want->size());
-        for (size_t k = 0; k < got.size(); ++k) {
-            CAPTURE(got[k].name());
-            CHECK(got[k].name() == (*want)[k].name());
-            CHECK(got[k].shape() == (*want)[k].shape());
-            CHECK(got[k].dtype() == (*want)[k].dtype());
-            REQUIRE(got[k].nbytes() == (*want)[k].nbytes());
-            CHECK(std::memcmp(got[k].data(), (*want)[k].data(), got[k].nbytes()) == 0);
-        }
+        checkAgainstFile(lease->tensors(), p.build().cacheDir + "/" + io::layerFileName(i), p.computeDType());
     }
 }
 
@@ -267,16 +271,7 @@ TEST_CASE("a layer found damaged while streaming is quantized again and handed o
                     CAPTURE(i);
                     auto lease = (*p)->acquire(i);
                     REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-                    auto q = io::readLayerFile(dir + "/" + io::layerFileName(i));
-                    REQUIRE_MESSAGE(q.isOk(), q.status().toString());
-                    auto want = LayerQuantizer::dequantizeLayer(*q, (*p)->computeDType());
-                    REQUIRE(want.isOk());
-                    const Layer& got = lease->tensors();
-                    REQUIRE(got.size() == want->size());
-                    for (size_t k = 0; k < got.size(); ++k) {
-                        REQUIRE(got[k].nbytes() == (*want)[k].nbytes());
-                        CHECK(std::memcmp(got[k].data(), (*want)[k].data(), got[k].nbytes()) == 0);
-                    }
+                    checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
                 }
             }
             CHECK((*p)->repairsWhileStreaming() == 1);
@@ -365,15 +360,7 @@ TEST_CASE("Engine::reload rereads a rewritten layer, and refuses what it cannot 
         CHECK(e.reload(2).isInvalidArgument());  // once
         auto lease = e.acquire(2);
         REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-        auto q = io::readLayerFile(victim);
-        REQUIRE(q.isOk());
-        auto want = LayerQuantizer::dequantizeLayer(*q, e.computeDType());
-        REQUIRE(want.isOk());
-        REQUIRE(lease->tensors().size() == want->size());
-        for (size_t k = 0; k < want->size(); ++k) {
-            REQUIRE(lease->tensors()[k].nbytes() == (*want)[k].nbytes());
-            CHECK(std::memcmp(lease->tensors()[k].data(), (*want)[k].data(), (*want)[k].nbytes()) == 0);
-        }
+        checkAgainstFile(lease->tensors(), victim, e.computeDType());
         lease->release();
         CHECK(e.acquire(3).isOk());
         damagePayload(victim);  // for the next backend
