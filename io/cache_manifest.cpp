@@ -87,7 +87,12 @@ Result<CacheManifest> CacheManifest::parse(std::string_view text, std::string_vi
         l.index = *idx->asInt64();
         l.name = name->asString();
         l.file = file->asString();
-        l.tensors = static_cast<uint32_t>(*tensors->asInt64());
+        const int64_t nt = *tensors->asInt64();
+        if (l.index < 0 || nt < 0 || nt > static_cast<int64_t>(UINT32_MAX)) {
+            return bad("layer entry " + std::to_string(l.index) + " (" + l.name +
+                       ") has a negative index or a tensor count out of range");
+        }
+        l.tensors = static_cast<uint32_t>(nt);
         if (l.file.find('/') != std::string::npos || l.file.empty() || l.file[0] == '.') {
             return bad("layer file name " + l.file + " is not a plain file name");
         }
@@ -95,6 +100,12 @@ Result<CacheManifest> CacheManifest::parse(std::string_view text, std::string_vi
     }
     std::sort(m.layers.begin(), m.layers.end(),
               [](const auto& a, const auto& b) { return a.index < b.index; });
+    for (size_t i = 1; i < m.layers.size(); ++i) {
+        if (m.layers[i].index == m.layers[i - 1].index) {
+            return bad("layer index " + std::to_string(m.layers[i].index) + " is listed twice (" +
+                       m.layers[i - 1].name + ", " + m.layers[i].name + ")");
+        }
+    }
     return m;
 }
 

@@ -196,3 +196,32 @@ TEST_CASE("bad arguments are refused") {
     CHECK((*cache)->cacheLayer("", 0, makeLayer(0), QuantizationMode::kNf4).isInvalidArgument());
     CHECK((*cache)->cacheLayer("m", -1, makeLayer(0), QuantizationMode::kNf4).isInvalidArgument());
 }
+
+TEST_CASE("a manifest with a repeated or negative layer index, or a bad tensor count, is refused") {
+    const auto manifest = [](const std::string& layers) {
+        return std::string(R"({"format": 1, "model_id": "m", "config": {"mode": "nf4"},)") +
+               R"( "config_fingerprint": "f", "source": "/s", "source_fingerprint": "g", "layers": [)" +
+               layers + "]}";
+    };
+    const std::string a = R"({"index": 0, "name": "pre", "file": "layer-00000.slc", "tensors": 1})";
+    const std::string b = R"({"index": 1, "name": "model.layers.0", "file": "layer-00001.slc", "tensors": 9})";
+    auto ok = io::CacheManifest::parse(manifest(b + ", " + a), "d/MANIFEST.json");
+    REQUIRE_MESSAGE(ok.isOk(), ok.status().toString());
+    REQUIRE(ok->layers.size() == 2);
+    CHECK(ok->layers[0].index == 0);  // sorted by index
+    CHECK(ok->layers[1].tensors == 9);
+
+    const std::string dup = R"({"index": 1, "name": "other", "file": "layer-00002.slc", "tensors": 2})";
+    auto twice = io::CacheManifest::parse(manifest(a + ", " + b + ", " + dup), "d/MANIFEST.json");
+    REQUIRE_FALSE(twice.isOk());
+    CHECK(twice.status().isCorruption());
+    CHECK(twice.status().message().find("d/MANIFEST.json") != std::string::npos);
+    CHECK(twice.status().message().find("layer index 1 is listed twice") != std::string::npos);
+
+    const std::string negative = R"({"index": -1, "name": "x", "file": "layer-x.slc", "tensors": 1})";
+    CHECK(io::CacheManifest::parse(manifest(negative), "d/MANIFEST.json").status().isCorruption());
+    const std::string huge = R"({"index": 0, "name": "x", "file": "layer-00000.slc", "tensors": 4294967296})";
+    CHECK(io::CacheManifest::parse(manifest(huge), "d/MANIFEST.json").status().isCorruption());
+    const std::string minus = R"({"index": 0, "name": "x", "file": "layer-00000.slc", "tensors": -3})";
+    CHECK(io::CacheManifest::parse(manifest(minus), "d/MANIFEST.json").status().isCorruption());
+}
