@@ -244,7 +244,7 @@ void replaceFile(const std::string& path, const std::string& bytes) {
 }  // namespace
 
 TEST_CASE("a layer found damaged while streaming is quantized again and handed out intact") {
-    for (const char* preset : {"int8", "nf4"}) {
+    for (const char* preset : {"int8", "nf4", "mixed"}) {
         for (bool cyclic : {false, true}) {
             CAPTURE(preset);
             CAPTURE(cyclic);
