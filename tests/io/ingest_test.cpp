@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
+
 #include <cmath>
 #include <cstring>
 
@@ -737,6 +739,52 @@ TEST_CASE("verifyReused quantizes a layer with damaged data again and reuses the
     REQUIRE(again.isOk());
     CHECK(again->layersRepaired == 1);
     CHECK(fileBytes(path) == clean);
+}
+
+TEST_CASE("onlyLayers repairs the layers named and touches nothing else; bad requests are refused") {
+    TempDir dir;
+    const Ckpt ck = llamaCkpt(2);
+    IngestOptions opt;
+    opt.input = ck.write(dir, "m.safetensors");
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId.assign(1, 'm');
+    opt.config = getNf4Config();
+    opt.onlyLayers = {1};
+    // No cache yet: nothing to repair, nothing written.
+    auto none = ingestCheckpoint(opt);
+    REQUIRE_FALSE(none.isOk());
+    CHECK(none.status().toString().find("repairing layers of") != std::string::npos);
+    if (std::filesystem::exists(opt.cacheRoot)) {
+        for (const auto& e : std::filesystem::recursive_directory_iterator(opt.cacheRoot)) {
+            CHECK(e.path().extension() != ".slc");
+        }
+    }
+    opt.onlyLayers.clear();
+    auto first = ingestCheckpoint(opt);
+    if (!first.isOk() && kernelsMissing(first.status())) return;
+    REQUIRE(first.isOk());
+    const std::string p1 = io::joinPath(first->cacheDir, io::layerFileName(1));
+    const std::string p2 = io::joinPath(first->cacheDir, io::layerFileName(2));
+    const std::vector<uint8_t> clean1 = fileBytes(p1);
+    const std::vector<uint8_t> clean2 = fileBytes(p2);
+    REQUIRE(sli::testing::flipByte(p1, clean1.size() - 100));
+    REQUIRE(sli::testing::flipByte(p2, clean2.size() - 100));
+
+    opt.verifyReused = true;
+    opt.onlyLayers = {1};
+    auto one = ingestCheckpoint(opt);
+    REQUIRE_MESSAGE(one.isOk(), one.status().toString());
+    CHECK(one->layersRepaired == 1);
+    CHECK(one->layersWritten == 1);
+    CHECK(fileBytes(p1) == clean1);
+    CHECK(fileBytes(p2) != clean2);  // not named: left damaged, unread
+
+    opt.onlyLayers = {9};
+    auto missing = ingestCheckpoint(opt);
+    REQUIRE_FALSE(missing.isOk());
+    CHECK(missing.status().isInvalidArgument());
+    CHECK(missing.status().message().find("has no layer 9") != std::string::npos);
+    CHECK(fileBytes(p2) != clean2);
 }
 
 TEST_CASE("ingestOptionsForCache reads back the options that made a cache") {
