@@ -271,6 +271,12 @@ struct Engine::Impl {
     Status openLayers();
     // Opens layer i's file and derives its read / output layout (outDType must be set).
     Result<LayerSource> loadLayer(size_t i, const io::ManifestLayer& ml) const;
+    // Names the layer's file to the scheduler (io_uring: a registered file; optional, so a
+    // failure is only logged). The scheduler's owner only: open(), then the io thread.
+    void registerLayerFile(const LayerSource& l) {
+        Status s = scheduler->registerFile(l.file.fd(), l.file.path());
+        if (!s.isOk()) SLI_DEBUG(kLog, "file registration: %s", s.toString().c_str());
+    }
     Status allocate();
     // Whether slot s may hold `layer` (any slot, unless slot classes are on).
     bool slotFits(size_t s, int64_t layer) const {
@@ -629,10 +635,7 @@ Status Engine::Impl::allocate() {
     readChunk = so.chunkBytes;
     const uint64_t maxChunks = std::max<uint64_t>(1, (maxDataBytes + readChunk - 1) / readChunk);
     for (auto& slot : slots) slot->chunkLanded.assign(maxChunks, 0);
-    for (auto& l : layers) {
-        Status s = scheduler->registerFile(l.file.fd(), l.file.path());
-        if (!s.isOk()) SLI_DEBUG(kLog, "file registration: %s", s.toString().c_str());
-    }
+    for (const auto& l : layers) registerLayerFile(l);
     std::vector<io::MemoryRegion> regions(pool->regions().begin(), pool->regions().end());
     if (largePool) regions.insert(regions.end(), largePool->regions().begin(), largePool->regions().end());
     Status rb = scheduler->registerBuffers(regions);
@@ -970,8 +973,7 @@ void Engine::Impl::ioLoop() {
                 LayerSource& cur = layers[static_cast<size_t>(l)];
                 scheduler->unregisterFile(cur.file.fd());
                 cur = std::move(fresh);  // closes the old file
-                Status rs = scheduler->registerFile(cur.file.fd(), cur.file.path());
-                if (!rs.isOk()) SLI_DEBUG(kLog, "file registration: %s", rs.toString().c_str());
+                registerLayerFile(cur);
             }
             pendingSwaps.clear();
             while (!rereadPos.empty() && rereadPos.front() < nextAcquirePos) rereadPos.pop_front();

@@ -99,11 +99,10 @@ Result<Lease> Processor::acquire(int64_t layer) {
     if (lease.isOk() || !repairWhileStreaming_) return lease;
     const Status damage = lease.status();
     if (!damage.isCorruption() && !damage.isIOError()) return lease;
-    const std::string name = layer < numLayers() && layer >= 0
-                                 ? layerNames()[static_cast<size_t>(layer)]
-                                 : std::string("?");
+    // (a layer out of range is InvalidArgument: only a real layer's data gets here)
     SLI_WARN("processor", "layer %lld (%s) of %s: %s; quantizing it again from %s",
-             static_cast<long long>(layer), name.c_str(), build_.cacheDir.c_str(),
+             static_cast<long long>(layer), layerNames()[static_cast<size_t>(layer)].c_str(),
+             build_.cacheDir.c_str(),
              damage.toString().c_str(), ingest_->input.c_str());
     const auto failed = [&](const Status& why) {
         std::string msg = damage.message() + " (repairing layer " + std::to_string(layer) +
