@@ -298,6 +298,10 @@ struct Engine::Impl {
     // CPU: a slot already holding `layer`, error-free and complete (ready or leased), that
     // can serve plan position `pos` after its current one; -1 if none.
     int reusableSlotLocked(int64_t layer, uint64_t pos) const;
+    // CPU, from acquire() while it waits for plan position `pos` (of `layer`): if no slot is
+    // reading or holding that position and none is free or about to be, but some hold later
+    // positions, gives the latest of those up (read again later) so that `pos` can be read.
+    void makeRoomLocked(uint64_t pos, int64_t layer);
     // Links the next unassigned plan positions inside the prefetch window to slots that
     // hold their layers, in order, up to the first one that needs a read. False when the
     // window (or a finite plan) is exhausted. Called by the io thread before it assigns a
@@ -314,6 +318,41 @@ struct Engine::Impl {
     LayerTiming* timingAtLocked(int64_t index);
     std::vector<LayerTiming> timingsLocked() const;
 };
+
+std::string testing::engineStateForTesting(const Engine& engine) {
+    const Engine::Impl& m = *engine.impl_;
+    std::unique_lock<std::mutex> lock(m.mu, std::defer_lock);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (!lock.try_lock()) {
+        if (std::chrono::steady_clock::now() > until) return "(engine lock held for over 1 s)";
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    static constexpr const char* kStates[] = {"free",  "reading", "decoding",   "ready",
+                                              "leased", "verified", "submitting", "copying"};
+    std::string out = "nextAcquirePos=" + std::to_string(m.nextAcquirePos) +
+                      " nextReadPos=" + std::to_string(m.nextReadPos) +
+                      " acquireWaiting=" + std::to_string(m.acquireWaiting ? 1 : 0) +
+                      " failedLayer=" + std::to_string(m.failedLayer) + " rereadPos=[";
+    for (uint64_t p : m.rereadPos) out += std::to_string(p) + " ";
+    out += "] tasks=" + std::to_string(m.tasks.size()) + " slots:";
+    for (size_t s = 0; s < m.slots.size(); ++s) {
+        const SlotData& d = *m.slots[s];
+        out += " [" + std::to_string(s) + " " + kStates[static_cast<int>(d.state)] + " l" +
+               std::to_string(d.layer) + "@" + std::to_string(d.pos);
+        if (d.discard) out += " discard";
+        if (d.large) out += " large";
+        if (!d.error.isOk()) out += " error";
+        if (d.state == SlotState::kReading) {
+            out += " reads=" + std::to_string(d.readsLeft) + " tasks=" + std::to_string(d.tasksLeft.load());
+        }
+        if (!d.reuse.empty()) {
+            out += " links";
+            for (uint64_t q : d.reuse) out += " " + std::to_string(q);
+        }
+        out += "]";
+    }
+    return out;
+}
 
 int64_t Engine::Impl::recordTimingLocked(const LayerTiming& t) {
     if (timings.size() < Engine::kMaxTimings) {
@@ -947,6 +986,37 @@ int Engine::Impl::reusableSlotLocked(int64_t layer, uint64_t pos) const {
     return -1;
 }
 
+void Engine::Impl::makeRoomLocked(uint64_t pos, int64_t layer) {
+    // Reads are assigned in plan order, so the position an acquire() waits for normally has a
+    // slot before any later one. Two kinds of position are read out of order: one unlinked
+    // from a slot the caller still holds (a second lease of a layer) and one put back by
+    // reload(). By then the positions after it may have taken every slot the caller does not
+    // hold, and those are freed only when acquired: without this the caller waits for ever.
+    int victim = -1;
+    for (size_t s = 0; s < slots.size(); ++s) {
+        const SlotData& d = *slots[s];
+        if (!slotFits(s, layer)) continue;
+        if (d.state == SlotState::kFree || d.discard) return;  // free, or freed once its reads end
+        if (d.state == SlotState::kLeased) continue;
+        if (d.pos == pos) return;  // being read for it
+        if (d.pos > pos && (victim < 0 || d.pos > slots[static_cast<size_t>(victim)]->pos)) {
+            victim = static_cast<int>(s);
+        }
+    }
+    if (victim < 0) return;
+    SlotData& d = *slots[static_cast<size_t>(victim)];
+    SLI_DEBUG(kLog, "plan position %llu (layer %lld) gives its slot to position %llu",
+              static_cast<unsigned long long>(d.pos), static_cast<long long>(d.layer),
+              static_cast<unsigned long long>(pos));
+    rereadPos.insert(std::lower_bound(rereadPos.begin(), rereadPos.end(), d.pos), d.pos);
+    if (d.state == SlotState::kReady) {
+        freeSlotLocked(victim);  // (its linked positions are read again too)
+    } else {
+        d.discard = true;  // reading or decoding: freed when that ends
+    }
+    ioCv.notify_one();
+}
+
 void Engine::Impl::ioLoop() {
     std::vector<io::ReadRequest> batch;
     std::vector<io::ReadCompletion> done(64);
@@ -1502,6 +1572,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
             m.acquireWaiting = false;
             return allLeased();
         }
+        if (!m.gpu()) m.makeRoomLocked(pos, layer);
         m.readyCv.wait(lock);
     }
     m.acquireWaiting = false;

@@ -169,6 +169,9 @@ struct EngineStats {
 };
 
 class Engine;
+namespace testing {
+std::string engineStateForTesting(const Engine& engine);  // engine/engine_testing.h
+}
 namespace detail {
 struct LeaseAnchor;  // engine.cpp: what a lease releases through; outlives the engine
 }
@@ -230,8 +233,10 @@ public:
     // acquire(): reopens the layer's file, checks that it still has the layout the engine was
     // opened with, and puts the failed plan position back, so that the next acquire(layer)
     // reads it again from the new file (the prefetched layers after it are kept). CPU path
-    // only (NotSupported on a GPU engine). InvalidArgument when the last acquire was not a
-    // failed acquire(layer), when the file's layout changed, or when the engine holds the
+    // only (NotSupported on a GPU engine). InvalidArgument when the last acquire that took
+    // effect (served a layer or failed on its data; one refused or naming a layer with no
+    // position left has no effect) was not a failed acquire(layer), when the file's layout
+    // changed, or when the engine holds the
     // layer for a later plan position (a cyclic plan over no more layers than the depth): open
     // the engine again then. Errors opening or parsing the file are returned as such. Called
     // from the executor thread, like acquire().
@@ -251,6 +256,7 @@ public:
 
 private:
     friend class Lease;
+    friend std::string testing::engineStateForTesting(const Engine& engine);
     explicit Engine(std::unique_ptr<Impl> impl);
     void releaseSlot(int slot, bool gpu, void* stream);
     std::unique_ptr<Impl> impl_;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <clocale>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/engine_testing.h"
 #include "engine/trace.h"
 #include "engine_test_util.h"
 #include "sli/engine.h"
@@ -355,6 +357,71 @@ TEST_CASE("a layer still held is served again from its slot, not read again") {
         checkLayer(*second, tc, 1);
         CHECK(&first->tensors() != &second->tensors());
     }
+}
+
+TEST_CASE("a second lease of a held layer gets a slot when later layers have taken the rest") {
+    // Cyclic over 4 layers at depth 3 (4 slots). Holding layers 0, 1 and 3 links positions 4
+    // (layer 0) and 5 (layer 1) to their leased slots, and position 6 (layer 2) takes the
+    // last slot. acquire(0) for position 4 while position 0 is still held must read layer 0
+    // again, into a slot only position 6 can give up (found by engine_stress_test: it used to
+    // wait for ever). Position 6 is then read again when a slot frees.
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 4, QuantizationMode::kNf4);
+    EngineOptions o = edgeOptions(tc);
+    o.order = LayerOrder::kCyclic;
+    o.prefetchDepth = 3;
+    auto e = Engine::open(o);
+    REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+    // Fails the test instead of hanging it when an acquire never returns.
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    std::thread watchdog([&] {
+        std::unique_lock<std::mutex> lock(mu);
+        if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return done; })) {
+            std::fprintf(stderr, "acquire blocked for 60 s\n");
+            std::abort();
+        }
+    });
+    auto p0 = (*e)->acquire(0);
+    auto p1 = (*e)->acquire(1);
+    REQUIRE(p0.isOk());
+    REQUIRE(p1.isOk());
+    {
+        auto p2 = (*e)->acquire(2);
+        REQUIRE(p2.isOk());
+        checkLayer(*p2, tc, 2);
+    }
+    auto p3 = (*e)->acquire(3);
+    REQUIRE(p3.isOk());
+    // Once position 6 has been read into the last slot (the state this case is about):
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (testing::engineStateForTesting(**e).find("ready l2@6") == std::string::npos) {
+        REQUIRE_MESSAGE(std::chrono::steady_clock::now() < until, testing::engineStateForTesting(**e));
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    auto p4 = (*e)->acquire(0);  // position 4, while position 0 is held
+    REQUIRE_MESSAGE(p4.isOk(), p4.status().toString());
+    checkLayer(*p4, tc, 0);
+    CHECK(&p0->tensors() != &p4->tensors());
+    p0->release();
+    p3->release();
+    auto p5 = (*e)->acquire(1);  // position 5, while position 1 is held
+    REQUIRE_MESSAGE(p5.isOk(), p5.status().toString());
+    checkLayer(*p5, tc, 1);
+    p1->release();
+    p4->release();
+    for (int64_t l : {2, 3, 0, 1, 2}) {  // positions 6 (given up above) to 10
+        auto lease = (*e)->acquire(l);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        checkLayer(*lease, tc, l);
+    }
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        done = true;
+    }
+    cv.notify_all();
+    watchdog.join();
 }
 
 TEST_CASE("the trace is valid JSON for layer names with quotes, backslashes, controls and UTF-8") {
