@@ -236,10 +236,11 @@ public:
     // only (NotSupported on a GPU engine). InvalidArgument when the last acquire that took
     // effect (served a layer or failed on its data; one refused or naming a layer with no
     // position left has no effect) was not a failed acquire(layer), when the file's layout
-    // changed, or when the engine holds the
-    // layer for a later plan position (a cyclic plan over no more layers than the depth): open
-    // the engine again then. Errors opening or parsing the file are returned as such. Called
-    // from the executor thread, like acquire().
+    // changed, or when the engine holds the layer for a later plan position (a cyclic plan
+    // over no more layers than the depth): open the engine again then. Errors opening or
+    // parsing the file are returned as such. A reload that returns an error changes nothing
+    // (it may be tried again, e.g. once the file is rewritten). Called from the executor
+    // thread, like acquire().
     Status reload(int64_t layer);
     // -1 for "cpu", N for "cuda:N".
     int device() const noexcept;

@@ -20,9 +20,10 @@
 //     out the repaired layer; at any other time it is refused, never a crash;
 //   - leases are released in any order, on this thread or another, before or after the
 //     engine is destroyed (possibly with reads in flight).
-// A layer damaged or repaired while the engine runs may legitimately still be served from
-// data read before (or fail from data read after): for such "uncertain" layers either outcome
-// is accepted, but a lease's bytes must still be exactly right.
+// A layer damaged while the engine runs (a flipped byte, a truncated file, EIO on every read of
+// its file) or repaired may legitimately still be served from data read before, or fail from
+// data read after: either outcome is accepted then (Corruption, or IOError for the last two),
+// but a lease's bytes must still be exactly right.
 // A watchdog aborts (printing the seed and the operations so far) if one call blocks for more
 // than 120 s: a hang is a failure, not a timeout.
 //
@@ -30,6 +31,12 @@
 // prints its seed, so `SLI_STRESS_FIRST_SEED=S SLI_STRESS_SEEDS=1` reruns it (thread timing
 // varies between runs, the options and operations do not).
 #include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
 
 #include <atomic>
 #include <chrono>
@@ -187,7 +194,16 @@ private:
     std::thread thread_;
 };
 
-enum class LayerState { kClean, kCorrupt, kUncertain };
+// What an acquire of a layer may return: served (exactly the expected bytes), or failed with
+// Corruption or IOError (naming the layer and its file). A layer with a flipped byte on disk
+// since open may only fail; one damaged while the engine runs may still be served from data
+// read before.
+struct Expect {
+    bool ok = true;
+    bool corruption = false;
+    bool ioError = false;
+    bool broken = false;  // EIO injected or file truncated: never repaired in this run
+};
 
 struct Flip {
     uint64_t offset;
@@ -233,6 +249,16 @@ uint64_t randomDataOffset(const std::string& file, Rand& r) {
     return ext.offset + static_cast<uint64_t>(r.between(0, static_cast<int64_t>(ext.storedBytes) - 1));
 }
 
+// The descriptor this process has open on `path` (the engine's), or -1.
+int fdOf(const std::string& path) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+        const auto target = std::filesystem::read_symlink(e.path(), ec);
+        if (!ec && target == path) return std::stoi(e.path().filename().string());
+    }
+    return -1;
+}
+
 struct Held {
     Lease lease;
     int64_t layer;
@@ -276,7 +302,7 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
     std::vector<std::vector<std::vector<uint8_t>>> expected;
     for (int64_t l = 0; l < L; ++l) expected.push_back(expectedLayer(tc.files[static_cast<size_t>(l)], outDt));
 
-    std::vector<LayerState> state(static_cast<size_t>(L), LayerState::kClean);
+    std::vector<Expect> state(static_cast<size_t>(L));
     std::vector<std::vector<Flip>> flips(static_cast<size_t>(L));
     auto damage = [&](int64_t l) {
         const Flip f{randomDataOffset(tc.files[static_cast<size_t>(l)], r),
@@ -293,7 +319,7 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
     if (r.chance(0.35)) {
         const int64_t l = r.between(0, L - 1);
         damage(l);
-        state[static_cast<size_t>(l)] = LayerState::kCorrupt;
+        state[static_cast<size_t>(l)] = Expect{false, true, false};
     }
 
     io::FaultPlan faults;
@@ -304,10 +330,12 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
     faults.delayProbability = r.pick({0.0, 0.2});
     faults.maxDelay = std::chrono::microseconds(r.between(0, 3000));
     faults.seed = seed;
+    auto injector = std::make_shared<io::FaultInjectingScheduler*>(nullptr);
     testing::setReadSchedulerFactoryForTesting(
-        [faults](const io::ReadSchedulerOptions& so) -> Result<std::unique_ptr<io::ReadScheduler>> {
+        [faults, injector](const io::ReadSchedulerOptions& so) -> Result<std::unique_ptr<io::ReadScheduler>> {
             auto s = io::FaultInjectingScheduler::create(so, faults);
             if (!s.isOk()) return s.status();
+            *injector = s->get();
             return std::unique_ptr<io::ReadScheduler>(std::move(s).value());
         });
 
@@ -319,7 +347,8 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
                   o.prefetchDepth, o.workerThreads, o.chunkBytes, o.queueDepth, o.directIo ? 1 : 0,
                   dtypeName(outDt), static_cast<int>(o.order), o.plan.size(),
                   static_cast<unsigned long long>(o.hostBudgetBytes),
-                  static_cast<int>(std::count(state.begin(), state.end(), LayerState::kCorrupt)));
+                  static_cast<int>(std::count_if(state.begin(), state.end(),
+                                                 [](const Expect& x) { return x.corruption; })));
     log += optsDesc;
 
     dog.begin(log + " open");
@@ -356,6 +385,8 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
         return std::nullopt;
     };
     uint64_t pos = 0;
+    io::FaultPlan faultsNow = faults;  // plus the EIO ranges added while the engine runs
+    std::vector<bool> truncated(static_cast<size_t>(L), false);
 
     std::vector<Held> held;
     std::optional<Releaser> releaser;
@@ -398,8 +429,7 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
             return Outcome::kNoOccurrence;  // no effect: a reload() may still follow a failure
         }
         if (got.isOk()) {
-            REQUIRE_MESSAGE(state[static_cast<size_t>(l)] != LayerState::kCorrupt,
-                            "a layer with a damaged file was handed out");
+            REQUIRE_MESSAGE(state[static_cast<size_t>(l)].ok, "a layer with a damaged file was handed out");
             checkLease(*got, l);
             held.push_back({std::move(got).value(), l});
             pos = *k + 1;
@@ -415,14 +445,14 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
             releaseAll();  // (no effect either)
             return Outcome::kRefused;
         }
-        REQUIRE_MESSAGE(s.isCorruption(), "unexpected error: " << s.toString());
-        REQUIRE_MESSAGE(state[static_cast<size_t>(l)] != LayerState::kClean,
-                        "an intact layer failed: " << s.toString());
+        const Expect& x = state[static_cast<size_t>(l)];
+        REQUIRE_MESSAGE(((s.isCorruption() && x.corruption) || (s.isIOError() && x.ioError)),
+                        "layer " << l << ": unexpected error " << s.toString());
         CHECK(s.message().find("layer " + std::to_string(l)) != std::string::npos);
         CHECK(s.message().find(tc.files[static_cast<size_t>(l)]) != std::string::npos);
         pos = *k + 1;
         ++corruptSeen;
-        log += "C";
+        log += s.isCorruption() ? "C" : "E";
         lastFailed = std::make_pair(l, *k);
         return Outcome::kFailed;
     };
@@ -459,39 +489,67 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
             const int64_t l = afterFailure ? lastFailed->first : r.between(0, L - 1);
             const bool inTurn = lastFailed.has_value() && lastFailed->first == l;
             bool repaired = false;
-            if (inTurn && r.chance(0.7) && !flips[static_cast<size_t>(l)].empty()) {
+            Expect& x = state[static_cast<size_t>(l)];
+            if (inTurn && !x.broken && r.chance(0.7) && !flips[static_cast<size_t>(l)].empty()) {
                 repair(l);
                 repaired = true;
-                state[static_cast<size_t>(l)] = LayerState::kUncertain;
+                x = Expect{true, true, false};  // older data of it may still be in a slot
             }
             log += std::string(" L") + (repaired ? "+" : "") + std::to_string(l);
             dog.begin(log, engine.get());
             const Status s = engine->reload(l);
             dog.end();
             const auto failedAt = lastFailed;
-            lastFailed.reset();
+            if (s.isOk()) lastFailed.reset();  // a refused or failed reload changes nothing
             if (!inTurn) {
                 CHECK_MESSAGE(s.isInvalidArgument(), "reload out of turn: " << s.toString());
             } else if (s.isOk()) {
                 ++reloads;
                 pos = failedAt->second;  // the failed position is back
+                // The file is open anew: an fd the injected EIO names may now be another file's.
+                if (!faultsNow.failRanges.empty()) {
+                    faultsNow.failRanges.clear();
+                    (*injector)->setPlan(faultsNow);
+                }
                 if (repaired) {
                     // The next acquire reads the repaired file; reload refuses when the engine
                     // still holds older data of the layer, so later positions read it too.
                     REQUIRE(acquire(l) == Outcome::kServed);
-                    state[static_cast<size_t>(l)] = LayerState::kClean;
+                    state[static_cast<size_t>(l)] = Expect{};
                 }
             } else {
-                // Refused (the layer is held for a later position): the next open rereads it.
-                CHECK_MESSAGE(s.isInvalidArgument(), s.toString());
+                // Refused (the layer is held for a later position: the next open rereads it), or
+                // a file that cannot be opened or parsed any more (truncated).
+                CHECK_MESSAGE((s.isInvalidArgument() || (x.broken && (s.isCorruption() || s.isIOError()))),
+                              s.toString());
             }
-        } else if (what < 93) {  // damage a layer while the engine runs
+        } else if (what < 91) {  // damage a layer while the engine runs
             const int64_t l = r.between(0, L - 1);
+            Expect& x = state[static_cast<size_t>(l)];
+            if (truncated[static_cast<size_t>(l)]) continue;
             damage(l);
             log += " d" + std::to_string(l);
-            if (state[static_cast<size_t>(l)] == LayerState::kClean) {
-                state[static_cast<size_t>(l)] = LayerState::kUncertain;
-            }
+            x.corruption = true;  // (and served, if it was, from data read before)
+        } else if (what < 92) {  // truncate a layer's file while the engine runs
+            const int64_t l = r.between(0, L - 1);
+            if (truncated[static_cast<size_t>(l)]) continue;
+            auto idx = io::readLayerIndex(tc.files[static_cast<size_t>(l)]);
+            REQUIRE(idx.isOk());
+            const uint64_t keep = idx->dataStart + static_cast<uint64_t>(r.between(0, static_cast<int64_t>(idx->dataBytes()) - 1));
+            REQUIRE(::truncate(tc.files[static_cast<size_t>(l)].c_str(), static_cast<off_t>(keep)) == 0);
+            truncated[static_cast<size_t>(l)] = true;
+            log += " t" + std::to_string(l);
+            Expect& x = state[static_cast<size_t>(l)];
+            x.corruption = x.ioError = x.broken = true;
+        } else if (what < 93) {  // EIO on every read of a layer's file from now on
+            const int64_t l = r.between(0, L - 1);
+            const int fd = fdOf(tc.files[static_cast<size_t>(l)]);
+            if (fd < 0) continue;
+            faultsNow.failRanges.push_back(io::FaultRange{fd, 0, UINT64_MAX, EIO});
+            (*injector)->setPlan(faultsNow);
+            log += " e" + std::to_string(l);
+            Expect& x = state[static_cast<size_t>(l)];
+            x.ioError = x.broken = true;
         } else if (what < 96) {  // release everything (some on the other thread)
             log += " R*";
             releaseAll();
