@@ -5,11 +5,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
+#include <span>
 #include <random>
 #include <string>
 #include <thread>
@@ -707,4 +710,200 @@ TEST_CASE("measures raw read throughput of whole files") {
     }
     auto missing = measureRawReadGbps(std::vector<std::string>{"/nonexistent/x"}, 1 << 20, 4);
     CHECK(missing.status().isNotFound());
+}
+
+namespace {
+
+// What one random request must end as.
+struct Expected {
+    bool ok = false;
+    int64_t result = 0;  // bytes (ok) or -errno
+};
+
+uint64_t stressSeeds() {
+    const char* v = std::getenv("SLI_STRESS_SEEDS");
+    return v != nullptr && *v != '\0' ? std::strtoull(v, nullptr, 10) : 150;
+}
+
+}  // namespace
+
+TEST_CASE("random requests, options and faults: each request completes once, as it must") {
+    // Per seed: 1-3 files of random sizes (O_DIRECT or buffered), random chunk size and queue
+    // depth, injected short reads / EAGAIN / EINTR / delays, sometimes EIO on a byte range of
+    // one file, and 1-40 requests (aligned or, for buffered files, at any offset and length;
+    // some past end of file, some misaligned for O_DIRECT, with or without kReadAllowEof)
+    // submitted in random batches between reaps of random timeouts, sometimes cut short by
+    // destroying the scheduler. Every completed request must be exactly what the file and the
+    // contract say (bytes, or EINVAL / ENODATA / EIO naming the file), and no byte outside a
+    // request's destination may change. SLI_STRESS_SEEDS (default 150) sets the count.
+    const std::string dir = diskDir() + "/stress";
+    const uint64_t seeds = stressSeeds();
+    constexpr size_t kGuard = 4096;
+    constexpr uint8_t kFill = 0xA5;
+    for (uint64_t seed = 1; seed <= seeds; ++seed) {
+        CAPTURE(seed);
+        std::mt19937_64 rng(seed);
+        auto between = [&rng](uint64_t lo, uint64_t hi) {
+            return std::uniform_int_distribution<uint64_t>(lo, hi)(rng);
+        };
+        auto chance = [&rng](double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; };
+        const IoBackend b = kBackends[between(0, 1)];
+        if (!available(b)) continue;
+        ReadSchedulerOptions o = opts(b, static_cast<uint32_t>(4096u << between(0, 8)),
+                                      static_cast<uint32_t>(1u << between(0, 6)));
+        // Files, and how each is opened.
+        const size_t nfiles = between(1, 3);
+        std::vector<std::unique_ptr<TestFile>> tfs;
+        std::vector<DirectReadFile> files;
+        for (size_t i = 0; i < nfiles; ++i) {
+            const size_t size = chance(0.3) ? 4096 * between(0, 300) : between(0, 3u << 20);
+            tfs.push_back(std::make_unique<TestFile>(dir, "f" + std::to_string(i), size, seed * 10 + i));
+            auto f = openForDirectRead(tfs.back()->path, chance(0.7));
+            REQUIRE(f.isOk());
+            files.push_back(std::move(f).value());
+        }
+        FaultPlan plan;
+        plan.shortReadProbability = chance(0.5) ? 0.3 : 0.0;
+        plan.shortReadGranularity = chance(0.5) ? 4096 : 1;  // odd lengths only on buffered files
+        plan.againProbability = chance(0.5) ? 0.2 : 0.0;
+        plan.againBurst = static_cast<uint32_t>(between(1, 8));
+        plan.intrProbability = chance(0.3) ? 0.1 : 0.0;
+        plan.delayProbability = chance(0.3) ? 0.2 : 0.0;
+        plan.maxDelay = std::chrono::microseconds(between(0, 2000));
+        plan.seed = seed;
+        int faultFile = -1;
+        uint64_t faultBegin = 0, faultEnd = 0;
+        if (chance(0.3)) {
+            faultFile = static_cast<int>(between(0, nfiles - 1));
+            const uint64_t size = files[static_cast<size_t>(faultFile)].size();
+            if (size > 0) {
+                faultBegin = between(0, size - 1);
+                faultEnd = std::min(size, faultBegin + between(1, 100000));
+                plan.failRanges.push_back(FaultRange{files[static_cast<size_t>(faultFile)].fd(),
+                                                     faultBegin, faultEnd, EIO});
+            } else {
+                faultFile = -1;
+            }
+        }
+        // Direct files get a 4096-granular short read only (a real O_DIRECT read is never
+        // short in the middle of a file by a byte count that is not a sector multiple).
+        bool anyDirect = false;
+        for (const auto& f : files) anyDirect = anyDirect || f.isDirect();
+        if (anyDirect) plan.shortReadGranularity = 4096;
+        auto sOr = FaultInjectingScheduler::create(o, plan);
+        REQUIRE(sOr.isOk());
+        std::unique_ptr<FaultInjectingScheduler> s = std::move(sOr).value();
+        std::vector<bool> named(nfiles);
+        for (size_t i = 0; i < nfiles; ++i) {
+            named[i] = chance(0.7);
+            if (named[i]) REQUIRE(s->registerFile(files[i].fd(), tfs[i]->path).isOk());
+        }
+
+        // Requests, each with its own destination between guard bytes.
+        const size_t nreq = between(1, 40);
+        std::vector<ReadRequest> reqs(nreq);
+        std::vector<Expected> want(nreq);
+        std::vector<size_t> fileOf(nreq);
+        std::vector<uint64_t> dstOff(nreq);
+        uint64_t total = kGuard;
+        for (size_t i = 0; i < nreq; ++i) {
+            const size_t fi = between(0, nfiles - 1);
+            const DirectReadFile& f = files[fi];
+            const uint64_t size = f.size();
+            ReadRequest& r = reqs[i];
+            r.fd = f.fd();
+            r.tag = i;
+            r.flags = chance(0.5) ? kReadAllowEof : 0;
+            bool misaligned = false;
+            if (f.isDirect()) {
+                r.offset = 4096 * between(0, size / 4096 + 1);
+                r.length = static_cast<uint32_t>(4096 * between(1, 256));
+                if (chance(0.05)) {
+                    r.offset += between(1, 4095);
+                    misaligned = true;
+                }
+            } else {
+                r.offset = between(0, size + 100);
+                r.length = static_cast<uint32_t>(between(1, 1u << 20));
+            }
+            fileOf[i] = fi;
+            dstOff[i] = f.isDirect() ? (total + 4095) / 4096 * 4096 : total + between(0, 63);
+            total = dstOff[i] + r.length + kGuard;
+            const uint64_t avail = size > r.offset ? size - r.offset : 0;
+            const bool hitsFault = static_cast<int>(fi) == faultFile && r.offset < faultEnd &&
+                                   faultBegin < r.offset + r.length;
+            if (misaligned) {
+                want[i] = {false, -EINVAL};
+            } else if (hitsFault) {
+                want[i] = {false, -EIO};
+            } else if (avail >= r.length) {
+                want[i] = {true, r.length};
+            } else if (r.flags & kReadAllowEof) {
+                want[i] = {true, static_cast<int64_t>(avail)};
+            } else {
+                want[i] = {false, -ENODATA};
+            }
+        }
+        auto mem = AlignedBuffer::allocate(total + kGuard);
+        REQUIRE(mem.isOk());
+        std::memset(mem->data(), kFill, mem->size());
+        for (size_t i = 0; i < nreq; ++i) reqs[i].dst = mem->data() + dstOff[i];
+
+        // Submit in batches between reaps; maybe stop early by destroying the scheduler.
+        const bool cutShort = chance(0.1);
+        const size_t cutAfter = between(0, nreq);
+        std::vector<int> seen(nreq, 0);
+        std::vector<ReadCompletion> got(nreq);
+        std::vector<ReadCompletion> buf(8);
+        size_t submitted = 0, completed = 0;
+        const auto deadline = std::chrono::steady_clock::now() + 60s;
+        while (completed < nreq) {
+            REQUIRE(std::chrono::steady_clock::now() < deadline);
+            if (cutShort && submitted >= cutAfter) break;
+            if (submitted < nreq && chance(0.6)) {
+                const size_t n = std::min<size_t>(nreq - submitted, between(1, 8));
+                REQUIRE(s->submit(std::span(reqs).subspan(submitted, n)).isOk());
+                submitted += n;
+            }
+            const auto timeout = submitted == completed ? 0ns
+                                 : chance(0.5)          ? std::chrono::nanoseconds(0)
+                                                        : std::chrono::nanoseconds(1ms);
+            const size_t n = s->reap(buf, timeout);
+            for (size_t k = 0; k < n; ++k) {
+                REQUIRE(buf[k].tag < nreq);
+                ++seen[buf[k].tag];
+                got[buf[k].tag] = buf[k];
+                ++completed;
+            }
+        }
+        s.reset();  // with requests still in flight when cut short: must return, cleanly
+        for (size_t i = 0; i < nreq; ++i) {
+            CAPTURE(i);
+            REQUIRE(seen[i] <= 1);  // never twice
+            if (!cutShort) REQUIRE(seen[i] == 1);
+            const auto* base = reinterpret_cast<const uint8_t*>(mem->data());
+            // Nothing written outside the destination (checked for every request, completed
+            // or not: a read in flight at destruction has finished by now).
+            auto untouched = [base](uint64_t from, uint64_t to) {
+                return std::all_of(base + from, base + to, [](uint8_t v) { return v == kFill; });
+            };
+            REQUIRE(untouched(i == 0 ? 0 : dstOff[i - 1] + reqs[i - 1].length, dstOff[i]));
+            if (i + 1 == nreq) REQUIRE(untouched(dstOff[i] + reqs[i].length, mem->size()));
+            if (seen[i] == 0) continue;
+            const ReadCompletion& c = got[i];
+            const std::string name = named[fileOf[i]] ? tfs[fileOf[i]]->path : "fd " + std::to_string(reqs[i].fd);
+            CHECK_MESSAGE(c.ok() == want[i].ok, c.status.toString());
+            CHECK_MESSAGE(c.result == want[i].result, c.status.toString());
+            if (c.ok()) {
+                REQUIRE(c.status.isOk());
+                const auto& content = tfs[fileOf[i]]->content;
+                CHECK(std::memcmp(base + dstOff[i], content.data() + reqs[i].offset,
+                                  static_cast<size_t>(c.result)) == 0);
+            } else {
+                CHECK_FALSE(c.status.isOk());
+                CHECK_MESSAGE(c.status.message().find(name) != std::string::npos, c.status.toString());
+            }
+        }
+    }
+    fs::remove_all(dir);
 }
