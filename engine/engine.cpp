@@ -329,27 +329,40 @@ std::string testing::engineStateForTesting(const Engine& engine) {
     }
     static constexpr const char* kStates[] = {"free",  "reading", "decoding",   "ready",
                                               "leased", "verified", "submitting", "copying"};
-    std::string out = "nextAcquirePos=" + std::to_string(m.nextAcquirePos) +
-                      " nextReadPos=" + std::to_string(m.nextReadPos) +
-                      " acquireWaiting=" + std::to_string(m.acquireWaiting ? 1 : 0) +
-                      " failedLayer=" + std::to_string(m.failedLayer) + " rereadPos=[";
-    for (uint64_t p : m.rereadPos) out += std::to_string(p) + " ";
-    out += "] tasks=" + std::to_string(m.tasks.size()) + " slots:";
+    // (appends only: GCC 12 warns falsely about `"literal" + std::string` chains, -Wrestrict)
+    std::string out;
+    const auto put = [&out](const char* key, auto v) {
+        out += key;
+        out += std::to_string(v);
+    };
+    put("nextAcquirePos=", m.nextAcquirePos);
+    put(" nextReadPos=", m.nextReadPos);
+    put(" acquireWaiting=", m.acquireWaiting ? 1 : 0);
+    put(" failedLayer=", m.failedLayer);
+    out += " rereadPos=[";
+    for (uint64_t p : m.rereadPos) put(" ", p);
+    put(" ] tasks=", m.tasks.size());
+    put(" pendingSwaps=", m.pendingSwaps.size());
+    out += " slots:";
     for (size_t s = 0; s < m.slots.size(); ++s) {
         const SlotData& d = *m.slots[s];
-        out += " [" + std::to_string(s) + " " + kStates[static_cast<int>(d.state)] + " l" +
-               std::to_string(d.layer) + "@" + std::to_string(d.pos);
+        put(" [", s);
+        out += ' ';
+        out += kStates[static_cast<int>(d.state)];
+        put(" l", d.layer);
+        put("@", d.pos);
         if (d.discard) out += " discard";
         if (d.large) out += " large";
         if (!d.error.isOk()) out += " error";
         if (d.state == SlotState::kReading) {
-            out += " reads=" + std::to_string(d.readsLeft) + " tasks=" + std::to_string(d.tasksLeft.load());
+            put(" reads=", d.readsLeft);
+            put(" tasks=", d.tasksLeft.load());
         }
         if (!d.reuse.empty()) {
             out += " links";
-            for (uint64_t q : d.reuse) out += " " + std::to_string(q);
+            for (uint64_t q : d.reuse) put(" ", q);
         }
-        out += "]";
+        out += ']';
     }
     return out;
 }
@@ -1039,13 +1052,26 @@ void Engine::Impl::ioLoop() {
             // read first.
             // Positions are assigned in plan order: with slot classes, one whose class has no
             // free slot waits, and so do the positions after it.
-            for (auto& [l, fresh] : pendingSwaps) {  // reload(): no slot holds layer l
+            // reload(): once no slot holds layer l any more (those reading the old file end
+            // their reads first), the new file replaces it.
+            for (auto it = pendingSwaps.begin(); it != pendingSwaps.end();) {
+                const int64_t l = it->first;
+                if (std::any_of(slots.begin(), slots.end(), [l](const auto& sp) {
+                        return sp->state != SlotState::kFree && sp->layer == l;
+                    })) {
+                    ++it;
+                    continue;
+                }
                 LayerSource& cur = layers[static_cast<size_t>(l)];
                 scheduler->unregisterFile(cur.file.fd());
-                cur = std::move(fresh);  // closes the old file
+                cur = std::move(it->second);  // closes the old file
                 registerLayerFile(cur);
+                it = pendingSwaps.erase(it);
             }
-            pendingSwaps.clear();
+            const auto swapPending = [this](int64_t l) {
+                return std::any_of(pendingSwaps.begin(), pendingSwaps.end(),
+                                   [l](const auto& ps) { return ps.first == l; });
+            };
             while (!rereadPos.empty() && rereadPos.front() < nextAcquirePos) rereadPos.pop_front();
             while (true) {
                 // (links are also made on every acquire and release, when the window moves or
@@ -1058,6 +1084,7 @@ void Engine::Impl::ioLoop() {
                 const bool reread = !rereadPos.empty();
                 if (!reread && !linkAheadLocked()) break;  // window full
                 const uint64_t pos = reread ? rereadPos.front() : nextReadPos;
+                if (!pendingSwaps.empty() && swapPending(planAt(pos))) break;  // after the swap
                 size_t s = 0;  // a free slot of the position's class
                 while (s < slots.size() &&
                        (slots[s]->state != SlotState::kFree || !slotFits(s, planAt(pos)))) {
@@ -1685,12 +1712,33 @@ Status Engine::reload(int64_t layer) {
                                        "engine opened it; open the engine again");
     }
     std::lock_guard<std::mutex> lock(m.mu);
+    if (m.failedLayer != layer) {  // (only this thread moves it; checked again for clarity)
+        return Status::invalidArgument(what + ": only right after acquire(" + std::to_string(layer) +
+                                       ") failed, before the next acquire()");
+    }
     for (const auto& sp : m.slots) {
-        if (sp->state != SlotState::kFree && sp->layer == layer) {
+        if (sp->state == SlotState::kLeased && sp->layer == layer) {
             return Status::invalidArgument(
-                what + ": the engine holds layer " + std::to_string(layer) +
-                " for a later plan position (a plan over no more layers than the prefetch "
-                "depth); open the engine again to read it anew");
+                what + ": the executor still holds a lease of layer " + std::to_string(layer) +
+                " (its later positions would be served from it); release it, or open the "
+                "engine again to read the layer anew");
+        }
+    }
+    // Later positions of the layer already read, or being read, from the old file (a plan over
+    // no more layers than the prefetch depth reads the next occurrence early): read again from
+    // the new one. Slots still reading are freed when their reads end; the io thread swaps the
+    // file in only then, and reads no position of this layer before it has.
+    for (size_t s = 0; s < m.slots.size(); ++s) {
+        SlotData& d = *m.slots[s];
+        if (d.state == SlotState::kFree || d.layer != layer || d.discard) continue;
+        if (d.pos > m.failedPos &&
+            !std::binary_search(m.rereadPos.begin(), m.rereadPos.end(), d.pos)) {
+            m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), d.pos), d.pos);
+        }
+        if (d.state == SlotState::kReady) {
+            m.freeSlotLocked(static_cast<int>(s));  // (its linked positions are read again too)
+        } else {
+            d.discard = true;
         }
     }
     m.pendingSwaps.emplace_back(layer, std::move(fresh));

@@ -232,15 +232,16 @@ public:
     // written again since: `sli verify --repair`, sli::Processor), and before the next
     // acquire(): reopens the layer's file, checks that it still has the layout the engine was
     // opened with, and puts the failed plan position back, so that the next acquire(layer)
-    // reads it again from the new file (the prefetched layers after it are kept). CPU path
-    // only (NotSupported on a GPU engine). InvalidArgument when the last acquire that took
-    // effect (served a layer or failed on its data; one refused or naming a layer with no
-    // position left has no effect) was not a failed acquire(layer), when the file's layout
-    // changed, or when the engine holds the layer for a later plan position (a cyclic plan
-    // over no more layers than the depth): open the engine again then. Errors opening or
-    // parsing the file are returned as such. A reload that returns an error changes nothing
-    // (it may be tried again, e.g. once the file is rewritten). Called from the executor
-    // thread, like acquire().
+    // reads it again from the new file (the prefetched layers after it are kept; later
+    // positions of the same layer already read from the old file, as a plan over no more
+    // layers than the depth does, are read again from the new one). CPU path only
+    // (NotSupported on a GPU engine). InvalidArgument when the last acquire that took effect
+    // (served a layer or failed on its data; one refused or naming a layer with no position
+    // left has no effect) was not a failed acquire(layer), when the file's layout changed, or
+    // while the executor still holds a lease of the layer (from an earlier position): release
+    // it, or open the engine again. Errors opening or parsing the file are returned as such.
+    // A reload that returns an error changes nothing (it may be tried again, e.g. once the
+    // file is rewritten). Called from the executor thread, like acquire().
     Status reload(int64_t layer);
     // -1 for "cpu", N for "cuda:N".
     int device() const noexcept;
