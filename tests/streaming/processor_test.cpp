@@ -94,6 +94,19 @@ void checkAgainstFile(const Layer& got, const std::string& file, DType dtype) {
     }
 }
 
+// `passes` passes over every layer, each one served and equal to its file in `dir`.
+void checkPasses(Processor& p, const std::string& dir, int passes) {
+    for (int pass = 0; pass < passes; ++pass) {
+        for (int64_t i = 0; i < p.numLayers(); ++i) {
+            CAPTURE(pass);
+            CAPTURE(i);
+            auto lease = p.acquire(i);
+            REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+            checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), p.computeDType());
+        }
+    }
+}
+
 // Every layer streamed equals LayerQuantizer::dequantizeLayer of the cached layer file.
 void checkAgainstCache(Processor& p) {
     for (int64_t i = 0; i < p.numLayers(); ++i) {
@@ -268,15 +281,7 @@ TEST_CASE("a layer found damaged while streaming is quantized again and handed o
             auto p = Processor::open(o);  // indexes only: the damage is found when streamed
             REQUIRE_MESSAGE(p.isOk(), p.status().toString());
             CHECK((*p)->build().layersReused == 4);
-            for (int pass = 0; pass < (cyclic ? 2 : 1); ++pass) {
-                for (int64_t i = 0; i < 4; ++i) {
-                    CAPTURE(pass);
-                    CAPTURE(i);
-                    auto lease = (*p)->acquire(i);
-                    REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-                    checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
-                }
-            }
+            checkPasses(**p, dir, cyclic ? 2 : 1);
             CHECK((*p)->repairsWhileStreaming() == 1);
             // Quantized again from the same model: the very bytes it had before the damage.
             CHECK(slurp(victim) == good);
@@ -304,15 +309,7 @@ TEST_CASE("a damaged layer heals in a cyclic plan over no more layers than the d
         damagePayload(victim);
         auto p = Processor::open(o);
         REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-        for (int pass = 0; pass < 3; ++pass) {
-            for (int64_t i = 0; i < 4; ++i) {
-                CAPTURE(pass);
-                CAPTURE(i);
-                auto lease = (*p)->acquire(i);
-                REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-                checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
-            }
-        }
+        checkPasses(**p, dir, 3);
         CHECK((*p)->repairsWhileStreaming() == 1);
         CHECK(slurp(victim) == good);
     }
