@@ -140,6 +140,8 @@ struct SlotData {
     // depth). Capacity kMaxLinks, reserved at open().
     std::vector<uint64_t> reuse;  // at most kMaxLinks (then the position is read)
     bool reused = false;  // holds its layer for a position it did not read (see reuse)
+    // Leased, and its layer's file was reloaded since it was read: it serves no later position.
+    bool stale = false;
     int readsLeft = 0;
     std::atomic<int> tasksLeft{0};  // tensor tasks not finished + 1 while reads are in flight
     // Read chunks of the data region that have landed (sized at open() for the largest layer),
@@ -930,6 +932,7 @@ void Engine::Impl::freeSlotLocked(int s) {
     }
     slot.reuse.clear();
     slot.reused = false;
+    slot.stale = false;
     slot.error = Status();
     ioCv.notify_one();
 }
@@ -979,8 +982,8 @@ int Engine::Impl::reusableSlotLocked(int64_t layer, uint64_t pos) const {
     if (gpu()) return -1;  // the device slots, not these, hold a GPU layer once it is leased
     for (size_t s = 0; s < slots.size(); ++s) {
         const SlotData& slot = *slots[s];
-        if (slot.layer != layer || slot.pos >= pos || slot.discard || slot.reuse.size() >= kMaxLinks ||
-            !slot.error.isOk()) {
+        if (slot.layer != layer || slot.pos >= pos || slot.discard || slot.stale ||
+            slot.reuse.size() >= kMaxLinks || !slot.error.isOk()) {
             continue;
         }
         // Being read or decoded, or ready, for a position still to come (a stale ready one
@@ -1052,12 +1055,14 @@ void Engine::Impl::ioLoop() {
             // read first.
             // Positions are assigned in plan order: with slot classes, one whose class has no
             // free slot waits, and so do the positions after it.
-            // reload(): once no slot holds layer l any more (those reading the old file end
-            // their reads first), the new file replaces it.
+            // reload(): once no slot reads or decodes layer l any more (those reading the old
+            // file end their reads first; leased ones use nothing of it), the new file
+            // replaces it.
             for (auto it = pendingSwaps.begin(); it != pendingSwaps.end();) {
                 const int64_t l = it->first;
                 if (std::any_of(slots.begin(), slots.end(), [l](const auto& sp) {
-                        return sp->state != SlotState::kFree && sp->layer == l;
+                        return sp->layer == l && (sp->state == SlotState::kReading ||
+                                                  sp->state == SlotState::kDecoding);
                     })) {
                     ++it;
                     continue;
@@ -1716,25 +1721,27 @@ Status Engine::reload(int64_t layer) {
         return Status::invalidArgument(what + ": only right after acquire(" + std::to_string(layer) +
                                        ") failed, before the next acquire()");
     }
-    for (const auto& sp : m.slots) {
-        if (sp->state == SlotState::kLeased && sp->layer == layer) {
-            return Status::invalidArgument(
-                what + ": the executor still holds a lease of layer " + std::to_string(layer) +
-                " (its later positions would be served from it); release it, or open the "
-                "engine again to read the layer anew");
-        }
-    }
     // Later positions of the layer already read, or being read, from the old file (a plan over
-    // no more layers than the prefetch depth reads the next occurrence early): read again from
-    // the new one. Slots still reading are freed when their reads end; the io thread swaps the
-    // file in only then, and reads no position of this layer before it has.
+    // no more layers than the prefetch depth reads the next occurrence early), or linked to a
+    // lease the executor still holds: read again from the new one. Slots still reading are
+    // freed when their reads end; the io thread swaps the file in only then, and reads no
+    // position of this layer before it has. A lease still held keeps its tensors (read and
+    // verified before) until released, and serves no later position.
+    const auto requeue = [&m](uint64_t q) {
+        if (q > m.failedPos && !std::binary_search(m.rereadPos.begin(), m.rereadPos.end(), q)) {
+            m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), q), q);
+        }
+    };
     for (size_t s = 0; s < m.slots.size(); ++s) {
         SlotData& d = *m.slots[s];
         if (d.state == SlotState::kFree || d.layer != layer || d.discard) continue;
-        if (d.pos > m.failedPos &&
-            !std::binary_search(m.rereadPos.begin(), m.rereadPos.end(), d.pos)) {
-            m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), d.pos), d.pos);
+        if (d.state == SlotState::kLeased) {
+            for (uint64_t q : d.reuse) requeue(q);
+            d.reuse.clear();
+            d.stale = true;
+            continue;
         }
+        requeue(d.pos);
         if (d.state == SlotState::kReady) {
             m.freeSlotLocked(static_cast<int>(s));  // (its linked positions are read again too)
         } else {

@@ -234,12 +234,12 @@ public:
     // opened with, and puts the failed plan position back, so that the next acquire(layer)
     // reads it again from the new file (the prefetched layers after it are kept; later
     // positions of the same layer already read from the old file, as a plan over no more
-    // layers than the depth does, are read again from the new one). CPU path only
-    // (NotSupported on a GPU engine). InvalidArgument when the last acquire that took effect
-    // (served a layer or failed on its data; one refused or naming a layer with no position
-    // left has no effect) was not a failed acquire(layer), when the file's layout changed, or
-    // while the executor still holds a lease of the layer (from an earlier position): release
-    // it, or open the engine again. Errors opening or parsing the file are returned as such.
+    // layers than the depth does, are read again from the new one; a lease of the layer the
+    // executor still holds keeps its tensors until released). CPU path only (NotSupported on
+    // a GPU engine). InvalidArgument when the last acquire that took effect (served a layer
+    // or failed on its data; one refused or naming a layer with no position left has no
+    // effect) was not a failed acquire(layer), or when the file's layout changed (open the
+    // engine again then). Errors opening or parsing the file are returned as such.
     // A reload that returns an error changes nothing (it may be tried again, e.g. once the
     // file is rewritten). Called from the executor thread, like acquire().
     Status reload(int64_t layer);

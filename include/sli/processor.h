@@ -23,8 +23,7 @@
 // layer again from the model (after checking that the model is still the one the cache was
 // made from), has the engine reread it (Engine::reload) and returns it, with a warning
 // naming the layer and the damage (repairsWhileStreaming() counts them). If the repair fails
-// (the model changed or is gone, a layer the engine cannot reread because the
-// executor still holds a lease of it from an earlier position, a second failure), acquire()
+// (the model changed or is gone, its layout changed, a second failure), acquire()
 // returns the original error with the reason the repair failed; with repairWhileStreaming off,
 // the error as the engine gave it, until a later open with verifyCache (or `sli verify
 // --repair`) rewrites the layer.

@@ -15,9 +15,10 @@
 //     file, and never hands out data; other layers still stream;
 //   - an acquire refused with ResourceExhausted happens only while leases are held, consumes
 //     nothing, and is served once they are released;
-//   - reload() after a failed acquire of a repaired file (acquires without effect, refused or
-//     naming no position, may come between) puts the position back and the next acquire hands
-//     out the repaired layer; at any other time it is refused, never a crash;
+//   - reload() after a failed acquire (acquires without effect, refused or naming no
+//     position, may come between) succeeds unless the file can no longer be parsed, puts the
+//     position back, and the next acquire of a repaired file hands out the repaired layer; at
+//     any other time it is refused, never a crash;
 //   - leases are released in any order, on this thread or another, before or after the
 //     engine is destroyed (possibly with reads in flight).
 // A layer damaged while the engine runs (a flipped byte, a truncated file, EIO on every read of
@@ -518,10 +519,9 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
                     state[static_cast<size_t>(l)] = Expect{};
                 }
             } else {
-                // Refused (the layer is held for a later position: the next open rereads it), or
-                // a file that cannot be opened or parsed any more (truncated).
-                CHECK_MESSAGE((s.isInvalidArgument() || (x.broken && (s.isCorruption() || s.isIOError()))),
-                              s.toString());
+                // In turn, only a file that cannot be parsed any more (truncated) is refused.
+                REQUIRE_MESSAGE(truncated[static_cast<size_t>(l)], "reload refused: " << s.toString());
+                CHECK_MESSAGE((s.isCorruption() || s.isIOError()), s.toString());
             }
         } else if (what < 91) {  // damage a layer while the engine runs
             const int64_t l = r.between(0, L - 1);

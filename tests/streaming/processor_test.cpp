@@ -315,6 +315,44 @@ TEST_CASE("a damaged layer heals in a cyclic plan over no more layers than the d
     }
 }
 
+TEST_CASE("a layer is repaired while the executor still holds a lease of it from a pass before") {
+    // Cyclic, depth 1: pass 0's layer 2 stays leased; its file is damaged; pass 1's layer 2
+    // (a second lease of a held layer, so read again) fails and is repaired and read anew
+    // while the first lease keeps its tensors (it used to be refused: "holds a lease").
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "nf4";
+    o.engine.order = LayerOrder::kCyclic;
+    o.engine.prefetchDepth = 1;
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
+    const std::string victim = dir + "/" + io::layerFileName(2);
+    const std::string good = slurp(victim);
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    Result<Lease> first = Status::internal("unset");
+    for (int64_t i = 0; i < 4; ++i) {
+        auto lease = (*p)->acquire(i);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        if (i == 2) first = std::move(lease);
+    }
+    damagePayload(victim);
+    for (int64_t i = 0; i < 4; ++i) {
+        CAPTURE(i);
+        auto lease = (*p)->acquire(i);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
+    }
+    CHECK((*p)->repairsWhileStreaming() == 1);
+    CHECK(slurp(victim) == good);
+    REQUIRE(first.isOk());
+    checkAgainstFile(first->tensors(), victim, (*p)->computeDType());  // the held lease intact
+    first->release();
+    checkPasses(**p, dir, 2);  // and every later pass reads the repaired file
+    CHECK((*p)->repairsWhileStreaming() == 1);
+}
+
 TEST_CASE("a repair while streaming refuses a model that changed since the cache was made") {
     TempDir tmp;
     auto ck = std::make_unique<Checkpoint>(tmp.path);
@@ -511,10 +549,9 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
     // Per seed: a preset, prefetch depth, order (and explicit plan), backend and worker count;
     // layers damaged (a flipped byte in a random tensor's payload) before the processor opens
     // and while it streams; leases held and released at random. Every acquire must hand out
-    // exactly the layer of the intact cache, or fail with Corruption naming the damaged file
-    // and why its repair failed (the engine still holds that layer for a later position); an
-    // intact layer never fails; a layer file is only ever intact or as the test damaged it
-    // (a repair writes back the very bytes it had). SLI_STRESS_SEEDS / 10 seeds (default 20).
+    // exactly the layer of the intact cache (a damaged one repaired on the way); a layer file
+    // is only ever intact or as the test damaged it (a repair writes back the very bytes it
+    // had). SLI_STRESS_SEEDS / 10 seeds (default 20).
     const char* env = std::getenv("SLI_STRESS_SEEDS");
     const uint64_t seeds = env != nullptr && *env != '\0' ? std::max<uint64_t>(1, std::strtoull(env, nullptr, 10) / 10) : 20;
     for (uint64_t seed = 1; seed <= seeds; ++seed) {
@@ -549,7 +586,6 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
             // A copy of the intact file: what every lease of the layer must equal.
             std::ofstream(tmp.path + "/intact-" + std::to_string(i), std::ios::binary) << pristine.back();
         }
-        std::vector<bool> damaged(L, false);
         auto damage = [&](int64_t l) {
             auto idx = io::readLayerIndex(files[static_cast<size_t>(l)]);
             REQUIRE(idx.isOk());
@@ -560,7 +596,6 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
                                            ext.offset + static_cast<uint64_t>(between(0, static_cast<int64_t>(ext.storedBytes) - 1)),
                                            static_cast<uint8_t>(1u << between(0, 7))));
             versions[static_cast<size_t>(l)].push_back(slurp(files[static_cast<size_t>(l)]));
-            damaged[static_cast<size_t>(l)] = true;
             log += " d" + std::to_string(l);
         };
         for (int64_t l = 0; l < L; ++l) {
@@ -573,7 +608,6 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
         auto planAt = [&](uint64_t k) { return order == 2 ? o.engine.plan[k] : static_cast<int64_t>(k % L); };
         uint64_t pos = 0;
         std::vector<Lease> held;
-        size_t failures = 0;
         for (int step = 0, steps = static_cast<int>(between(4, 24)); step < steps && pos < planSize; ++step) {
             if (chance(0.1)) damage(between(0, L - 1));
             if (!held.empty() && chance(0.5)) {
@@ -591,25 +625,15 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
                 lease = (*p)->acquire(l);
             }
             pos = k + 1;
-            if (lease.isOk()) {
-                checkAgainstFile(lease->tensors(), tmp.path + "/intact-" + std::to_string(l), (*p)->computeDType());
-                if (chance(0.6)) held.push_back(std::move(lease).value());
-                continue;
-            }
-            ++failures;
-            log += "F(" + lease.status().message().substr(lease.status().message().find("(repairing")) + ")";
-            const Status& st = lease.status();
-            REQUIRE_MESSAGE(damaged[static_cast<size_t>(l)], "an intact layer failed: " << st.toString());
-            CHECK_MESSAGE(st.isCorruption(), st.toString());
-            CHECK_MESSAGE(st.message().find(files[static_cast<size_t>(l)]) != std::string::npos, st.toString());
-            CHECK_MESSAGE(st.message().find("repairing layer " + std::to_string(l)) != std::string::npos,
-                          st.toString());
+            REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+            checkAgainstFile(lease->tensors(), tmp.path + "/intact-" + std::to_string(l), (*p)->computeDType());
+            if (chance(0.6)) held.push_back(std::move(lease).value());
         }
         held.clear();
         size_t damages = 0;
         for (const auto& v : versions) damages += v.size();
         CHECK((*p)->repairsWhileStreaming() <= damages);
-        log += " repairs " + std::to_string((*p)->repairsWhileStreaming()) + " failed " + std::to_string(failures);
+        log += " repairs " + std::to_string((*p)->repairsWhileStreaming());
         p->reset();
         for (int64_t l = 0; l < L; ++l) {
             const std::string now = slurp(files[static_cast<size_t>(l)]);
