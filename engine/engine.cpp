@@ -304,6 +304,9 @@ struct Engine::Impl {
     // reading or holding that position and none is free or about to be, but some hold later
     // positions, gives the latest of those up (read again later) so that `pos` can be read.
     void makeRoomLocked(uint64_t pos, int64_t layer);
+    // Marks slot s (reading or decoding) to be freed when that ends, its linked positions
+    // queued to be read again.
+    void discardSlotLocked(int s);
     // Links the next unassigned plan positions inside the prefetch window to slots that
     // hold their layers, in order, up to the first one that needs a read. False when the
     // window (or a finite plan) is exhausted. Called by the io thread before it assigns a
@@ -1028,9 +1031,23 @@ void Engine::Impl::makeRoomLocked(uint64_t pos, int64_t layer) {
     if (d.state == SlotState::kReady) {
         freeSlotLocked(victim);  // (its linked positions are read again too)
     } else {
-        d.discard = true;  // reading or decoding: freed when that ends
+        discardSlotLocked(victim);  // reading or decoding: freed when that ends
     }
     ioCv.notify_one();
+}
+
+void Engine::Impl::discardSlotLocked(int s) {
+    SlotData& d = *slots[static_cast<size_t>(s)];
+    // A discarded slot serves nothing: its linked positions are read after all. (acquire()'s
+    // skip logic would otherwise hand a discarded slot's link its position, and the slot,
+    // freed as discarded, would take that position with it.)
+    for (uint64_t q : d.reuse) {
+        if (q >= nextAcquirePos && !std::binary_search(rereadPos.begin(), rereadPos.end(), q)) {
+            rereadPos.insert(std::lower_bound(rereadPos.begin(), rereadPos.end(), q), q);
+        }
+    }
+    d.reuse.clear();
+    d.discard = true;
 }
 
 void Engine::Impl::ioLoop() {
@@ -1546,7 +1563,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         if (slot.state != SlotState::kFree && slot.state != SlotState::kLeased && slot.pos < pos) {
             if (slot.state == SlotState::kReady || slot.state == SlotState::kVerified) {
                 m.retireSlotLocked(static_cast<int>(s));
-            } else if (!slot.reuse.empty() && slot.reuse.back() >= pos) {
+            } else if (!slot.discard && !slot.reuse.empty() && slot.reuse.back() >= pos) {
                 // still being read: for its next linked position still wanted instead
                 while (slot.reuse.front() < pos) slot.reuse.erase(slot.reuse.begin());
                 slot.pos = slot.reuse.front();
@@ -1745,6 +1762,8 @@ Status Engine::reload(int64_t layer) {
         if (d.state == SlotState::kReady) {
             m.freeSlotLocked(static_cast<int>(s));  // (its linked positions are read again too)
         } else {
+            for (uint64_t q : d.reuse) requeue(q);
+            d.reuse.clear();
             d.discard = true;
         }
     }

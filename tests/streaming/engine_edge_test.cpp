@@ -22,6 +22,8 @@
 
 #include "engine/engine_testing.h"
 #include "engine/trace.h"
+#include "file_damage.h"
+#include "io/fault_injecting_scheduler.h"
 #include "engine_test_util.h"
 #include "sli/engine.h"
 #include "sli/json.h"
@@ -422,6 +424,66 @@ TEST_CASE("a second lease of a held layer gets a slot when later layers have tak
     }
     cv.notify_all();
     watchdog.join();
+}
+
+TEST_CASE("a reload while later reads of the layer are in flight loses no plan position") {
+    // Cyclic over 2 layers at depth 4, layer 1 damaged, every read held back 100 ms so that
+    // reads stay in flight. reload(1) discards the slot reading position 3 (layer 1) from the
+    // old file, to which position 5 is linked; acquire(0) for position 4 then skips position 3.
+    // Position 5 must still be read (found by engine_stress_test under TSan: the discarded slot
+    // took it along and acquire(1) waited for ever).
+    TempDir tmp;
+    TestCache tc = makeCache(tmp.path, 2, QuantizationMode::kNf4);
+    {
+        auto idx = io::readLayerIndex(tc.files[1]);
+        REQUIRE(idx.isOk());
+        REQUIRE(sli::testing::flipByte(tc.files[1], idx->tensors[0].part(QuantPart::kPayload).offset + 5));
+    }
+    io::FaultPlan slow;
+    slow.delayProbability = 1.0;
+    slow.maxDelay = std::chrono::milliseconds(100);
+    testing::setReadSchedulerFactoryForTesting(
+        [slow](const io::ReadSchedulerOptions& so) -> Result<std::unique_ptr<io::ReadScheduler>> {
+            auto s = io::FaultInjectingScheduler::create(so, slow);
+            if (!s.isOk()) return s.status();
+            return std::unique_ptr<io::ReadScheduler>(std::move(s).value());
+        });
+    EngineOptions o = edgeOptions(tc);
+    o.order = LayerOrder::kCyclic;
+    o.prefetchDepth = 4;
+    auto e = Engine::open(o);
+    REQUIRE_MESSAGE(e.isOk(), e.status().toString());
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    std::thread watchdog([&] {
+        std::unique_lock<std::mutex> lock(mu);
+        if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return done; })) {
+            std::fprintf(stderr, "acquire blocked for 60 s: %s\n", testing::engineStateForTesting(**e).c_str());
+            std::abort();
+        }
+    });
+    {
+        auto p0 = (*e)->acquire(0);
+        REQUIRE(p0.isOk());
+        CHECK((*e)->acquire(1).status().isCorruption());
+    }
+    REQUIRE((*e)->reload(1).isOk());  // the file is still damaged: position 1 fails again later
+    auto p2 = (*e)->acquire(0);       // skips position 1
+    REQUIRE(p2.isOk());
+    auto p4 = (*e)->acquire(0);       // a second lease of layer 0: skips position 3
+    REQUIRE_MESSAGE(p4.isOk(), p4.status().toString());
+    auto p5 = (*e)->acquire(1);       // position 5: read, and fails on the damage
+    CHECK_MESSAGE(p5.status().isCorruption(), p5.status().toString());
+    checkLayer(*p2, tc, 0);
+    checkLayer(*p4, tc, 0);
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        done = true;
+    }
+    cv.notify_all();
+    watchdog.join();
+    testing::setReadSchedulerFactoryForTesting({});
 }
 
 TEST_CASE("the trace is valid JSON for layer names with quotes, backslashes, controls and UTF-8") {
