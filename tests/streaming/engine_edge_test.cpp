@@ -361,6 +361,35 @@ TEST_CASE("a layer still held is served again from its slot, not read again") {
     }
 }
 
+// Aborts the test run, printing the engine's slot states, if it is still alive after 60 s:
+// a hang in an acquire() becomes a failure with a diagnosis instead of a test timeout.
+class HangGuard {
+public:
+    explicit HangGuard(const Engine& engine)
+        : thread_([this, &engine] {
+              std::unique_lock<std::mutex> lock(mu_);
+              if (!cv_.wait_for(lock, std::chrono::seconds(60), [this] { return done_; })) {
+                  std::fprintf(stderr, "acquire blocked for 60 s: %s\n",
+                               testing::engineStateForTesting(engine).c_str());
+                  std::abort();
+              }
+          }) {}
+    ~HangGuard() {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            done_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+    }
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::thread thread_;
+};
+
 TEST_CASE("a second lease of a held layer gets a slot when later layers have taken the rest") {
     // Cyclic over 4 layers at depth 3 (4 slots). Holding layers 0, 1 and 3 links positions 4
     // (layer 0) and 5 (layer 1) to their leased slots, and position 6 (layer 2) takes the
@@ -374,17 +403,7 @@ TEST_CASE("a second lease of a held layer gets a slot when later layers have tak
     o.prefetchDepth = 3;
     auto e = Engine::open(o);
     REQUIRE_MESSAGE(e.isOk(), e.status().toString());
-    // Fails the test instead of hanging it when an acquire never returns.
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    std::thread watchdog([&] {
-        std::unique_lock<std::mutex> lock(mu);
-        if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return done; })) {
-            std::fprintf(stderr, "acquire blocked for 60 s\n");
-            std::abort();
-        }
-    });
+    HangGuard guard(**e);  // fails the test instead of hanging it
     auto p0 = (*e)->acquire(0);
     auto p1 = (*e)->acquire(1);
     REQUIRE(p0.isOk());
@@ -418,12 +437,6 @@ TEST_CASE("a second lease of a held layer gets a slot when later layers have tak
         REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
         checkLayer(*lease, tc, l);
     }
-    {
-        std::lock_guard<std::mutex> lock(mu);
-        done = true;
-    }
-    cv.notify_all();
-    watchdog.join();
 }
 
 TEST_CASE("a reload while later reads of the layer are in flight loses no plan position") {
@@ -453,16 +466,7 @@ TEST_CASE("a reload while later reads of the layer are in flight loses no plan p
     o.prefetchDepth = 4;
     auto e = Engine::open(o);
     REQUIRE_MESSAGE(e.isOk(), e.status().toString());
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    std::thread watchdog([&] {
-        std::unique_lock<std::mutex> lock(mu);
-        if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return done; })) {
-            std::fprintf(stderr, "acquire blocked for 60 s: %s\n", testing::engineStateForTesting(**e).c_str());
-            std::abort();
-        }
-    });
+    HangGuard guard(**e);  // fails the test instead of hanging it
     {
         auto p0 = (*e)->acquire(0);
         REQUIRE(p0.isOk());
@@ -477,12 +481,6 @@ TEST_CASE("a reload while later reads of the layer are in flight loses no plan p
     CHECK_MESSAGE(p5.status().isCorruption(), p5.status().toString());
     checkLayer(*p2, tc, 0);
     checkLayer(*p4, tc, 0);
-    {
-        std::lock_guard<std::mutex> lock(mu);
-        done = true;
-    }
-    cv.notify_all();
-    watchdog.join();
     testing::setReadSchedulerFactoryForTesting({});
 }
 
