@@ -307,6 +307,18 @@ struct Engine::Impl {
     // Marks slot s (reading or decoding) to be freed when that ends, its linked positions
     // queued to be read again.
     void discardSlotLocked(int s);
+    // Queues plan position q to be read (again), once, in order.
+    void queueRereadLocked(uint64_t q) {
+        const auto it = std::lower_bound(rereadPos.begin(), rereadPos.end(), q);
+        if (it == rereadPos.end() || *it != q) rereadPos.insert(it, q);
+    }
+    // Drops the later positions linked to slot d; those still wanted are read after all.
+    void unlinkLocked(SlotData& d) {
+        for (uint64_t q : d.reuse) {
+            if (q >= nextAcquirePos) queueRereadLocked(q);
+        }
+        d.reuse.clear();
+    }
     // Links the next unassigned plan positions inside the prefetch window to slots that
     // hold their layers, in order, up to the first one that needs a read. False when the
     // window (or a finite plan) is exhausted. Called by the io thread before it assigns a
@@ -929,11 +941,7 @@ void Engine::Impl::freeSlotLocked(int s) {
     slot.state = SlotState::kFree;
     slot.layer = -1;
     slot.discard = false;
-    // Later positions linked to this slot and still wanted are read after all.
-    for (uint64_t q : slot.reuse) {
-        if (q >= nextAcquirePos) rereadPos.insert(std::lower_bound(rereadPos.begin(), rereadPos.end(), q), q);
-    }
-    slot.reuse.clear();
+    unlinkLocked(slot);  // later positions linked to this slot and still wanted: read after all
     slot.reused = false;
     slot.stale = false;
     slot.error = Status();
@@ -1027,7 +1035,7 @@ void Engine::Impl::makeRoomLocked(uint64_t pos, int64_t layer) {
     SLI_DEBUG(kLog, "plan position %llu (layer %lld) gives its slot to position %llu",
               static_cast<unsigned long long>(d.pos), static_cast<long long>(d.layer),
               static_cast<unsigned long long>(pos));
-    rereadPos.insert(std::lower_bound(rereadPos.begin(), rereadPos.end(), d.pos), d.pos);
+    queueRereadLocked(d.pos);
     if (d.state == SlotState::kReady) {
         freeSlotLocked(victim);  // (its linked positions are read again too)
     } else {
@@ -1041,12 +1049,7 @@ void Engine::Impl::discardSlotLocked(int s) {
     // A discarded slot serves nothing: its linked positions are read after all. (acquire()'s
     // skip logic would otherwise hand a discarded slot's link its position, and the slot,
     // freed as discarded, would take that position with it.)
-    for (uint64_t q : d.reuse) {
-        if (q >= nextAcquirePos && !std::binary_search(rereadPos.begin(), rereadPos.end(), q)) {
-            rereadPos.insert(std::lower_bound(rereadPos.begin(), rereadPos.end(), q), q);
-        }
-    }
-    d.reuse.clear();
+    unlinkLocked(d);
     d.discard = true;
 }
 
@@ -1589,7 +1592,7 @@ Result<Lease> Engine::acquire(int64_t layer, void* stream) {
         if (sp->state != SlotState::kLeased) continue;
         if (auto it = std::find(sp->reuse.begin(), sp->reuse.end(), pos); it != sp->reuse.end()) {
             sp->reuse.erase(it);
-            m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), pos), pos);
+            m.queueRereadLocked(pos);
         }
     }
     m.acquireWaiting = true;
@@ -1744,32 +1747,25 @@ Status Engine::reload(int64_t layer) {
     // freed when their reads end; the io thread swaps the file in only then, and reads no
     // position of this layer before it has. A lease still held keeps its tensors (read and
     // verified before) until released, and serves no later position.
-    const auto requeue = [&m](uint64_t q) {
-        if (q > m.failedPos && !std::binary_search(m.rereadPos.begin(), m.rereadPos.end(), q)) {
-            m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), q), q);
-        }
-    };
+    // (Here nextAcquirePos is still failedPos + 1: every such position is at or after it.)
     for (size_t s = 0; s < m.slots.size(); ++s) {
         SlotData& d = *m.slots[s];
         if (d.state == SlotState::kFree || d.layer != layer || d.discard) continue;
         if (d.state == SlotState::kLeased) {
-            for (uint64_t q : d.reuse) requeue(q);
-            d.reuse.clear();
+            m.unlinkLocked(d);
             d.stale = true;
             continue;
         }
-        requeue(d.pos);
+        m.queueRereadLocked(d.pos);
         if (d.state == SlotState::kReady) {
             m.freeSlotLocked(static_cast<int>(s));  // (its linked positions are read again too)
         } else {
-            for (uint64_t q : d.reuse) requeue(q);
-            d.reuse.clear();
-            d.discard = true;
+            m.discardSlotLocked(static_cast<int>(s));
         }
     }
     m.pendingSwaps.emplace_back(layer, std::move(fresh));
     m.nextAcquirePos = m.failedPos;
-    m.rereadPos.insert(std::lower_bound(m.rereadPos.begin(), m.rereadPos.end(), m.failedPos), m.failedPos);
+    m.queueRereadLocked(m.failedPos);
     m.failedLayer = -1;
     m.ioCv.notify_one();
     return Status();
