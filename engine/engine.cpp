@@ -327,6 +327,9 @@ struct Engine::Impl {
     // Stage timestamps and counters of a layer handed to the executor (mu held).
     void noteAcquiredLocked(LayerTiming& timing, int64_t calledNs);
     void finishTaskLocked(int s);
+    // Slot s (not discarded) is done: ready to hand out, or carrying its error, which is
+    // then reported to options.onLayerError.
+    void setReadyLocked(int s);
     // Queues the tasks of slot s's tensors covered by its landed prefix (all = every tensor).
     void queueLandedLocked(int s, bool all);
     Result<Layer*> layerView(int s, int64_t layer);
@@ -826,8 +829,7 @@ void Engine::Impl::pumpGpuLocked(std::unique_lock<std::mutex>& lock) {
             if (slot.discard) {
                 freeSlotLocked(cand);
             } else {
-                slot.state = SlotState::kReady;  // carries the error
-                readyCv.notify_all();
+                setReadyLocked(cand);  // carries the error
             }
             continue;
         }
@@ -1177,8 +1179,7 @@ void Engine::Impl::ioLoop() {
                     // No task was queued (nothing landed): the slot carries the error.
                     if (--slot.readsLeft == 0) {
                         slot.tasksLeft.store(0);
-                        slot.state = SlotState::kReady;
-                        readyCv.notify_all();
+                        setReadyLocked(s);
                     }
                 }
                 continue;
@@ -1214,8 +1215,7 @@ void Engine::Impl::ioLoop() {
                 if (slot.discard) {
                     freeSlotLocked(s);
                 } else {
-                    slot.state = SlotState::kReady;
-                    readyCv.notify_all();
+                    setReadyLocked(s);
                 }
                 continue;
             }
@@ -1252,8 +1252,7 @@ void Engine::Impl::finishTaskLocked(int s) {
         if (slot.discard) {
             freeSlotLocked(s);
         } else if (!slot.error.isOk()) {
-            slot.state = SlotState::kReady;
-            readyCv.notify_all();
+            setReadyLocked(s);
         } else {
             slot.state = SlotState::kVerified;
         }
@@ -1265,8 +1264,14 @@ void Engine::Impl::finishTaskLocked(int s) {
         freeSlotLocked(s);
         return;
     }
+    setReadyLocked(s);
+}
+
+void Engine::Impl::setReadyLocked(int s) {
+    SlotData& slot = *slots[static_cast<size_t>(s)];
     slot.state = SlotState::kReady;
     readyCv.notify_all();
+    if (!slot.error.isOk() && opts.onLayerError) opts.onLayerError(slot.layer, slot.error);
 }
 
 void Engine::Impl::workerLoop(int /*id*/) {

@@ -1,7 +1,13 @@
 // sli::Processor: see include/sli/processor.h.
 #include "sli/processor.h"
 
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
+#include <map>
+#include <mutex>
+#include <thread>
 
 #include "engine/ingest.h"
 #include "io/file.h"
@@ -42,10 +48,123 @@ Status chooseConfig(const ProcessorOptions& o, IngestOptions& ingest) {
     return Status();
 }
 
+// Quantizes layer `layer` of the model again into the cache when its file there is damaged
+// (the whole file is checked first: one that reads back intact, as after a transient read
+// error, is kept as it is).
+Status repairLayer(const IngestOptions& ingest, int64_t layer) {
+    IngestOptions one = ingest;
+    one.onlyLayers = {layer};
+    one.verifyReused = true;
+    return ingestCheckpoint(one).status();
+}
+
+std::string layerLabel(const Processor& p, int64_t layer) {
+    std::string s = "layer " + std::to_string(layer);
+    if (layer >= 0 && layer < p.numLayers()) {
+        s += " (";
+        s += p.layerNames()[static_cast<size_t>(layer)];
+        s += ")";
+    }
+    return s;
+}
+
 }  // namespace
 
+// The background repair thread (repairAhead): the engine reports a layer whose read failed
+// (usually a prefetch, ahead of the executor); this thread quantizes it again, one layer at a
+// time (ingestion rewrites the cache's manifest), in the order the damage was found. acquire()
+// takes the result, waiting for it (its layer moved to the front of the queue) if need be.
+// Lock order: the engine's lock, then mu (noteDamage runs under the engine's lock); nothing
+// here calls into the engine.
+struct Processor::Repairer {
+    Repairer(const Processor& owner, const IngestOptions& ingest) : owner(owner), ingest(ingest) {}
+    const Processor& owner;
+    const IngestOptions& ingest;  // the Processor's, immutable after open()
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::pair<int64_t, Status>> queue;  // layer, the damage met
+    int64_t running = -1;
+    std::map<int64_t, Status> done;  // results acquire() has not taken yet
+    bool stop = false;
+    std::thread thread;
+
+    void start() {
+        thread = std::thread([this] { loop(); });
+    }
+    // Pending repairs are dropped; one in progress finishes first.
+    void shutdown() {
+        {
+            std::lock_guard<std::mutex> lock(mu);
+            stop = true;
+            queue.clear();
+        }
+        cv.notify_all();
+        if (thread.joinable()) thread.join();
+    }
+    auto findQueued(int64_t layer) {
+        return std::find_if(queue.begin(), queue.end(), [layer](const auto& e) { return e.first == layer; });
+    }
+    // Engine thread, engine lock held: queues `layer` unless it is queued, being repaired or
+    // repaired and not yet taken (that result covers this failure: the engine reads the old
+    // file until acquire() has it reload).
+    void noteDamage(int64_t layer, const Status& damage) {
+        if (!damage.isCorruption() && !damage.isIOError()) return;
+        std::lock_guard<std::mutex> lock(mu);
+        if (stop || running == layer || done.count(layer) != 0 || findQueued(layer) != queue.end()) return;
+        queue.emplace_back(layer, damage);
+        cv.notify_all();
+    }
+    // Whether `layer` is queued, being repaired or repaired and not yet taken.
+    bool hasWork(int64_t layer) {
+        std::lock_guard<std::mutex> lock(mu);
+        return running == layer || done.count(layer) != 0 || findQueued(layer) != queue.end();
+    }
+    // Executor: the result of a repair of `layer`. `ahead`: one had started (or finished)
+    // before this call; otherwise one is queued first and waited for.
+    Status await(int64_t layer, bool* ahead) {
+        std::unique_lock<std::mutex> lock(mu);
+        *ahead = running == layer || done.count(layer) != 0;
+        if (!*ahead) {
+            if (auto q = findQueued(layer); q != queue.end()) queue.erase(q);
+            queue.emplace_front(layer, Status());  // acquire() already said what the damage was
+            cv.notify_all();
+        }
+        cv.wait(lock, [&] { return done.count(layer) != 0; });
+        Status st = std::move(done[layer]);
+        done.erase(layer);
+        return st;
+    }
+    void loop() {
+        std::unique_lock<std::mutex> lock(mu);
+        for (;;) {
+            cv.wait(lock, [&] { return stop || !queue.empty(); });
+            if (stop) return;
+            auto [layer, damage] = std::move(queue.front());
+            queue.pop_front();
+            running = layer;
+            lock.unlock();
+            if (!damage.isOk()) {
+                SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s in the background",
+                         layerLabel(owner, layer).c_str(), owner.build().cacheDir.c_str(),
+                         damage.toString().c_str(), ingest.input.c_str());
+            }
+            Status st = repairLayer(ingest, layer);
+            lock.lock();
+            running = -1;
+            done[layer] = std::move(st);
+            cv.notify_all();
+        }
+    }
+};
+
 Processor::Processor() = default;
-Processor::~Processor() = default;
+
+Processor::~Processor() {
+    // The repair thread first (it reads the engine's layer names); damage the engine reports
+    // while it shuts down is then ignored.
+    if (repairer_) repairer_->shutdown();
+    engine_.reset();
+}
 
 Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
     if (o.modelPath.empty()) return Status::invalidArgument("processor options: no model path");
@@ -78,12 +197,6 @@ Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
     p->build_.layersRepaired = sum->layersRepaired;
     p->build_.seconds = sum->seconds;
 
-    EngineOptions eo = o.engine;
-    eo.cacheDir = sum->cacheDir;  // exactly this configuration's directory
-    eo.modelId = sum->modelId;
-    auto engine = Engine::open(eo);
-    if (!engine.isOk()) return engine.status().withContext("streaming " + sum->cacheDir);
-    p->engine_ = std::move(engine).value();
     // Absolute, so that a repair still finds them if the working directory changes.
     std::error_code ec;
     if (auto a = std::filesystem::absolute(ingest.input, ec); !ec) ingest.input = a.string();
@@ -91,6 +204,22 @@ Result<std::unique_ptr<Processor>> Processor::open(const ProcessorOptions& o) {
     ingest.modelId = sum->modelId;
     ingest.progress = nullptr;
     p->ingest_ = std::make_unique<IngestOptions>(std::move(ingest));
+
+    EngineOptions eo = o.engine;
+    eo.cacheDir = sum->cacheDir;  // exactly this configuration's directory
+    eo.modelId = sum->modelId;
+    if (o.repairWhileStreaming && o.repairAhead) {
+        p->repairer_ = std::make_unique<Repairer>(*p, *p->ingest_);
+        eo.onLayerError = [r = p->repairer_.get(), user = o.engine.onLayerError](int64_t layer,
+                                                                                   const Status& e) {
+            if (user) user(layer, e);
+            r->noteDamage(layer, e);
+        };
+    }
+    auto engine = Engine::open(eo);
+    if (!engine.isOk()) return engine.status().withContext("streaming " + sum->cacheDir);
+    p->engine_ = std::move(engine).value();
+    if (p->repairer_) p->repairer_->start();
     return p;
 }
 
@@ -100,25 +229,34 @@ Result<Lease> Processor::acquire(int64_t layer) {
     const Status damage = lease.status();
     if (!damage.isCorruption() && !damage.isIOError()) return lease;
     // (a layer out of range is InvalidArgument: only a real layer's data gets here)
-    SLI_WARN("processor", "layer %lld (%s) of %s: %s; quantizing it again from %s",
-             static_cast<long long>(layer), layerNames()[static_cast<size_t>(layer)].c_str(),
-             build_.cacheDir.c_str(),
-             damage.toString().c_str(), ingest_->input.c_str());
     const auto failed = [&](const Status& why) {
         std::string msg = damage.message() + " (repairing layer " + std::to_string(layer) +
                           " failed: " + why.toString() + ")";
         return damage.isCorruption() ? Status::corruption(std::move(msg)) : Status::ioError(std::move(msg));
     };
-    IngestOptions one = *ingest_;
-    one.onlyLayers = {layer};
-    one.verifyReused = true;  // an intact file (a transient read error) is kept and reread
-    auto sum = ingestCheckpoint(one);
-    if (!sum.isOk()) return failed(sum.status());
-    if (Status s = engine_->reload(layer); !s.isOk()) return failed(s);
-    auto again = engine_->acquire(layer);
-    if (!again.isOk()) return failed(again.status());
-    ++repairs_;
-    return again;
+    // Two rounds at most: a repair that had started before this acquire may have checked the
+    // file before the damage this acquire met (the file was damaged again since, or an old
+    // read failed late); then one repair more, started now.
+    Status met = damage;
+    for (int round = 0;; ++round) {
+        bool ahead = false;
+        if (!repairer_ || !repairer_->hasWork(layer)) {  // else the repair thread said so
+            SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s",
+                     layerLabel(*this, layer).c_str(), build_.cacheDir.c_str(),
+                     met.toString().c_str(), ingest_->input.c_str());
+        }
+        const Status repaired = repairer_ ? repairer_->await(layer, &ahead) : repairLayer(*ingest_, layer);
+        if (!repaired.isOk()) return failed(repaired);
+        if (Status s = engine_->reload(layer); !s.isOk()) return failed(s);
+        auto again = engine_->acquire(layer);
+        if (again.isOk()) {
+            ++repairs_;
+            if (ahead) ++repairsAhead_;
+            return again;
+        }
+        met = again.status();
+        if (!ahead || round > 0 || (!met.isCorruption() && !met.isIOError())) return failed(met);
+    }
 }
 
 }  // namespace sli

@@ -79,6 +79,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -116,6 +117,14 @@ struct EngineOptions {
     LayerOrder order = LayerOrder::kSequential;
     std::vector<int64_t> plan;                  // kExplicit only (non-empty); empty otherwise
     bool recordTrace = true;                    // keep per-layer stage timestamps
+    // Called each time a layer read for a plan position fails (read error or checksum
+    // mismatch: the error the acquire() of that position will return; not for reads that
+    // acquire() already skipped), as soon as the failure is known, which is usually before the
+    // executor gets there: sli::Processor uses it to
+    // start repairing the layer in the background. Runs on an engine thread with the
+    // engine's lock held: it must return quickly and must not call into the engine (queue
+    // the work for another thread).
+    std::function<void(int64_t layer, const Status& error)> onLayerError;
 };
 
 // A full-precision tensor in device memory (GPU leases). `data` is a device pointer (256-byte

@@ -22,11 +22,16 @@
 // acquire() that meets the damage (Corruption or IOError from the engine) quantizes that
 // layer again from the model (after checking that the model is still the one the cache was
 // made from), has the engine reread it (Engine::reload) and returns it, with a warning
-// naming the layer and the damage (repairsWhileStreaming() counts them). If the repair fails
-// (the model changed or is gone, its layout changed, a second failure), acquire()
-// returns the original error with the reason the repair failed; with repairWhileStreaming off,
-// the error as the engine gave it, until a later open with verifyCache (or `sli verify
-// --repair`) rewrites the layer.
+// naming the layer and the damage (repairsWhileStreaming() counts them). With repairAhead
+// (the default), the quantization does not wait for that acquire(): the engine reports a
+// failed read as soon as it happens (EngineOptions::onLayerError), usually while prefetching
+// layers ahead of the executor, and a background thread of the processor quantizes the layer
+// again then (one layer at a time, in the order the damage was found), so that by the time
+// the executor gets there acquire() usually only has the engine reread the file
+// (repairsAhead() counts those). If the repair fails (the model changed or is gone, its
+// layout changed, a second failure), acquire() returns the original error with the reason the
+// repair failed; with repairWhileStreaming off, the error as the engine gave it, until a
+// later open with verifyCache (or `sli verify --repair`) rewrites the layer.
 // Then it opens an Engine on exactly that cache directory; numLayers / layerNames / acquire
 // pass through to it, and engine() exposes it for everything else (stats, trace). Layer
 // indices are the cache's: execution order, "pre" (embeddings) first when there is one.
@@ -39,10 +44,14 @@
 //
 // Ownership: the Processor owns its Engine; leases must be released before it is destroyed.
 // Blocking: open() does file I/O and quantizes on the calling thread (plus quantizeThreads
-// kernel threads); acquire() blocks as Engine::acquire does, and while it repairs a layer for
-// that layer's read from the model and quantization (on the calling thread, as open() does).
-// Thread safety: as Engine (one
-// executor thread calls acquire; leases may be released from any thread).
+// kernel threads); acquire() blocks as Engine::acquire does, and while a layer it met
+// damaged is repaired (the model's layer read and quantized: on the calling thread without
+// repairAhead, else on the background thread, moved to the front of its queue, unless
+// already done or under way). The destructor waits for a background repair in progress
+// (one layer) and drops those not started.
+// Thread safety: as Engine (one executor thread calls acquire; leases may be released from
+// any thread). A repair in the background runs beside the engine's threads and writes only the
+// damaged layer's file (atomically) and the cache's manifest.
 // Errors: open() returns InvalidArgument for bad options (no model path or cache root, an
 // unknown preset, both a preset and a config, an invalid config) naming the option, NotFound
 // for a model path that does not exist, and the ingestion / engine errors (naming the file,
@@ -73,6 +82,9 @@ struct ProcessorOptions {
     int quantizeThreads = 1;   // kernel threads while quantizing missing layers (0 = all)
     bool verifyCache = false;  // check complete layers in full at open, rewrite damaged ones
     bool repairWhileStreaming = true;  // acquire() quantizes a damaged layer again (see above)
+    // With repairWhileStreaming: a layer whose prefetch read fails is quantized again on a
+    // background thread as soon as the engine finds the damage (see above).
+    bool repairAhead = true;
     // Streaming options; cacheDir and modelId are filled in by the processor. With
     // engine.device "cuda:N", missing NF4 / FP4 / INT8 layers are quantized on that GPU too
     // (the same bytes as on the CPU); a device that is not available fails open() before any
@@ -109,15 +121,21 @@ public:
     DType computeDType() const noexcept { return engine_->computeDType(); }
     // Engine::acquire, plus the repair described above.
     Result<Lease> acquire(int64_t layer);
-    // Layers quantized again by acquire() (repairWhileStreaming).
+    // Layers repaired while streaming (repairWhileStreaming) and then handed out by acquire().
     size_t repairsWhileStreaming() const noexcept { return repairs_; }
+    // Of those, the ones whose repair had started in the background (repairAhead) before
+    // acquire() reached the damaged layer.
+    size_t repairsAhead() const noexcept { return repairsAhead_; }
 
 private:
+    struct Repairer;  // processor.cpp
     Processor();
     ProcessorBuild build_;
     std::unique_ptr<IngestOptions> ingest_;  // what open() ran: a repair runs it on one layer
     bool repairWhileStreaming_ = true;
     size_t repairs_ = 0;
+    size_t repairsAhead_ = 0;
+    std::unique_ptr<Repairer> repairer_;  // repairAhead; stopped before the engine is closed
     QuantizationConfig config_;
     std::unique_ptr<Engine> engine_;
 };

@@ -12,7 +12,8 @@
 //   - a successful lease hands out exactly the bytes dequantizeLayer gives for that layer's
 //     file (computed independently, before any damage);
 //   - a layer whose file has a flipped byte fails with Corruption naming the layer and the
-//     file, and never hands out data; other layers still stream;
+//     file, and never hands out data; other layers still stream; every failed acquire's
+//     error was reported to EngineOptions::onLayerError before;
 //   - an acquire refused with ResourceExhausted happens only while leases are held, consumes
 //     nothing, and is served once they are released;
 //   - reload() after a failed acquire (acquires without effect, refused or naming no
@@ -49,6 +50,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -296,6 +298,13 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
         const int64_t n = r.between(1, 3 * L);
         for (int64_t i = 0; i < n; ++i) o.plan.push_back(r.between(0, L - 1));
     }
+    // Every failed acquire must have been reported to onLayerError first, with the same error.
+    std::mutex reportsMu;
+    std::multiset<std::pair<int64_t, std::string>> reports;
+    o.onLayerError = [&reportsMu, &reports](int64_t layer, const Status& e) {
+        std::lock_guard<std::mutex> lock(reportsMu);
+        reports.emplace(layer, e.toString());
+    };
     const bool tightBudget = r.chance(0.2);
     if (tightBudget) o.hostBudgetBytes = static_cast<uint64_t>(r.between(64 << 10, 24 << 20));
     const DType outDt = o.computeDType == DType::kBool ? cfg.computeDType : o.computeDType;
@@ -451,6 +460,12 @@ void runSeed(uint64_t seed, bool uring, Watchdog& dog) {
                         "layer " << l << ": unexpected error " << s.toString());
         CHECK(s.message().find("layer " + std::to_string(l)) != std::string::npos);
         CHECK(s.message().find(tc.files[static_cast<size_t>(l)]) != std::string::npos);
+        {
+            std::lock_guard<std::mutex> lock(reportsMu);
+            const auto it = reports.find({l, s.toString()});
+            REQUIRE_MESSAGE(it != reports.end(), "layer " << l << " failed without onLayerError: " << s.toString());
+            reports.erase(it);
+        }
         pos = *k + 1;
         ++corruptSeen;
         log += s.isCorruption() ? "C" : "E";

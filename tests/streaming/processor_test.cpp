@@ -15,6 +15,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include "engine_test_util.h"
 #include "file_damage.h"
@@ -353,6 +355,154 @@ TEST_CASE("a layer is repaired while the executor still holds a lease of it from
     CHECK((*p)->repairsWhileStreaming() == 1);
 }
 
+// Polls until `path` holds `want` (a background repair has rewritten it); false after 60 s.
+bool waitForContent(const std::string& path, const std::string& want) {
+    for (int i = 0; i < 6000; ++i) {
+        if (slurp(path) == want) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+}
+
+TEST_CASE("a layer found damaged by a prefetch is repaired in the background before the executor gets there") {
+    for (const char* preset : {"int8", "nf4"}) {
+        CAPTURE(preset);
+        TempDir tmp;
+        Checkpoint ck(tmp.path);
+        ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+        o.preset = preset;
+        o.engine.prefetchDepth = 3;  // acquire(0) has layers 1..3 read
+        const std::string dir = buildCache(o);
+        if (dir.empty()) return;
+        const std::string victim = dir + "/" + io::layerFileName(3);
+        const std::string good = slurp(victim);
+        damagePayload(victim);
+        auto p = Processor::open(o);
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        {
+            auto first = (*p)->acquire(0);
+            REQUIRE_MESSAGE(first.isOk(), first.status().toString());
+            // The executor stays at layer 0; the prefetch of layer 3 fails and the file is
+            // quantized again meanwhile, with no further call from the executor.
+            REQUIRE(waitForContent(victim, good));
+        }
+        for (int64_t i = 1; i < 4; ++i) {
+            CAPTURE(i);
+            auto lease = (*p)->acquire(i);
+            REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+            checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
+        }
+        CHECK((*p)->repairsWhileStreaming() == 1);
+        CHECK((*p)->repairsAhead() == 1);
+    }
+}
+
+TEST_CASE("without repairAhead the damaged layer is repaired only when the executor acquires it") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "nf4";
+    o.engine.prefetchDepth = 3;
+    o.repairAhead = false;
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
+    const std::string victim = dir + "/" + io::layerFileName(3);
+    const std::string good = slurp(victim);
+    damagePayload(victim);
+    const std::string damaged = slurp(victim);
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    for (int64_t i = 0; i < 3; ++i) REQUIRE((*p)->acquire(i).isOk());
+    CHECK(slurp(victim) == damaged);  // nothing rewrote it ahead
+    auto lease = (*p)->acquire(3);
+    REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+    checkAgainstFile(lease->tensors(), victim, (*p)->computeDType());
+    CHECK(slurp(victim) == good);
+    CHECK((*p)->repairsWhileStreaming() == 1);
+    CHECK((*p)->repairsAhead() == 0);
+}
+
+TEST_CASE("the caller's onLayerError still hears of each failure a processor repairs") {
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "int8";
+    o.engine.prefetchDepth = 1;
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
+    const std::string victim = dir + "/" + io::layerFileName(2);
+    damagePayload(victim);
+    std::mutex mu;
+    std::vector<std::pair<int64_t, std::string>> heard;
+    o.engine.onLayerError = [&](int64_t layer, const Status& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        heard.emplace_back(layer, e.toString());
+    };
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    checkPasses(**p, dir, 1);
+    CHECK((*p)->repairsWhileStreaming() == 1);
+    std::lock_guard<std::mutex> lock(mu);
+    REQUIRE(heard.size() == 1);
+    CHECK(heard[0].first == 2);
+    CHECK(heard[0].second.find(victim) != std::string::npos);  // names the file
+}
+
+TEST_CASE("a layer damaged again after its background repair is repaired once more") {
+    // The background repair's result predates the second damage: the acquire that meets the
+    // damage rereads, fails again, and has the layer quantized again then.
+    TempDir tmp;
+    Checkpoint ck(tmp.path);
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    o.preset = "nf4";
+    o.engine.prefetchDepth = 3;
+    const std::string dir = buildCache(o);
+    if (dir.empty()) return;
+    const std::string victim = dir + "/" + io::layerFileName(2);
+    const std::string good = slurp(victim);
+    damagePayload(victim);
+    auto p = Processor::open(o);
+    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    REQUIRE((*p)->acquire(0).isOk());
+    REQUIRE(waitForContent(victim, good));
+    damagePayload(victim);  // the repaired file, damaged in its turn
+    for (int64_t i = 1; i < 4; ++i) {
+        CAPTURE(i);
+        auto lease = (*p)->acquire(i);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
+    }
+    CHECK(slurp(victim) == good);
+    CHECK((*p)->repairsWhileStreaming() == 1);
+}
+
+TEST_CASE("destroying a processor with background repairs queued or running is clean") {
+    for (int wait = 0; wait < 3; ++wait) {
+        CAPTURE(wait);
+        TempDir tmp;
+        Checkpoint ck(tmp.path);
+        ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+        o.preset = "nf4";
+        o.engine.prefetchDepth = 3;
+        const std::string dir = buildCache(o);
+        if (dir.empty()) return;
+        for (int64_t l = 1; l < 4; ++l) damagePayload(dir + "/" + io::layerFileName(l));
+        {
+            auto p = Processor::open(o);
+            REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+            REQUIRE((*p)->acquire(0).isOk());
+            std::this_thread::sleep_for(std::chrono::milliseconds(wait * 5));
+        }  // reads, reports and repairs in flight
+        // Each file is intact or still damaged, never partly written: an open that verifies
+        // the cache rewrites what is left, and every layer streams intact.
+        o.verifyCache = true;
+        auto p = Processor::open(o);
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        checkAgainstCache(**p);
+        CHECK((*p)->repairsWhileStreaming() == 0);
+    }
+}
+
 TEST_CASE("a repair while streaming refuses a model that changed since the cache was made") {
     TempDir tmp;
     auto ck = std::make_unique<Checkpoint>(tmp.path);
@@ -548,7 +698,8 @@ TEST_CASE("bad processor options give clear errors") {
 TEST_CASE("random presets, orders, depths and damage: every acquire is intact or says why") {
     // Per seed: a preset, prefetch depth, order (and explicit plan), backend and worker count;
     // layers damaged (a flipped byte in a random tensor's payload) before the processor opens
-    // and while it streams; leases held and released at random. Every acquire must hand out
+    // and while it streams; repairs in the background or not; pauses of the executor; leases
+    // held and released at random. Every acquire must hand out
     // exactly the layer of the intact cache (a damaged one repaired on the way); a layer file
     // is only ever intact or as the test damaged it (a repair writes back the very bytes it
     // had). SLI_STRESS_SEEDS / 10 seeds (default 20).
@@ -567,13 +718,14 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
         o.engine.prefetchDepth = static_cast<int>(between(0, 5));
         o.engine.workerThreads = static_cast<int>(between(1, 2));
         o.engine.chunkBytes = chance(0.5) ? 4096 : (2u << 20);
+        o.repairAhead = chance(0.7);
         const int order = static_cast<int>(between(0, 2));
         o.engine.order = order == 0 ? LayerOrder::kSequential : order == 1 ? LayerOrder::kCyclic : LayerOrder::kExplicit;
         if (order == 2) {
             for (int64_t i = 0, n = between(1, 10); i < n; ++i) o.engine.plan.push_back(between(0, 3));
         }
         std::string log = std::string("preset ") + o.preset + " depth " + std::to_string(o.engine.prefetchDepth) +
-                          " order " + std::to_string(order) + ":";
+                          " order " + std::to_string(order) + (o.repairAhead ? " ahead" : "") + ":";
         INFO(log);
         const std::string dir = buildCache(o);
         if (dir.empty()) return;
@@ -610,6 +762,10 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
         std::vector<Lease> held;
         for (int step = 0, steps = static_cast<int>(between(4, 24)); step < steps && pos < planSize; ++step) {
             if (chance(0.1)) damage(between(0, L - 1));
+            if (chance(0.1)) {  // the executor busy for a while: background repairs get ahead
+                std::this_thread::sleep_for(std::chrono::milliseconds(between(1, 20)));
+                log += " w";
+            }
             if (!held.empty() && chance(0.5)) {
                 held.erase(held.begin() + between(0, static_cast<int64_t>(held.size()) - 1));
             }
@@ -633,7 +789,10 @@ TEST_CASE("random presets, orders, depths and damage: every acquire is intact or
         size_t damages = 0;
         for (const auto& v : versions) damages += v.size();
         CHECK((*p)->repairsWhileStreaming() <= damages);
-        log += " repairs " + std::to_string((*p)->repairsWhileStreaming());
+        CHECK((*p)->repairsAhead() <= (*p)->repairsWhileStreaming());
+        if (!o.repairAhead) CHECK((*p)->repairsAhead() == 0);
+        log += " repairs " + std::to_string((*p)->repairsWhileStreaming()) + " ahead " +
+               std::to_string((*p)->repairsAhead());
         p->reset();
         for (int64_t l = 0; l < L; ++l) {
             const std::string now = slurp(files[static_cast<size_t>(l)]);
