@@ -364,142 +364,123 @@ bool waitForContent(const std::string& path, const std::string& want) {
     return false;
 }
 
+// A model and its cache, built with `o` and then one layer's file damaged.
+struct DamagedCache {
+    TempDir tmp;
+    Checkpoint ck{tmp.path};
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    std::string dir, victim, good;  // the cache, the damaged file, its intact bytes
+    // Builds the cache with `preset` and prefetch depth `depth` and damages layer `layer`;
+    // false when the kernels are not built.
+    bool build(const char* preset, int depth, int64_t layer) {
+        o.preset = preset;
+        o.engine.prefetchDepth = depth;
+        dir = buildCache(o);
+        if (dir.empty()) return false;
+        victim = dir + "/" + io::layerFileName(layer);
+        good = slurp(victim);
+        damagePayload(victim);
+        return true;
+    }
+    std::unique_ptr<Processor> open() {
+        auto p = Processor::open(o);
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        return std::move(p).value();
+    }
+};
+
+// Layers [first, end) acquired in turn, each equal to its file in `dir`.
+void checkLayers(Processor& p, const std::string& dir, int64_t first, int64_t end) {
+    for (int64_t i = first; i < end; ++i) {
+        CAPTURE(i);
+        auto lease = p.acquire(i);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), p.computeDType());
+    }
+}
+
 TEST_CASE("a layer found damaged by a prefetch is repaired in the background before the executor gets there") {
     for (const char* preset : {"int8", "nf4"}) {
         CAPTURE(preset);
-        TempDir tmp;
-        Checkpoint ck(tmp.path);
-        ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-        o.preset = preset;
-        o.engine.prefetchDepth = 3;  // acquire(0) has layers 1..3 read
-        const std::string dir = buildCache(o);
-        if (dir.empty()) return;
-        const std::string victim = dir + "/" + io::layerFileName(3);
-        const std::string good = slurp(victim);
-        damagePayload(victim);
-        auto p = Processor::open(o);
-        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        DamagedCache c;
+        if (!c.build(preset, 3, 3)) return;  // acquire(0) has layers 1..3 read
+        auto p = c.open();
         {
-            auto first = (*p)->acquire(0);
+            auto first = p->acquire(0);
             REQUIRE_MESSAGE(first.isOk(), first.status().toString());
             // The executor stays at layer 0; the prefetch of layer 3 fails and the file is
             // quantized again meanwhile, with no further call from the executor.
-            REQUIRE(waitForContent(victim, good));
+            REQUIRE(waitForContent(c.victim, c.good));
         }
-        for (int64_t i = 1; i < 4; ++i) {
-            CAPTURE(i);
-            auto lease = (*p)->acquire(i);
-            REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-            checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
-        }
-        CHECK((*p)->repairsWhileStreaming() == 1);
-        CHECK((*p)->repairsAhead() == 1);
+        checkLayers(*p, c.dir, 1, 4);
+        CHECK(p->repairsWhileStreaming() == 1);
+        CHECK(p->repairsAhead() == 1);
     }
 }
 
 TEST_CASE("without repairAhead the damaged layer is repaired only when the executor acquires it") {
-    TempDir tmp;
-    Checkpoint ck(tmp.path);
-    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-    o.preset = "nf4";
-    o.engine.prefetchDepth = 3;
-    o.repairAhead = false;
-    const std::string dir = buildCache(o);
-    if (dir.empty()) return;
-    const std::string victim = dir + "/" + io::layerFileName(3);
-    const std::string good = slurp(victim);
-    damagePayload(victim);
-    const std::string damaged = slurp(victim);
-    auto p = Processor::open(o);
-    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-    for (int64_t i = 0; i < 3; ++i) REQUIRE((*p)->acquire(i).isOk());
-    CHECK(slurp(victim) == damaged);  // nothing rewrote it ahead
-    auto lease = (*p)->acquire(3);
-    REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-    checkAgainstFile(lease->tensors(), victim, (*p)->computeDType());
-    CHECK(slurp(victim) == good);
-    CHECK((*p)->repairsWhileStreaming() == 1);
-    CHECK((*p)->repairsAhead() == 0);
+    DamagedCache c;
+    c.o.repairAhead = false;
+    if (!c.build("nf4", 3, 3)) return;
+    const std::string damaged = slurp(c.victim);
+    auto p = c.open();
+    checkLayers(*p, c.dir, 0, 3);
+    CHECK(slurp(c.victim) == damaged);  // nothing rewrote it ahead
+    checkLayers(*p, c.dir, 3, 4);
+    CHECK(slurp(c.victim) == c.good);
+    CHECK(p->repairsWhileStreaming() == 1);
+    CHECK(p->repairsAhead() == 0);
 }
 
 TEST_CASE("the caller's onLayerError still hears of each failure a processor repairs") {
-    TempDir tmp;
-    Checkpoint ck(tmp.path);
-    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-    o.preset = "int8";
-    o.engine.prefetchDepth = 1;
-    const std::string dir = buildCache(o);
-    if (dir.empty()) return;
-    const std::string victim = dir + "/" + io::layerFileName(2);
-    damagePayload(victim);
+    DamagedCache c;
     std::mutex mu;
     std::vector<std::pair<int64_t, std::string>> heard;
-    o.engine.onLayerError = [&](int64_t layer, const Status& e) {
+    c.o.engine.onLayerError = [&](int64_t layer, const Status& e) {
         std::lock_guard<std::mutex> lock(mu);
         heard.emplace_back(layer, e.toString());
     };
-    auto p = Processor::open(o);
-    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-    checkPasses(**p, dir, 1);
-    CHECK((*p)->repairsWhileStreaming() == 1);
+    if (!c.build("int8", 1, 2)) return;
+    auto p = c.open();
+    checkPasses(*p, c.dir, 1);
+    CHECK(p->repairsWhileStreaming() == 1);
     std::lock_guard<std::mutex> lock(mu);
     REQUIRE(heard.size() == 1);
     CHECK(heard[0].first == 2);
-    CHECK(heard[0].second.find(victim) != std::string::npos);  // names the file
+    CHECK(heard[0].second.find(c.victim) != std::string::npos);  // names the file
 }
 
 TEST_CASE("a layer damaged again after its background repair is repaired once more") {
     // The background repair's result predates the second damage: the acquire that meets the
     // damage rereads, fails again, and has the layer quantized again then.
-    TempDir tmp;
-    Checkpoint ck(tmp.path);
-    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-    o.preset = "nf4";
-    o.engine.prefetchDepth = 3;
-    const std::string dir = buildCache(o);
-    if (dir.empty()) return;
-    const std::string victim = dir + "/" + io::layerFileName(2);
-    const std::string good = slurp(victim);
-    damagePayload(victim);
-    auto p = Processor::open(o);
-    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-    REQUIRE((*p)->acquire(0).isOk());
-    REQUIRE(waitForContent(victim, good));
-    damagePayload(victim);  // the repaired file, damaged in its turn
-    for (int64_t i = 1; i < 4; ++i) {
-        CAPTURE(i);
-        auto lease = (*p)->acquire(i);
-        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-        checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
-    }
-    CHECK(slurp(victim) == good);
-    CHECK((*p)->repairsWhileStreaming() == 1);
+    DamagedCache c;
+    if (!c.build("nf4", 3, 2)) return;
+    auto p = c.open();
+    REQUIRE(p->acquire(0).isOk());
+    REQUIRE(waitForContent(c.victim, c.good));
+    damagePayload(c.victim);  // the repaired file, damaged in its turn
+    checkLayers(*p, c.dir, 1, 4);
+    CHECK(slurp(c.victim) == c.good);
+    CHECK(p->repairsWhileStreaming() == 1);
 }
 
 TEST_CASE("destroying a processor with background repairs queued or running is clean") {
     for (int wait = 0; wait < 3; ++wait) {
         CAPTURE(wait);
-        TempDir tmp;
-        Checkpoint ck(tmp.path);
-        ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-        o.preset = "nf4";
-        o.engine.prefetchDepth = 3;
-        const std::string dir = buildCache(o);
-        if (dir.empty()) return;
-        for (int64_t l = 1; l < 4; ++l) damagePayload(dir + "/" + io::layerFileName(l));
+        DamagedCache c;
+        if (!c.build("nf4", 3, 1)) return;
+        for (int64_t l = 2; l < 4; ++l) damagePayload(c.dir + "/" + io::layerFileName(l));
         {
-            auto p = Processor::open(o);
-            REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-            REQUIRE((*p)->acquire(0).isOk());
+            auto p = c.open();
+            REQUIRE(p->acquire(0).isOk());
             std::this_thread::sleep_for(std::chrono::milliseconds(wait * 5));
         }  // reads, reports and repairs in flight
         // Each file is intact or still damaged, never partly written: an open that verifies
         // the cache rewrites what is left, and every layer streams intact.
-        o.verifyCache = true;
-        auto p = Processor::open(o);
-        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-        checkAgainstCache(**p);
-        CHECK((*p)->repairsWhileStreaming() == 0);
+        c.o.verifyCache = true;
+        auto p = c.open();
+        checkAgainstCache(*p);
+        CHECK(p->repairsWhileStreaming() == 0);
     }
 }
 
