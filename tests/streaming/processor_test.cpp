@@ -144,6 +144,81 @@ bool anyLayerFile(const std::string& root) {
     return false;
 }
 
+std::string slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// Damages a payload byte of the last tensor of `path` (the index stays intact).
+void damagePayload(const std::string& path) {
+    auto idx = io::readLayerIndex(path);
+    REQUIRE(idx.isOk());
+    const uint64_t at = idx->tensors.back().part(QuantPart::kPayload).offset + 3;
+    REQUIRE(sli::testing::flipByte(path, at));
+}
+
+// Writes `bytes` to `path` as a cache writer does: a temporary file renamed over it (a new
+// inode; an engine that opened the old file still reads the old one).
+void replaceFile(const std::string& path, const std::string& bytes) {
+    const std::string tmp = path + ".new";
+    {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        REQUIRE(f.good());
+    }
+    std::filesystem::rename(tmp, path);
+}
+
+// Polls until `path` holds `want` (a background repair has rewritten it); false after 60 s.
+bool waitForContent(const std::string& path, const std::string& want) {
+    for (int i = 0; i < 6000; ++i) {
+        if (slurp(path) == want) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+}
+
+// A model and its cache, built with `o` and then one layer's file damaged.
+struct DamagedCache {
+    TempDir tmp;
+    Checkpoint ck{tmp.path};
+    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
+    std::string dir, victim, good;  // the cache, the damaged file, its intact bytes
+    // Builds the cache with `preset` and prefetch depth `depth`; `layer` is the one to damage.
+    // False when the kernels are not built.
+    bool prepare(const char* preset, int depth, int64_t layer) {
+        o.preset = preset;
+        o.engine.prefetchDepth = depth;
+        dir = buildCache(o);
+        if (dir.empty()) return false;
+        victim = dir + "/" + io::layerFileName(layer);
+        good = slurp(victim);
+        return true;
+    }
+    void damage() { damagePayload(victim); }
+    // prepare(), then the layer's file damaged.
+    bool build(const char* preset, int depth, int64_t layer) {
+        if (!prepare(preset, depth, layer)) return false;
+        damage();
+        return true;
+    }
+    std::unique_ptr<Processor> open() {
+        auto p = Processor::open(o);
+        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+        return std::move(p).value();
+    }
+};
+
+// Layers [first, end) acquired in turn, each equal to its file in `dir`.
+void checkLayers(Processor& p, const std::string& dir, int64_t first, int64_t end) {
+    for (int64_t i = first; i < end; ++i) {
+        CAPTURE(i);
+        auto lease = p.acquire(i);
+        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
+        checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), p.computeDType());
+    }
+}
+
 }  // namespace
 
 TEST_CASE("the first open builds the cache and a second reuses it without quantizing again") {
@@ -197,97 +272,46 @@ TEST_CASE("a removed layer file is rebuilt on the next open, the others are kept
 }
 
 TEST_CASE("damaged layer data fails its acquire until an open with verifyCache rewrites it") {
-    TempDir tmp;
-    Checkpoint ck(tmp.path);
-    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-    o.preset = "int8";
-    const std::string dir = buildCache(o);
-    if (dir.empty()) return;
-    const std::string victim = dir + "/" + io::layerFileName(2);
+    DamagedCache c;
+    c.o.repairWhileStreaming = false;
+    if (!c.build("int8", 4, 2)) return;  // a payload byte of the last tensor: the index stays intact
     {
-        auto idx = io::readLayerIndex(victim);
-        REQUIRE(idx.isOk());  // a payload byte of the last tensor: the index stays intact
-        const uint64_t at = idx->tensors.back().part(QuantPart::kPayload).offset + 3;
-        REQUIRE(sli::testing::flipByte(victim, at));
-    }
-    {
-        o.repairWhileStreaming = false;
-        auto p = Processor::open(o);  // indexes only: the damage is found when streamed
-        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-        CHECK((*p)->build().layersReused == 4);
-        for (int64_t i = 0; i < 2; ++i) CHECK((*p)->acquire(i).isOk());
-        auto bad = (*p)->acquire(2);
+        auto p = c.open();  // indexes only: the damage is found when streamed
+        CHECK(p->build().layersReused == 4);
+        for (int64_t i = 0; i < 2; ++i) CHECK(p->acquire(i).isOk());
+        auto bad = p->acquire(2);
         REQUIRE_FALSE(bad.isOk());
         CHECK(bad.status().isCorruption());
-        CHECK(bad.status().message().find(victim) != std::string::npos);
+        CHECK(bad.status().message().find(c.victim) != std::string::npos);
     }
-    o.verifyCache = true;
-    auto p = Processor::open(o);
-    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-    CHECK((*p)->repairsWhileStreaming() == 0);
-    CHECK((*p)->build().layersRepaired == 1);
-    CHECK((*p)->build().layersWritten == 1);
-    CHECK((*p)->build().layersReused == 3);
-    CHECK(io::verifyLayerFile(victim).isOk());
-    checkAgainstCache(**p);
+    c.o.verifyCache = true;
+    auto p = c.open();
+    CHECK(p->repairsWhileStreaming() == 0);
+    CHECK(p->build().layersRepaired == 1);
+    CHECK(p->build().layersWritten == 1);
+    CHECK(p->build().layersReused == 3);
+    CHECK(io::verifyLayerFile(c.victim).isOk());
+    CHECK(slurp(c.victim) == c.good);
+    checkAgainstCache(*p);
 }
-
-namespace {
-
-std::string slurp(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-// Damages a payload byte of the last tensor of `path` (the index stays intact).
-void damagePayload(const std::string& path) {
-    auto idx = io::readLayerIndex(path);
-    REQUIRE(idx.isOk());
-    const uint64_t at = idx->tensors.back().part(QuantPart::kPayload).offset + 3;
-    REQUIRE(sli::testing::flipByte(path, at));
-}
-
-// Writes `bytes` to `path` as a cache writer does: a temporary file renamed over it (a new
-// inode; an engine that opened the old file still reads the old one).
-void replaceFile(const std::string& path, const std::string& bytes) {
-    const std::string tmp = path + ".new";
-    {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-        REQUIRE(f.good());
-    }
-    std::filesystem::rename(tmp, path);
-}
-
-}  // namespace
 
 TEST_CASE("a layer found damaged while streaming is quantized again and handed out intact") {
     for (const char* preset : {"int8", "nf4", "mixed"}) {
         for (bool cyclic : {false, true}) {
             CAPTURE(preset);
             CAPTURE(cyclic);
-            TempDir tmp;
-            Checkpoint ck(tmp.path);
-            ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-            o.preset = preset;
-            o.engine.prefetchDepth = 1;  // layer 2 is not read before layer 1 is acquired
-            if (cyclic) o.engine.order = LayerOrder::kCyclic;
-            const std::string dir = buildCache(o);
-            if (dir.empty()) return;
-            const std::string victim = dir + "/" + io::layerFileName(2);
-            const std::string good = slurp(victim);
-            const int64_t keptMtime = mtimeNs(dir + "/" + io::layerFileName(1));
-            damagePayload(victim);
-            REQUIRE(slurp(victim) != good);
-
-            auto p = Processor::open(o);  // indexes only: the damage is found when streamed
-            REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-            CHECK((*p)->build().layersReused == 4);
-            checkPasses(**p, dir, cyclic ? 2 : 1);
-            CHECK((*p)->repairsWhileStreaming() == 1);
+            DamagedCache c;
+            if (cyclic) c.o.engine.order = LayerOrder::kCyclic;
+            if (!c.build(preset, 1, 2)) return;  // depth 1: layer 2 is read once layer 1 is acquired
+            REQUIRE(slurp(c.victim) != c.good);
+            const int64_t keptMtime = mtimeNs(c.dir + "/" + io::layerFileName(1));
+            auto p = c.open();  // indexes only: the damage is found when streamed
+            CHECK(p->build().layersReused == 4);
+            checkPasses(*p, c.dir, cyclic ? 2 : 1);
+            CHECK(p->repairsWhileStreaming() == 1);
             // Quantized again from the same model: the very bytes it had before the damage.
-            CHECK(slurp(victim) == good);
-            CHECK(mtimeNs(dir + "/" + io::layerFileName(1)) == keptMtime);  // the others untouched
+            CHECK(slurp(c.victim) == c.good);
+            CHECK(mtimeNs(c.dir + "/" + io::layerFileName(1)) == keptMtime);  // the others untouched
         }
     }
 }
@@ -298,22 +322,13 @@ TEST_CASE("a damaged layer heals in a cyclic plan over no more layers than the d
     // new file (found by the randomized test below: it used to refuse, and every pass failed).
     for (int depth : {4, 5}) {
         CAPTURE(depth);
-        TempDir tmp;
-        Checkpoint ck(tmp.path);
-        ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-        o.preset = "int8";
-        o.engine.order = LayerOrder::kCyclic;
-        o.engine.prefetchDepth = depth;
-        const std::string dir = buildCache(o);
-        if (dir.empty()) return;
-        const std::string victim = dir + "/" + io::layerFileName(2);
-        const std::string good = slurp(victim);
-        damagePayload(victim);
-        auto p = Processor::open(o);
-        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-        checkPasses(**p, dir, 3);
-        CHECK((*p)->repairsWhileStreaming() == 1);
-        CHECK(slurp(victim) == good);
+        DamagedCache c;
+        c.o.engine.order = LayerOrder::kCyclic;
+        if (!c.build("int8", depth, 2)) return;
+        auto p = c.open();
+        checkPasses(*p, c.dir, 3);
+        CHECK(p->repairsWhileStreaming() == 1);
+        CHECK(slurp(c.victim) == c.good);
     }
 }
 
@@ -321,82 +336,25 @@ TEST_CASE("a layer is repaired while the executor still holds a lease of it from
     // Cyclic, depth 1: pass 0's layer 2 stays leased; its file is damaged; pass 1's layer 2
     // (a second lease of a held layer, so read again) fails and is repaired and read anew
     // while the first lease keeps its tensors (it used to be refused: "holds a lease").
-    TempDir tmp;
-    Checkpoint ck(tmp.path);
-    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-    o.preset = "nf4";
-    o.engine.order = LayerOrder::kCyclic;
-    o.engine.prefetchDepth = 1;
-    const std::string dir = buildCache(o);
-    if (dir.empty()) return;
-    const std::string victim = dir + "/" + io::layerFileName(2);
-    const std::string good = slurp(victim);
-    auto p = Processor::open(o);
-    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    DamagedCache c;
+    c.o.engine.order = LayerOrder::kCyclic;
+    if (!c.prepare("nf4", 1, 2)) return;
+    auto p = c.open();
     Result<Lease> first = Status::internal("unset");
     for (int64_t i = 0; i < 4; ++i) {
-        auto lease = (*p)->acquire(i);
+        auto lease = p->acquire(i);
         REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
         if (i == 2) first = std::move(lease);
     }
-    damagePayload(victim);
-    for (int64_t i = 0; i < 4; ++i) {
-        CAPTURE(i);
-        auto lease = (*p)->acquire(i);
-        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-        checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), (*p)->computeDType());
-    }
-    CHECK((*p)->repairsWhileStreaming() == 1);
-    CHECK(slurp(victim) == good);
+    c.damage();
+    checkLayers(*p, c.dir, 0, 4);
+    CHECK(p->repairsWhileStreaming() == 1);
+    CHECK(slurp(c.victim) == c.good);
     REQUIRE(first.isOk());
-    checkAgainstFile(first->tensors(), victim, (*p)->computeDType());  // the held lease intact
+    checkAgainstFile(first->tensors(), c.victim, p->computeDType());  // the held lease intact
     first->release();
-    checkPasses(**p, dir, 2);  // and every later pass reads the repaired file
-    CHECK((*p)->repairsWhileStreaming() == 1);
-}
-
-// Polls until `path` holds `want` (a background repair has rewritten it); false after 60 s.
-bool waitForContent(const std::string& path, const std::string& want) {
-    for (int i = 0; i < 6000; ++i) {
-        if (slurp(path) == want) return true;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return false;
-}
-
-// A model and its cache, built with `o` and then one layer's file damaged.
-struct DamagedCache {
-    TempDir tmp;
-    Checkpoint ck{tmp.path};
-    ProcessorOptions o = options(ck.path, tmp.path + "/cache");
-    std::string dir, victim, good;  // the cache, the damaged file, its intact bytes
-    // Builds the cache with `preset` and prefetch depth `depth` and damages layer `layer`;
-    // false when the kernels are not built.
-    bool build(const char* preset, int depth, int64_t layer) {
-        o.preset = preset;
-        o.engine.prefetchDepth = depth;
-        dir = buildCache(o);
-        if (dir.empty()) return false;
-        victim = dir + "/" + io::layerFileName(layer);
-        good = slurp(victim);
-        damagePayload(victim);
-        return true;
-    }
-    std::unique_ptr<Processor> open() {
-        auto p = Processor::open(o);
-        REQUIRE_MESSAGE(p.isOk(), p.status().toString());
-        return std::move(p).value();
-    }
-};
-
-// Layers [first, end) acquired in turn, each equal to its file in `dir`.
-void checkLayers(Processor& p, const std::string& dir, int64_t first, int64_t end) {
-    for (int64_t i = first; i < end; ++i) {
-        CAPTURE(i);
-        auto lease = p.acquire(i);
-        REQUIRE_MESSAGE(lease.isOk(), lease.status().toString());
-        checkAgainstFile(lease->tensors(), dir + "/" + io::layerFileName(i), p.computeDType());
-    }
+    checkPasses(*p, c.dir, 2);  // and every later pass reads the repaired file
+    CHECK(p->repairsWhileStreaming() == 1);
 }
 
 TEST_CASE("a layer found damaged by a prefetch is repaired in the background before the executor gets there") {
@@ -485,34 +443,26 @@ TEST_CASE("destroying a processor with background repairs queued or running is c
 }
 
 TEST_CASE("a repair while streaming refuses a model that changed since the cache was made") {
-    TempDir tmp;
-    auto ck = std::make_unique<Checkpoint>(tmp.path);
-    ProcessorOptions o = options(ck->path, tmp.path + "/cache");
-    o.preset = "int8";
-    o.engine.prefetchDepth = 1;
-    const std::string dir = buildCache(o);
-    if (dir.empty()) return;
-    const std::string victim = dir + "/" + io::layerFileName(2);
-    damagePayload(victim);
-    const std::string damaged = slurp(victim);
-    auto p = Processor::open(o);
-    REQUIRE_MESSAGE(p.isOk(), p.status().toString());
+    DamagedCache c;
+    if (!c.build("int8", 1, 2)) return;
+    const std::string damaged = slurp(c.victim);
+    auto p = c.open();
     // Another model at the same path (same tensors, other values).
     {
-        auto model = slurp(ck->path);
+        auto model = slurp(c.ck.path);
         model[model.size() - 7] = static_cast<char>(model[model.size() - 7] ^ 0x55);
-        replaceFile(ck->path, model);
+        replaceFile(c.ck.path, model);
     }
-    for (int64_t i = 0; i < 2; ++i) CHECK((*p)->acquire(i).isOk());
-    auto bad = (*p)->acquire(2);
+    for (int64_t i = 0; i < 2; ++i) CHECK(p->acquire(i).isOk());
+    auto bad = p->acquire(2);
     REQUIRE_FALSE(bad.isOk());
     CHECK(bad.status().isCorruption());
     const std::string msg = bad.status().message();
-    CHECK(msg.find(victim) != std::string::npos);          // the original damage, named
+    CHECK(msg.find(c.victim) != std::string::npos);          // the original damage, named
     CHECK(msg.find("another version") != std::string::npos);  // and why it was not repaired
-    CHECK((*p)->repairsWhileStreaming() == 0);
-    CHECK(slurp(victim) == damaged);  // nothing written from the changed model
-    CHECK((*p)->acquire(3).isOk());   // the other layers still stream
+    CHECK(p->repairsWhileStreaming() == 0);
+    CHECK(slurp(c.victim) == damaged);  // nothing written from the changed model
+    CHECK(p->acquire(3).isOk());   // the other layers still stream
 }
 
 TEST_CASE("Engine::reload rereads a rewritten layer, and refuses what it cannot do") {
