@@ -1271,7 +1271,14 @@ void Engine::Impl::setReadyLocked(int s) {
     SlotData& slot = *slots[static_cast<size_t>(s)];
     slot.state = SlotState::kReady;
     readyCv.notify_all();
-    if (!slot.error.isOk() && opts.onLayerError) opts.onLayerError(slot.layer, slot.error);
+    if (slot.error.isOk() || !opts.onLayerError) return;
+    try {
+        opts.onLayerError(slot.layer, slot.error);
+    } catch (const std::exception& e) {  // an engine thread must not die of the caller's callback
+        SLI_ERROR(kLog, "onLayerError threw for layer %lld: %s", static_cast<long long>(slot.layer), e.what());
+    } catch (...) {
+        SLI_ERROR(kLog, "onLayerError threw for layer %lld", static_cast<long long>(slot.layer));
+    }
 }
 
 void Engine::Impl::workerLoop(int /*id*/) {

@@ -123,7 +123,7 @@ struct EngineOptions {
     // executor gets there: sli::Processor uses it to
     // start repairing the layer in the background. Runs on an engine thread with the
     // engine's lock held: it must return quickly and must not call into the engine (queue
-    // the work for another thread).
+    // the work for another thread). An exception it throws is logged and otherwise ignored.
     std::function<void(int64_t layer, const Status& error)> onLayerError;
 };
 

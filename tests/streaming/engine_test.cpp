@@ -11,6 +11,8 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <new>
 
@@ -137,19 +139,37 @@ TEST_CASE("a corrupt layer fails its acquire naming layer, tensor and file; othe
     REQUIRE(idx.isOk());
     const auto& ext = idx->tensors[1].part(QuantPart::kPayload);
     REQUIRE(sli::testing::flipByte(tc.files[2], ext.offset + 17));
-    EngineOptions o = baseOptions(tc);
-    auto e = Engine::open(o);
-    REQUIRE(e.isOk());
-    checkStream(**e, tc, {0, 1}, DType::kF32);
-    auto bad = (*e)->acquire(2);
-    REQUIRE_FALSE(bad.isOk());
-    CHECK(bad.status().isCorruption());
-    const std::string msg = bad.status().message();
-    CHECK(msg.find("layer 2") != std::string::npos);
-    CHECK(msg.find("mlp.up_proj.weight") != std::string::npos);
-    CHECK(msg.find(tc.files[2]) != std::string::npos);
-    CHECK(msg.find(tc.files[2]) == msg.rfind(tc.files[2]));  // said once, not twice
-    checkStream(**e, tc, {3}, DType::kF32);
+    // The failure is reported to onLayerError too; a callback that throws is logged, and the
+    // engine goes on as if it had returned.
+    for (bool throwing : {false, true}) {
+        CAPTURE(throwing);
+        std::mutex mu;
+        std::vector<std::pair<int64_t, std::string>> reports;
+        EngineOptions o = baseOptions(tc);
+        o.onLayerError = [&mu, &reports, throwing](int64_t layer, const Status& e) {
+            {
+                std::lock_guard<std::mutex> lock(mu);
+                reports.emplace_back(layer, e.toString());
+            }
+            if (throwing) throw std::runtime_error("the caller's bug");
+        };
+        auto e = Engine::open(o);
+        REQUIRE(e.isOk());
+        checkStream(**e, tc, {0, 1}, DType::kF32);
+        auto bad = (*e)->acquire(2);
+        REQUIRE_FALSE(bad.isOk());
+        CHECK(bad.status().isCorruption());
+        const std::string msg = bad.status().message();
+        CHECK(msg.find("layer 2") != std::string::npos);
+        CHECK(msg.find("mlp.up_proj.weight") != std::string::npos);
+        CHECK(msg.find(tc.files[2]) != std::string::npos);
+        CHECK(msg.find(tc.files[2]) == msg.rfind(tc.files[2]));  // said once, not twice
+        checkStream(**e, tc, {3}, DType::kF32);
+        e->reset();
+        REQUIRE(reports.size() == 1);
+        CHECK(reports[0].first == 2);
+        CHECK(reports[0].second == bad.status().toString());
+    }
 }
 
 TEST_CASE("a layer file replaced by another layer's is an error at open naming both") {
