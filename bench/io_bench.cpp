@@ -4,6 +4,11 @@
 // The file (SLI_IO_BENCH_FILE, default $TMPDIR/sli_io_bench.bin) is created on first use with
 // SLI_IO_BENCH_BYTES bytes (default 1 GiB) and removed at exit unless it was given. O_DIRECT keeps
 // the page cache out of the numbers; on a filesystem that refuses O_DIRECT they are memory speed.
+//
+// Also the extent checksum (io/checksum.h), every implementation this CPU runs, over one 4 MiB
+// chunk (a typical read chunk, as the engine's workers hash it) and a 256 MiB buffer, each
+// beside `readfloor`: one pass that only loads and XORs the same bytes (the memory read limit
+// of one thread, measured in the same run).
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -13,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "io/checksum.h"
 #include "io/read_scheduler.h"
 #include "io/uring_scheduler.h"
 
@@ -96,6 +102,56 @@ void sizes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_SequentialRead, io_uring, sli::io::IoBackend::kIoUring)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_SequentialRead, pread, sli::io::IoBackend::kPread)->Apply(sizes);
+
+std::vector<uint8_t>& hashInput(size_t bytes) {
+    static std::vector<uint8_t> buf;
+    if (buf.size() != bytes) {
+        buf.assign(bytes, 0);
+        uint64_t x = 88172645463325252ull;
+        for (auto& b : buf) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b = static_cast<uint8_t>(x);
+        }
+    }
+    return buf;
+}
+
+void BM_Checksum(benchmark::State& state) {
+    const auto impls = sli::io::checksumImplementations();
+    const auto which = static_cast<size_t>(state.range(1));
+    if (which >= impls.size()) {
+        state.SkipWithError("this CPU does not run that implementation");
+        return;
+    }
+    const auto& buf = hashInput(static_cast<size_t>(state.range(0)));
+    for (auto _ : state) benchmark::DoNotOptimize(impls[which].fn(buf.data(), buf.size()));
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
+    state.SetLabel(impls[which].name);
+}
+
+// The read limit: 32-byte loads XORed together (vectorized by the compiler at the baseline ISA).
+void BM_ReadFloor(benchmark::State& state) {
+    const auto& buf = hashInput(static_cast<size_t>(state.range(0)));
+    for (auto _ : state) {
+        const auto* p = reinterpret_cast<const uint64_t*>(buf.data());
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i + 4 <= buf.size() / 8; i += 4) {
+            a ^= p[i];
+            b ^= p[i + 1];
+            c ^= p[i + 2];
+            d ^= p[i + 3];
+        }
+        benchmark::DoNotOptimize(a ^ b ^ c ^ d);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
+    state.SetLabel("readfloor");
+}
+
+// Implementations in checksumImplementations() order: 0 = libxxhash, 1 = AVX2, 2 = AVX-512.
+BENCHMARK(BM_Checksum)->ArgsProduct({{4 << 20, 256 << 20}, {0, 1, 2}})->ArgNames({"bytes", "impl"});
+BENCHMARK(BM_ReadFloor)->Arg(4 << 20)->Arg(256 << 20)->ArgName("bytes");
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <functional>
 
+#include "io/checksum.h"
 #include "io/file.h"
 #include "sli/tensor.h"
 
@@ -195,7 +196,7 @@ Result<uint64_t> emitLayer(const QuantizedLayer& layer, const LayerFileMeta& met
                     pp.extent.storedBytes = n;
                 }
             }
-            pp.extent.checksum = XXH3_64bits(pp.stored().data(), pp.stored().size());
+            pp.extent.checksum = checksum64(pp.stored().data(), pp.stored().size());
         }
     }
 
@@ -540,7 +541,7 @@ Status verifyExtent(const LayerFileIndex& index, size_t t, QuantPart p,
     const CacheTensorEntry& te = index.tensors.at(t);
     const Extent& x = te.part(p);
     if (stored.size() != x.storedBytes ||
-        XXH3_64bits(stored.data(), stored.size()) != x.checksum) {
+        checksum64(stored.data(), stored.size()) != x.checksum) {
         return Status::corruption(where(index.path, &index, &te.info.name) + ": " +
                                   quantPartName(p) + " extent checksum mismatch");
     }

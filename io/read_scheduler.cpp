@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,6 +20,7 @@
 #include <unordered_map>
 
 #include "io/aligned_io.h"
+#include "io/checksum.h"
 #include "io/pread_scheduler.h"
 #include "io/read_scheduler_queue.h"
 #include "io/uring_scheduler.h"
@@ -493,7 +493,7 @@ Result<RawReadResult> measureRawRead(std::span<const std::string> paths, uint32_
                 h.todo.pop_front();
                 ++h.busy;
                 lock.unlock();
-                const uint64_t v = XXH3_64bits(base + static_cast<uint64_t>(slot) * chunkBytes, bytes);
+                const uint64_t v = checksum64(base + static_cast<uint64_t>(slot) * chunkBytes, bytes);
                 lock.lock();
                 h.sink ^= v;
                 --h.busy;

@@ -7,10 +7,7 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
-
+#include "engine/core/cpu_features.h"
 #include "kernels/cpu_kernels.h"
 #include "kernels/reference.h"
 #include "sli/kernels.h"
@@ -27,46 +24,9 @@ const CpuKernels* avx512Kernels() noexcept { return nullptr; }
 
 namespace {
 
-bool cpuHasAvx2() {
-#if defined(__x86_64__) || defined(__i386__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-#else
-    return false;
-#endif
-}
-
-// Whether the OS saves the AVX-512 register state on context switches: CPUID.1:ECX.OSXSAVE, then
-// XCR0 bits 1 (SSE), 2 (AVX), 5 (opmask), 6 (ZMM0-15 upper halves), 7 (ZMM16-31). A CPU may
-// report AVX-512 while the kernel does not enable it (old kernels, some hypervisors); the
-// instructions then fault. Checked here explicitly rather than trusting the compiler runtime
-// behind __builtin_cpu_supports to do it.
-bool osSavesZmmState() {
-#if defined(__x86_64__) || defined(__i386__)
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (__get_cpuid(1, &a, &b, &c, &d) == 0 || (c & bit_OSXSAVE) == 0) return false;
-    unsigned lo = 0, hi = 0;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    constexpr unsigned kZmmState = 0xe6;
-    return (lo & kZmmState) == kZmmState;
-#else
-    return false;
-#endif
-}
-
-bool cpuHasAvx512() {
-#if defined(__x86_64__) || defined(__i386__)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma") && osSavesZmmState();
-#else
-    return false;
-#endif
-}
-
 const CpuKernels& selectKernels() {
-    const CpuKernels* avx512 = cpuHasAvx512() ? avx512Kernels() : nullptr;
-    const CpuKernels* avx2 = cpuHasAvx2() ? avx2Kernels() : nullptr;
+    const CpuKernels* avx512 = cpu::hasAvx512() ? avx512Kernels() : nullptr;
+    const CpuKernels* avx2 = cpu::hasAvx2() ? avx2Kernels() : nullptr;
     const char* force = std::getenv("SLI_ISA");
     const std::string want = force ? force : "";
     if (want == "scalar") return referenceKernels();

@@ -26,9 +26,9 @@ fi
 FLAGS=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -Iinclude -I. -I"$OUT")
 printf '#pragma once\n#define HAVE_IO_URING 0\n#define HAVE_CUDA 0\n#define SLI_VERSION "fuzz"\n' > "$OUT/sli_build_config.h"
-CORE=(engine/core/config.cpp engine/core/dtype.cpp engine/core/json.cpp engine/core/log.cpp
+CORE=(engine/core/config.cpp engine/core/cpu_features.cpp engine/core/dtype.cpp engine/core/json.cpp engine/core/log.cpp
       engine/core/quantized.cpp engine/core/status.cpp engine/core/tensor.cpp)
-IO=(io/file.cpp io/safetensors.cpp io/cache_format.cpp io/cache_manifest.cpp)
+IO=(io/checksum.cpp io/file.cpp io/safetensors.cpp io/cache_format.cpp io/cache_manifest.cpp)
 build() {
     local name=$1 src=$2
     if [ ! -x "$OUT/$name" ] || [ -n "$(find "${CORE[@]}" "${IO[@]}" "$src" -newer "$OUT/$name")" ]; then

@@ -1,0 +1,19 @@
+// What the CPU (and its OS) can run, for the run-time choice of SIMD code paths (the CPU
+// kernels in kernels/dispatch.cpp, the extent checksums in io/checksum.cpp). Internal to the
+// library and its tests. Thread safety: every function may be called from any thread.
+#pragma once
+
+namespace sli::cpu {
+
+// AVX2 with FMA and F16C (every AVX2 CPU has both; the kernels use all three).
+bool hasAvx2() noexcept;
+// AVX-512 F, BW, VL and DQ, with F16C and FMA, and an OS that saves the ZMM register state.
+bool hasAvx512() noexcept;
+
+// The highest instruction set the environment allows: SLI_ISA=scalar, avx2 or avx512 caps the
+// choice (unset, empty or "auto": no cap). Other values count as no cap; the kernels' dispatch
+// warns about them.
+enum class IsaCap { kScalar, kAvx2, kAvx512 };
+IsaCap isaCapFromEnvironment() noexcept;
+
+}  // namespace sli::cpu
