@@ -497,9 +497,11 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         bool repair = false;
         if (!damage.isOk() && io::pathExists(path)) {
             repair = damage.isCorruption() || damage.isNotSupported();
-            SLI_WARN("cache", "layer %lld (%s) %s, quantizing it again: %s",
-                     static_cast<long long>(lp.index), lp.name.c_str(),
-                     repair ? "is damaged" : "cannot be read", damage.toString().c_str());
+            if (opt.warnRewrites) {
+                SLI_WARN("cache", "layer %lld (%s) %s, quantizing it again: %s",
+                         static_cast<long long>(lp.index), lp.name.c_str(),
+                         repair ? "is damaged" : "cannot be read", damage.toString().c_str());
+            }
             reuse = false;
         }
         if (reuse) {

@@ -94,6 +94,10 @@ struct IngestOptions {
     // I/O errors) is an error. Off: only a layer's index is read (a few KiB), so damaged data
     // is found when the layer is streamed (acquire fails naming it) or by `sli verify`.
     bool verifyReused = false;
+    // The warning for each layer file that is there but damaged or unreadable and is written
+    // again. Off where the caller has said so already (sli::Processor's repairs while
+    // streaming name the layer and the damage the engine met).
+    bool warnRewrites = true;
     // Non-empty: only these cache layer indices are looked at (reused, verified with
     // verifyReused, or written); the others are left as they are, unread, and the manifest is
     // not rewritten. For repairing single layers of an existing cache (sli::Processor, while

@@ -50,12 +50,20 @@ Status chooseConfig(const ProcessorOptions& o, IngestOptions& ingest) {
 
 // Quantizes layer `layer` of the model again into the cache when its file there is damaged
 // (the whole file is checked first: one that reads back intact, as after a transient read
-// error, is kept as it is).
-Status repairLayer(const IngestOptions& ingest, int64_t layer) {
+// error, is kept as it is, and an info line says so). The caller has warned already: the
+// ingestion's own warning is off, so each repair logs one line.
+Status repairLayer(const IngestOptions& ingest, int64_t layer, const std::string& label) {
     IngestOptions one = ingest;
     one.onlyLayers = {layer};
     one.verifyReused = true;
-    return ingestCheckpoint(one).status();
+    one.warnRewrites = false;
+    auto sum = ingestCheckpoint(one);
+    if (!sum.isOk()) return sum.status();
+    if (sum->layersWritten == 0) {
+        SLI_INFO("processor", "%s reads back intact from %s: kept as it is (the failure was transient)",
+                 label.c_str(), sum->cacheDir.c_str());
+    }
+    return Status();
 }
 
 std::string layerLabel(const Processor& p, int64_t layer) {
@@ -148,7 +156,7 @@ struct Processor::Repairer {
                          layerLabel(owner, layer).c_str(), owner.build().cacheDir.c_str(),
                          damage.toString().c_str(), ingest.input.c_str());
             }
-            Status st = repairLayer(ingest, layer);
+            Status st = repairLayer(ingest, layer, layerLabel(owner, layer));
             lock.lock();
             running = -1;
             done[layer] = std::move(st);
@@ -245,7 +253,8 @@ Result<Lease> Processor::acquire(int64_t layer) {
                      layerLabel(*this, layer).c_str(), build_.cacheDir.c_str(),
                      met.toString().c_str(), ingest_->input.c_str());
         }
-        const Status repaired = repairer_ ? repairer_->await(layer, &ahead) : repairLayer(*ingest_, layer);
+        const Status repaired = repairer_ ? repairer_->await(layer, &ahead)
+                                           : repairLayer(*ingest_, layer, layerLabel(*this, layer));
         if (!repaired.isOk()) return failed(repaired);
         if (Status s = engine_->reload(layer); !s.isOk()) return failed(s);
         auto again = engine_->acquire(layer);

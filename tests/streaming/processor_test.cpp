@@ -18,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "../engine/capture_log.h"
 #include "engine_test_util.h"
 #include "file_damage.h"
 #include "io/cache_format.h"
@@ -373,6 +374,28 @@ TEST_CASE("a layer found damaged by a prefetch is repaired in the background bef
         checkLayers(*p, c.dir, 1, 4);
         CHECK(p->repairsWhileStreaming() == 1);
         CHECK(p->repairsAhead() == 1);
+    }
+}
+
+TEST_CASE("each repair while streaming logs one warning, naming the layer and the damage") {
+    for (bool ahead : {true, false}) {
+        CAPTURE(ahead);
+        DamagedCache c;
+        c.o.repairAhead = ahead;
+        if (!c.build("nf4", 3, 3)) return;
+        const std::string log = testutil::captureWarnings([&] {
+            auto p = c.open();
+            checkLayers(*p, c.dir, 0, 4);
+            CHECK(p->repairsWhileStreaming() == 1);
+        });
+        CAPTURE(log);
+        size_t warnings = 0;
+        for (size_t at = log.find(" warn]"); at != std::string::npos; at = log.find(" warn]", at + 1)) ++warnings;
+        CHECK(warnings == 1);
+        CHECK(log.find("layer 3 (post)") != std::string::npos);
+        CHECK(log.find("checksum mismatch") != std::string::npos);
+        CHECK(log.find("quantizing it again") != std::string::npos);
+        CHECK(slurp(c.victim) == c.good);
     }
 }
 
