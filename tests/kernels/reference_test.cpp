@@ -215,6 +215,67 @@ TEST_CASE("8-bit dynamic encoding is CUDA's nearest search with ties to the even
     }
 }
 
+namespace {
+
+// bitsandbytes' dQuantize<0> (csrc/kernels.cu), as written there: branches on each step and
+// float bounds. kernels/blocks.h computes the same search with bit masks and index bounds.
+int bnbDQuantize(const float* smem_code, float x) {
+    int pivot = 127;
+    int upper_pivot = 255;
+    int lower_pivot = 0;
+    float lower = -1.0f;
+    float upper = 1.0f;
+    float val = smem_code[pivot];
+    for (int i = 64; i > 0; i >>= 1) {
+        if (x > val) {
+            lower_pivot = pivot;
+            lower = val;
+            pivot += i;
+        } else {
+            upper_pivot = pivot;
+            upper = val;
+            pivot -= i;
+        }
+        val = smem_code[pivot];
+    }
+    if (upper_pivot == 255) upper = smem_code[upper_pivot];
+    if (lower_pivot == 0) lower = smem_code[lower_pivot];
+    if (x > val) {
+        float midpoint = (upper + val) * 0.5f;
+        return x > midpoint ? upper_pivot : pivot;
+    }
+    float midpoint = (lower + val) * 0.5f;
+    return x < midpoint ? lower_pivot : pivot;
+}
+
+}  // namespace
+
+TEST_CASE("the branch-free dynamic encoding equals bitsandbytes' search on every boundary") {
+    float map[256];
+    for (int i = 0; i < 256; ++i) map[i] = dyn(i);
+    std::vector<float> xs{0.0f, -0.0f, 1.0f, -1.0f, 2.0f, -2.0f, 1e30f, -1e30f, kNaN,
+                          std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::denorm_min()};
+    for (int i = 0; i < 256; ++i) {
+        for (float v : {map[i], nextUp(map[i]), nextDown(map[i])}) xs.push_back(v);
+        if (i < 255) {
+            const float mid = (map[i] + map[i + 1]) * 0.5f;
+            for (float v : {mid, nextUp(mid), nextDown(mid)}) xs.push_back(v);
+        }
+    }
+    std::mt19937 rng(29);
+    std::uniform_real_distribution<float> u(-1.2f, 1.2f);
+    for (int k = 0; k < 50000; ++k) xs.push_back(k % 3 ? u(rng) : u(rng) * 1e-4f);
+    int mismatches = 0;
+    for (float x : xs) {
+        if (dynamicEncode(map, x) != bnbDQuantize(map, x) && ++mismatches <= 5) {
+            FAIL_CHECK("x = " << x << ": " << int(dynamicEncode(map, x)) << " vs bitsandbytes "
+                              << bnbDQuantize(map, x));
+        }
+    }
+    CHECK(mismatches == 0);
+}
+
 TEST_CASE("double quant centres absmax on its mean and rebuilds it with two roundings") {
     const float absmax[4] = {1.0f, 3.0f, 2.0f, 2.0f};
     CHECK(absmaxMean(absmax, 4) == 2.0f);
