@@ -90,7 +90,12 @@ struct Processor::Repairer {
     const IngestOptions& ingest;  // the Processor's, immutable after open()
     std::mutex mu;
     std::condition_variable cv;
-    std::deque<std::pair<int64_t, Status>> queue;  // layer, the damage met
+    struct Job {
+        int64_t layer;
+        Status damage;   // what the engine met: the repair thread's one warning names it
+        bool requested;  // an acquire() waits for it (else found ahead, by a prefetch)
+    };
+    std::deque<Job> queue;
     int64_t running = -1;
     std::map<int64_t, Status> done;  // results acquire() has not taken yet
     bool stop = false;
@@ -110,7 +115,7 @@ struct Processor::Repairer {
         if (thread.joinable()) thread.join();
     }
     auto findQueued(int64_t layer) {
-        return std::find_if(queue.begin(), queue.end(), [layer](const auto& e) { return e.first == layer; });
+        return std::find_if(queue.begin(), queue.end(), [layer](const Job& j) { return j.layer == layer; });
     }
     // Engine thread, engine lock held: queues `layer` unless it is queued, being repaired or
     // repaired and not yet taken (that result covers this failure: the engine reads the old
@@ -119,22 +124,23 @@ struct Processor::Repairer {
         if (!damage.isCorruption() && !damage.isIOError()) return;
         std::lock_guard<std::mutex> lock(mu);
         if (stop || running == layer || done.count(layer) != 0 || findQueued(layer) != queue.end()) return;
-        queue.emplace_back(layer, damage);
+        queue.push_back(Job{layer, damage, false});
         cv.notify_all();
     }
-    // Whether `layer` is queued, being repaired or repaired and not yet taken.
-    bool hasWork(int64_t layer) {
-        std::lock_guard<std::mutex> lock(mu);
-        return running == layer || done.count(layer) != 0 || findQueued(layer) != queue.end();
-    }
-    // Executor: the result of a repair of `layer`. `ahead`: one had started (or finished)
-    // before this call; otherwise one is queued first and waited for.
-    Status await(int64_t layer, bool* ahead) {
+    // Executor: the result of a repair of `layer`, whose acquire met `met`. `ahead`: one had
+    // started (or finished) before this call; otherwise the layer's queued job (noted ahead,
+    // with its damage) or a new one for `met` goes to the front and is waited for. Either
+    // way the repair thread logs the one warning of the repair.
+    Status await(int64_t layer, const Status& met, bool* ahead) {
         std::unique_lock<std::mutex> lock(mu);
         *ahead = running == layer || done.count(layer) != 0;
         if (!*ahead) {
-            if (auto q = findQueued(layer); q != queue.end()) queue.erase(q);
-            queue.emplace_front(layer, Status());  // acquire() already said what the damage was
+            Job job{layer, met, true};
+            if (auto q = findQueued(layer); q != queue.end()) {
+                job.damage = std::move(q->damage);
+                queue.erase(q);
+            }
+            queue.push_front(std::move(job));
             cv.notify_all();
         }
         cv.wait(lock, [&] { return done.count(layer) != 0; });
@@ -147,15 +153,15 @@ struct Processor::Repairer {
         for (;;) {
             cv.wait(lock, [&] { return stop || !queue.empty(); });
             if (stop) return;
-            auto [layer, damage] = std::move(queue.front());
+            Job job = std::move(queue.front());
             queue.pop_front();
+            const int64_t layer = job.layer;
             running = layer;
             lock.unlock();
-            if (!damage.isOk()) {
-                SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s in the background",
-                         layerLabel(owner, layer).c_str(), owner.build().cacheDir.c_str(),
-                         damage.toString().c_str(), ingest.input.c_str());
-            }
+            SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s%s",
+                     layerLabel(owner, layer).c_str(), owner.build().cacheDir.c_str(),
+                     job.damage.toString().c_str(), ingest.input.c_str(),
+                     job.requested ? "" : " in the background");
             Status st = repairLayer(ingest, layer, layerLabel(owner, layer));
             lock.lock();
             running = -1;
@@ -248,12 +254,12 @@ Result<Lease> Processor::acquire(int64_t layer) {
     Status met = damage;
     for (int round = 0;; ++round) {
         bool ahead = false;
-        if (!repairer_ || !repairer_->hasWork(layer)) {  // else the repair thread said so
+        if (!repairer_) {  // else the repair thread says so
             SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s",
                      layerLabel(*this, layer).c_str(), build_.cacheDir.c_str(),
                      met.toString().c_str(), ingest_->input.c_str());
         }
-        const Status repaired = repairer_ ? repairer_->await(layer, &ahead)
+        const Status repaired = repairer_ ? repairer_->await(layer, met, &ahead)
                                            : repairLayer(*ingest_, layer, layerLabel(*this, layer));
         if (!repaired.isOk()) return failed(repaired);
         if (Status s = engine_->reload(layer); !s.isOk()) return failed(s);
