@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -236,24 +237,26 @@ Result<QuantizedTensor> LayerQuantizer::quantizeTensorAs(const TensorView& t, Qu
     }
 
     // Quantize from the source values widened exactly to f32 (never from compute-dtype values).
-    std::vector<float> widened;
-    std::span<const float> src;
-    if (t.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
-        src = {static_cast<const float*>(t.data), static_cast<size_t>(n)};
-    } else {
-        widened.resize(static_cast<size_t>(n));
-        SLI_RETURN_IF_ERROR(convertToF32(t.dtype, t.data, n, widened.data()).withContext(what));
-        src = widened;
-    }
     // 4-bit on the GPU only with the default uint8 quant storage (the device path writes u8).
     const bool onGpu = device_ >= 0 && (((mode == QuantizationMode::kNf4 ||
                                           mode == QuantizationMode::kFp4) &&
                                          info.storedDType == DType::kU8) ||
                                         mode == QuantizationMode::kInt8);
-    if (onGpu) {
-        SLI_RETURN_IF_ERROR(cuda::quantizeOnDevice(src, q, device_).withContext(what));
+    if (!onGpu) {
+        // On the CPU the kernels widen chunk by chunk as they go.
+        SLI_RETURN_IF_ERROR(kernels::quantize(t.dtype, t.data, q, threads_).withContext(what));
     } else {
-        SLI_RETURN_IF_ERROR(kernels::quantize(src, q, threads_).withContext(what));
+        // (Not zero-filled first: every value is written.)
+        std::unique_ptr<float[]> widened;
+        std::span<const float> src;
+        if (t.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
+            src = {static_cast<const float*>(t.data), static_cast<size_t>(n)};
+        } else {
+            widened = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(n));
+            SLI_RETURN_IF_ERROR(kernels::widenToF32(t.dtype, t.data, n, widened.get(), threads_).withContext(what));
+            src = {widened.get(), static_cast<size_t>(n)};
+        }
+        SLI_RETURN_IF_ERROR(cuda::quantizeOnDevice(src, q, device_).withContext(what));
     }
     if (mode == QuantizationMode::kInt8) {
         // LLM.int8 rounds the weights to fp16 first (as bitsandbytes): a row with a value past

@@ -16,6 +16,7 @@ const CpuKernels kAvx2 = {
     x86::quantizeQ4_0,
     x86::dequantizeQ4_0,
     x86::convert,
+    x86::dynamicEncodeN,
 };
 
 }  // namespace

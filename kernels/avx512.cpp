@@ -51,6 +51,7 @@ const CpuKernels kAvx512 = {
     x86_512::quantizeQ4_0,
     x86_512::dequantizeQ4_0,
     x86_512::convert,
+    x86_512::dynamicEncodeN,
 };
 
 }  // namespace

@@ -65,6 +65,10 @@ struct CpuKernels {
 
     // NONE: f16 / bf16 / f32 to f16 / bf16 / f32 (RNE when narrowing).
     void (*convert)(DType from, const void* src, int64_t n, DType to, void* out);
+
+    // Double quant's 8-bit codes: codes[i] = dynamicEncode(map, fl32(x[i] * scale)) (blocks.h:
+    // bitsandbytes' search of the sorted 256-entry map) for n values.
+    void (*dynamicEncodeN)(const float* map, const float* x, float scale, int64_t n, uint8_t* codes);
 };
 
 // The scalar reference: the definition every other implementation is tested against.

@@ -164,12 +164,17 @@ void convertRef(DType from, const void* src, int64_t n, DType to, void* out) {
     for (int64_t i = 0; i < n; ++i) storeAs(to, out, i, loadAs(from, src, i));
 }
 
+void dynamicEncodeNRef(const float* map, const float* x, float scale, int64_t n, uint8_t* codes) {
+    for (int64_t i = 0; i < n; ++i) codes[i] = dynamicEncode(map, mulRn(x[i], scale));
+}
+
 const CpuKernels kReference = {
     "scalar",          quantize4bitRef,
     dequantize4bitRef, dequantize4bitDqRef,
     quantizeInt8Ref,   quantizeInt8DynamicRef,
     dequantizeInt8Ref, quantizeQ4_0Ref,
     dequantizeQ4_0Ref, convertRef,
+    dynamicEncodeNRef,
 };
 
 }  // namespace
@@ -183,7 +188,8 @@ float absmaxMean(const float* absmax, int64_t nb) noexcept {
 }
 
 void doubleQuantize(const float* absmax, int64_t nb, float offset, const float* map,
-                    uint8_t* codes, float* nestedAbsmax) noexcept {
+                    uint8_t* codes, float* nestedAbsmax, const CpuKernels* k) noexcept {
+    if (k == nullptr) k = &kReference;
     const int64_t groups = (nb + kNestedBlocksize - 1) / kNestedBlocksize;
     float centered[kNestedBlocksize];
     for (int64_t g = 0; g < groups; ++g) {
@@ -193,7 +199,7 @@ void doubleQuantize(const float* absmax, int64_t nb, float offset, const float* 
         const float nam = absmaxOf(centered, count);
         storeF32(nestedAbsmax, g, nam);
         const float inv = 1.0f / nam;
-        for (int64_t i = 0; i < count; ++i) codes[begin + i] = dynamicEncode(map, centered[i] * inv);
+        k->dynamicEncodeN(map, centered, inv, count, codes + begin);
     }
 }
 

@@ -43,9 +43,10 @@ namespace sli::kernels {
 float absmaxMean(const float* absmax, int64_t nb) noexcept;
 
 // 8-bit quantization of (absmax[i] - offset) in groups of 256 with `map` (256 sorted floats):
-// writes nb codes and ceil(nb / 256) nested absmax values.
+// writes nb codes and ceil(nb / 256) nested absmax values. The codes come from k's
+// dynamicEncodeN (the reference's when k is null; every table gives the same bits).
 void doubleQuantize(const float* absmax, int64_t nb, float offset, const float* map,
-                    uint8_t* codes, float* nestedAbsmax) noexcept;
+                    uint8_t* codes, float* nestedAbsmax, const CpuKernels* k = nullptr) noexcept;
 
 // Reconstructs absmax[b] for b in [first, first + count): fl32(fl32(map[codes[b]] *
 // nestedAbsmax[b / 256]) + offset). `codes` and `nestedAbsmax` index the whole tensor.

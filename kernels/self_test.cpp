@@ -59,6 +59,15 @@ std::string selfTestAgainstReference(const CpuKernels& k) {
         std::vector<uint8_t> codes(static_cast<size_t>(nb));
         std::vector<float> nested(static_cast<size_t>((nb + kNestedBlocksize - 1) / kNestedBlocksize));
         doubleQuantize(ar.data(), nb, offset, map, codes.data(), nested.data());
+        {
+            std::vector<uint8_t> codesK(codes.size());
+            std::vector<float> nestedK(nested.size());
+            doubleQuantize(ar.data(), nb, offset, map, codesK.data(), nestedK.data(), &k);
+            if (!same(codesK.data(), codes.data(), codes.size()) ||
+                !same(nestedK.data(), nested.data(), nested.size() * 4)) {
+                return "dynamicEncodeN";
+            }
+        }
         const DoubleQuantAbsmax dq{codes.data(), map, nested.data(), offset};
         for (DType t : dtypes) {
             const size_t bytes = static_cast<size_t>(kN) * dtypeSize(t);

@@ -1418,6 +1418,38 @@ inline void copyOut(const uint8_t* s, int64_t bytes, uint8_t* o) {
     std::memcpy(o + i, s + i, static_cast<size_t>(bytes - i));
 }
 
+// Double quant's codes, 8 values per step: bitsandbytes' seven-step search with gathers from
+// the map (blocks.h dynamicEncode, lane for lane).
+inline void dynamicEncodeN(const float* map, const float* x, float scale, int64_t n, uint8_t* codes) {
+    const __m256 s = _mm256_set1_ps(scale);
+    const __m256 half = _mm256_set1_ps(0.5f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), s);
+        __m256i pivot = _mm256_set1_epi32(127);
+        __m256i lower = _mm256_setzero_si256();
+        __m256i upper = _mm256_set1_epi32(255);
+        __m256 val = _mm256_set1_ps(map[127]);
+        for (int step = 64; step > 0; step >>= 1) {
+            const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(v, val, _CMP_GT_OQ));
+            lower = _mm256_blendv_epi8(lower, pivot, up);
+            upper = _mm256_blendv_epi8(pivot, upper, up);
+            // pivot + step where x lies above val, pivot - step elsewhere
+            pivot = _mm256_add_epi32(_mm256_sub_epi32(pivot, _mm256_set1_epi32(step)),
+                                     _mm256_and_si256(up, _mm256_set1_epi32(2 * step)));
+            val = _mm256_i32gather_ps(map, pivot, 4);
+        }
+        const __m256 upf = _mm256_cmp_ps(v, val, _CMP_GT_OQ);
+        const __m256i beyond = _mm256_blendv_epi8(lower, upper, _mm256_castps_si256(upf));
+        const __m256 mid = _mm256_mul_ps(_mm256_add_ps(_mm256_i32gather_ps(map, beyond, 4), val), half);
+        const __m256 far = _mm256_blendv_ps(_mm256_cmp_ps(v, mid, _CMP_LT_OQ), _mm256_cmp_ps(v, mid, _CMP_GT_OQ), upf);
+        const __m256i code = _mm256_blendv_epi8(pivot, beyond, _mm256_castps_si256(far));
+        const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(words, words));
+    }
+    for (; i < n; ++i) codes[i] = dynamicEncode(map, mulRn(x[i], scale));
+}
+
 inline void convert(DType from, const void* src, int64_t n, DType to, void* out) {
     const auto* s = static_cast<const uint8_t*>(src);
     auto* o = static_cast<uint8_t*>(out);

@@ -100,6 +100,10 @@ inline __m128i emuCvtepi32Epi8(__m512i a) {  // vpmovdb: truncation
     for (int i = 0; i < 16; ++i) b[i] = static_cast<uint8_t>(x[i] & 0xff);
     return _mm_load_si128(reinterpret_cast<const __m128i*>(b));
 }
+inline __m512 emuI32gatherPs(__m512i index, const float* base) {  // scale 4 only
+    const auto x = bitCopy<I256x2>(index);
+    return bitCopy<__m512>(F256x2{{_mm256_i32gather_ps(base, x.h[0], 4), _mm256_i32gather_ps(base, x.h[1], 4)}});
+}
 inline void emuStreamSi512(void* p, __m512i v) {
     if ((reinterpret_cast<uintptr_t>(p) & 63) != 0) std::abort();  // vmovntdq would fault
     std::memcpy(p, &v, 64);
@@ -121,6 +125,8 @@ inline void emuStreamSi512(void* p, __m512i v) {
 #define _mm512_cvtph_ps(a) emuCvtphPs(a)
 #undef _mm512_cvtepi32_epi8
 #define _mm512_cvtepi32_epi8(a) emuCvtepi32Epi8(a)
+#undef _mm512_i32gather_ps
+#define _mm512_i32gather_ps(index, base, scale) emuI32gatherPs((index), (base))
 #undef _mm512_stream_si512
 #define _mm512_stream_si512(p, v) emuStreamSi512((p), (v))
 #endif  // SLI_AVX512_VIA_SIMDE
@@ -721,6 +727,37 @@ inline void convertRun(const uint8_t* src, int64_t n, uint8_t* out) {
         storePartial32<To>(out + i * kEsz<To>, load16<From>(tmp), load16<From>(tmp + 16 * kIsz),
                            n - i);
     }
+}
+
+// Double quant's codes, 16 values per step: bitsandbytes' seven-step search with gathers from
+// the map (blocks.h dynamicEncode, lane for lane).
+inline void dynamicEncodeN(const float* map, const float* x, float scale, int64_t n, uint8_t* codes) {
+    const __m512 s = _mm512_set1_ps(scale);
+    const __m512 half = _mm512_set1_ps(0.5f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), s);
+        __m512i pivot = _mm512_set1_epi32(127);
+        __m512i lower = _mm512_setzero_si512();
+        __m512i upper = _mm512_set1_epi32(255);
+        __m512 val = _mm512_set1_ps(map[127]);
+        for (int step = 64; step > 0; step >>= 1) {
+            const __mmask16 up = _mm512_cmp_ps_mask(v, val, _CMP_GT_OQ);
+            lower = _mm512_mask_blend_epi32(up, lower, pivot);
+            upper = _mm512_mask_blend_epi32(up, pivot, upper);
+            const __m512i st = _mm512_set1_epi32(step);
+            pivot = _mm512_mask_add_epi32(_mm512_sub_epi32(pivot, st), up, pivot, st);
+            val = _mm512_i32gather_ps(pivot, map, 4);
+        }
+        const __mmask16 up = _mm512_cmp_ps_mask(v, val, _CMP_GT_OQ);
+        const __m512i beyond = _mm512_mask_blend_epi32(up, lower, upper);
+        const __m512 mid = _mm512_mul_ps(_mm512_add_ps(_mm512_i32gather_ps(beyond, map, 4), val), half);
+        const __mmask16 far = static_cast<__mmask16>((up & _mm512_cmp_ps_mask(v, mid, _CMP_GT_OQ)) |
+                                                     (~up & _mm512_cmp_ps_mask(v, mid, _CMP_LT_OQ)));
+        const __m512i code = _mm512_mask_blend_epi32(far, pivot, beyond);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(code));
+    }
+    for (; i < n; ++i) codes[i] = dynamicEncode(map, mulRn(x[i], scale));
 }
 
 inline void convert(DType from, const void* src, int64_t n, DType to, void* out) {

@@ -26,8 +26,18 @@
 namespace sli::kernels {
 
 Status quantize(std::span<const float> src, QuantizedTensor& out, int threads = 1);
+// The same from numel(out.info.shape) source values of dtype `srcType` (any dtype
+// convertToF32 takes; `src` may be unaligned): each value is widened exactly to f32 first,
+// chunk by chunk as the kernels go, so the result is bit for bit quantize() of the widened
+// tensor without writing that tensor out.
+Status quantize(DType srcType, const void* src, QuantizedTensor& out, int threads = 1);
 Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> out,
                   int threads = 1);
+
+// The source values of a tensor widened exactly to f32, as quantize() wants them: f16 / bf16 /
+// f32 through the SIMD conversion (same bits as sli::convertToF32, NaN payloads kept), every
+// other dtype convertToF32 supports through it. `in` may be unaligned; `out` holds n floats.
+Status widenToF32(DType src, const void* in, int64_t n, float* out, int threads = 1);
 
 // Name of the implementation in use: "avx512", "avx2" or "scalar".
 const char* activeIsa() noexcept;

@@ -2,9 +2,11 @@
 // round trips for every mode, part layouts, and thread splitting that does not change a bit.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -313,4 +315,104 @@ TEST_CASE("double-quant dequantization equals the reference definition for any t
             }
         }
     }
+}
+
+TEST_CASE("widenToF32 gives convertToF32's bits for every f16 and bf16 pattern, any alignment and thread count") {
+    for (DType dt : {DType::kF16, DType::kBF16}) {
+        CAPTURE(dtypeName(dt));
+        // Every 16-bit pattern (NaN payloads, infinities, subnormals, both zeros), one byte
+        // off alignment as a safetensors tensor may be.
+        std::vector<uint8_t> src(65536 * 2 + 1);
+        for (uint32_t v = 0; v < 65536; ++v) {
+            const uint16_t h = static_cast<uint16_t>(v);
+            std::memcpy(src.data() + 1 + 2 * v, &h, 2);
+        }
+        std::vector<float> want(65536), got(65536);
+        REQUIRE(convertToF32(dt, src.data() + 1, 65536, want.data()).isOk());
+        for (int threads : {1, 2, 3}) {
+            CAPTURE(threads);
+            std::fill(got.begin(), got.end(), 12345.0f);
+            REQUIRE(kernels::widenToF32(dt, src.data() + 1, 65536, got.data(), threads).isOk());
+            CHECK(std::memcmp(got.data(), want.data(), got.size() * 4) == 0);
+        }
+        // Short and odd lengths: nothing written past n.
+        for (int64_t n : {1, 7, 63, 64, 65, 1000}) {
+            CAPTURE(n);
+            std::vector<float> out(static_cast<size_t>(n) + 1, -7.0f);
+            REQUIRE(kernels::widenToF32(dt, src.data() + 1, n, out.data()).isOk());
+            CHECK(std::memcmp(out.data(), want.data(), static_cast<size_t>(n) * 4) == 0);
+            CHECK(out[static_cast<size_t>(n)] == -7.0f);
+        }
+    }
+    // f32 is copied bit for bit; integer dtypes take convertToF32's path; others are refused.
+    const float f[3] = {1.5f, -0.0f, std::numeric_limits<float>::quiet_NaN()};
+    float out[3];
+    REQUIRE(kernels::widenToF32(DType::kF32, f, 3, out).isOk());
+    CHECK(std::memcmp(out, f, sizeof f) == 0);
+    const int8_t i8[3] = {-128, 0, 127};
+    REQUIRE(kernels::widenToF32(DType::kI8, i8, 3, out).isOk());
+    CHECK(out[0] == -128.0f);
+    CHECK(out[2] == 127.0f);
+    CHECK(kernels::widenToF32(DType::kBool, i8, 3, out).isInvalidArgument());
+    CHECK(kernels::widenToF32(DType::kF16, nullptr, 0, out).isOk());
+}
+
+TEST_CASE("quantize from bf16 / f16 / f64 / unaligned f32 sources equals quantize of the widened values") {
+    // Sizes that span several widening chunks (16384 values), end inside a chunk and inside a
+    // block; int8 rows longer than a chunk and short ones.
+    struct Shape {
+        QuantizationMode mode;
+        std::vector<int64_t> shape;
+        int bs;
+        bool dq;
+    };
+    const std::vector<Shape> shapes{
+        {QuantizationMode::kNf4, {3, 16411}, 64, true},   {QuantizationMode::kNf4, {5, 9000}, 4096, false},
+        {QuantizationMode::kFp4, {7, 7001}, 128, false},  {QuantizationMode::kFp4, {1, 33}, 32, true},
+        {QuantizationMode::kInt4, {9, 6400}, 32, false},  {QuantizationMode::kInt8, {3, 20000}, 0, false},
+        {QuantizationMode::kInt8, {100, 96}, 0, false},   {QuantizationMode::kInt8Dynamic, {41, 1003}, 0, false},
+        {QuantizationMode::kNone, {2, 17000}, 0, false},
+    };
+    for (const Shape& sh : shapes) {
+        QuantizedTensorInfo info = makeInfo(sh.mode, sh.shape, sh.bs, sh.dq);
+        const std::string mode = modeName(sh.mode);
+        CAPTURE(mode);
+        CAPTURE(info.numel());
+        const int64_t n = info.numel();
+        const std::vector<float> values = testing::mixedValues(n, 64, 7, /*withNonFinite=*/true);
+        for (DType dt : {DType::kBF16, DType::kF16, DType::kF64, DType::kF32}) {
+            const std::string dtype = dtypeName(dt);
+            CAPTURE(dtype);
+            // The source in dtype dt, one byte past an aligned address.
+            std::vector<uint8_t> raw(static_cast<size_t>(n) * dtypeSize(dt) + 1);
+            if (!dtypeIsCompute(dt)) {
+                std::vector<double> d(values.begin(), values.end());
+                std::memcpy(raw.data() + 1, d.data(), d.size() * 8);
+            } else {
+                REQUIRE(convertFromF32(values.data(), n, dt, raw.data() + 1).isOk());
+            }
+            std::vector<float> widened(static_cast<size_t>(n));
+            REQUIRE(convertToF32(dt, raw.data() + 1, n, widened.data()).isOk());
+            QuantizedTensor want;
+            want.info = info;
+            REQUIRE(quantize(widened, want, 1).isOk());
+            for (int threads : {1, 2, 3}) {
+                CAPTURE(threads);
+                QuantizedTensor got;
+                got.info = info;
+                REQUIRE(quantize(dt, raw.data() + 1, got, threads).isOk());
+                CHECK(testing::sameBytes(&got.info.nestedOffset, &want.info.nestedOffset, sizeof(float)));
+                for (int p = 0; p < kQuantPartCount; ++p) {
+                    CAPTURE(p);
+                    REQUIRE(got.parts[p].size() == want.parts[p].size());
+                    CHECK(testing::sameBytes(got.parts[p].data(), want.parts[p].data(), want.parts[p].size()));
+                }
+            }
+        }
+    }
+    QuantizedTensor q;
+    q.info = makeInfo(QuantizationMode::kNf4, {4, 64});
+    const Status s = quantize(DType::kBF16, nullptr, q);
+    CHECK(s.isInvalidArgument());
+    CHECK(namesTensor(s));
 }
