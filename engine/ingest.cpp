@@ -88,13 +88,17 @@ struct TensorPolicy {
     DType computeDType = DType::kF16;
 };
 
+// `scratch` holds the source bytes between tensors: it only grows, so the pages a read lands in
+// are faulted in once per run rather than once per tensor (a fresh buffer per tensor cost the
+// kernel a page fault and a zeroed page for every 4 KiB of the checkpoint).
 Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const CheckpointTensor& t,
-                                      const std::string& layerName, const TensorPolicy& policy) {
+                                      const std::string& layerName, const TensorPolicy& policy,
+                                      AlignedBuffer& scratch) {
     const SafetensorsTensorInfo& src = *t.main->info;
-    SLI_ASSIGN_OR_RETURN(AlignedBuffer raw, AlignedBuffer::allocate(src.nbytes(), false));
-    SLI_RETURN_IF_ERROR(model.readTensor(*t.main, raw.bytes()));
     if (src.dtype == DType::kF8E4M3 || src.dtype == DType::kF8E5M2) {
         // No exact f32 widening for the quantizer: kept as stored.
+        SLI_ASSIGN_OR_RETURN(AlignedBuffer stored, AlignedBuffer::allocate(src.nbytes(), false));
+        SLI_RETURN_IF_ERROR(model.readTensor(*t.main, stored.bytes()));
         QuantizedTensor qt;
         qt.info.name = t.name;
         qt.info.shape = src.shape;
@@ -102,12 +106,19 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
         qt.info.storedDType = src.dtype;
         qt.info.computeDType = policy.computeDType;
         qt.info.mode = QuantizationMode::kNone;
-        qt.part(QuantPart::kPayload) = std::move(raw);
+        qt.part(QuantPart::kPayload) = std::move(stored);
         return qt;
     }
+    if (scratch.size() < src.nbytes()) {
+        scratch = AlignedBuffer();  // the old one goes first: peak memory is one tensor
+        SLI_ASSIGN_OR_RETURN(scratch, AlignedBuffer::allocate(src.nbytes(), false));
+    }
+    std::span<uint8_t> raw = scratch.bytes().first(src.nbytes());
+    SLI_RETURN_IF_ERROR(model.readTensor(*t.main, raw));
     std::vector<int64_t> shape = src.shape;
     const std::string fullName = tensorFullName(layerName, t.name);
     const TensorView view{t.name, shape, src.dtype, raw.data(), raw.size()};
+    AlignedBuffer transposedBytes;  // GPT-2 Conv1D weights that get quantized, [out, in]
     if (isGpt2Conv1DWeight(policy.arch, t.name, shape.size())) {
         // The mode is decided on the [out, in] form that gets quantized (INT4 looks at its
         // rows); a weight that stays unquantized is kept [in, out] as stored.
@@ -128,9 +139,9 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
             if (!q.isOk()) return q.status().withContext("layer " + layerName);
             return q;
         }
-        SLI_ASSIGN_OR_RETURN(AlignedBuffer tr, AlignedBuffer::allocate(raw.size(), false));
-        transposeBytes(raw.data(), shape[0], shape[1], dtypeSize(src.dtype), tr.data());
-        raw = std::move(tr);
+        SLI_ASSIGN_OR_RETURN(transposedBytes, AlignedBuffer::allocate(raw.size(), false));
+        transposeBytes(raw.data(), shape[0], shape[1], dtypeSize(src.dtype), transposedBytes.data());
+        raw = transposedBytes.bytes();
         std::swap(shape[0], shape[1]);
     }
     // A one-tensor layer over the source bytes: the quantizer sees the group name and the full
@@ -472,6 +483,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     }
 
     IngestProgress prog;
+    AlignedBuffer sourceScratch;  // quantizePlain's source bytes, reused tensor to tensor
     prog.layersTotal = plan.size();
     for (const auto& t : tensors) prog.sourceBytesTotal += t.sourceBytes();
     sum.sourceBytes = prog.sourceBytesTotal;
@@ -521,7 +533,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                 const CheckpointTensor& ct = tensors[ti];
                 Result<QuantizedTensor> qt =
                     ct.kind == CheckpointTensor::Kind::kPlain
-                        ? quantizePlain(model, ct, lp.name, policy)
+                        ? quantizePlain(model, ct, lp.name, policy, sourceScratch)
                         : importBnbTensor(model, ct, opt.config);
                 if (!qt.isOk()) {
                     return qt.status().withContext("layer " + std::to_string(lp.index) + " (" + lp.name + ")");
