@@ -247,14 +247,16 @@ Result<QuantizedTensor> LayerQuantizer::quantizeTensorAs(const TensorView& t, Qu
         SLI_RETURN_IF_ERROR(kernels::quantize(t.dtype, t.data, q, threads_).withContext(what));
     } else {
         // (Not zero-filled first: every value is written.)
-        std::unique_ptr<float[]> widened;
+        AlignedBuffer widened;
         std::span<const float> src;
         if (t.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
             src = {static_cast<const float*>(t.data), static_cast<size_t>(n)};
         } else {
-            widened = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(n));
-            SLI_RETURN_IF_ERROR(kernels::widenToF32(t.dtype, t.data, n, widened.get(), threads_).withContext(what));
-            src = {widened.get(), static_cast<size_t>(n)};
+            auto buf = AlignedBuffer::allocate(static_cast<size_t>(n) * sizeof(float), false);
+            if (!buf.isOk()) return buf.status().withContext(what);
+            widened = std::move(buf).value();
+            SLI_RETURN_IF_ERROR(kernels::widenToF32(t.dtype, t.data, n, widened.as<float>(), threads_).withContext(what));
+            src = {widened.as<float>(), static_cast<size_t>(n)};
         }
         SLI_RETURN_IF_ERROR(cuda::quantizeOnDevice(src, q, device_).withContext(what));
     }

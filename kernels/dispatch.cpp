@@ -1,7 +1,6 @@
 // sli::kernels::quantize / dequantize: input validation, ISA selection, thread splitting.
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -190,19 +189,22 @@ struct ScratchPool {
     }
 };
 
+// srcCount: the number of source values the caller has, or -1 when it holds numel() by contract.
+Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedTensor& out, int threads);
+
 }  // namespace
 
 Status quantize(std::span<const float> src, QuantizedTensor& out, int threads) {
-    const int64_t n = out.info.numel();
-    if (static_cast<int64_t>(src.size()) != n) {
-        return Status::invalidArgument(tensorLabel(out.info) + ": " + std::to_string(src.size()) +
-                                       " source values for shape " + shapeToString(out.info.shape) +
-                                       " (" + std::to_string(n) + " elements)");
-    }
-    return quantize(DType::kF32, src.data(), out, threads);
+    return quantizeFrom(DType::kF32, src.data(), static_cast<int64_t>(src.size()), out, threads);
 }
 
 Status quantize(DType srcType, const void* src, QuantizedTensor& out, int threads) {
+    return quantizeFrom(srcType, src, -1, out, threads);
+}
+
+namespace {
+
+Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedTensor& out, int threads) {
     QuantizedTensorInfo& info = out.info;
     if (modeIs4bit(info.mode) && info.doubleQuant && info.nestedBlocksize == 0) {
         info.nestedBlocksize = kNestedBlocksize;  // the only valid value
@@ -212,16 +214,23 @@ Status quantize(DType srcType, const void* src, QuantizedTensor& out, int thread
     SLI_RETURN_IF_ERROR(info.validateParts(want));
     SLI_RETURN_IF_ERROR(checkSourceDType(info));
     const int64_t n = info.numel();
+    if (srcCount >= 0 && srcCount != n) {
+        return Status::invalidArgument(tensorLabel(info) + ": " + std::to_string(srcCount) +
+                                       " source values for shape " + shapeToString(info.shape) +
+                                       " (" + std::to_string(n) + " elements)");
+    }
     if (n > 0 && src == nullptr) {
         return Status::invalidArgument(tensorLabel(info) + ": no source values");
     }
     // Source dtypes the SIMD conversion does not take (f64, integers) are widened whole first.
-    std::unique_ptr<float[]> widenedWhole;
+    AlignedBuffer widenedWhole;
     if (!dtypeIsCompute(srcType)) {
-        widenedWhole = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(std::max<int64_t>(n, 1)));
-        SLI_RETURN_IF_ERROR(convertToF32(srcType, src, n, widenedWhole.get()).withContext(tensorLabel(info)));
+        auto buf = AlignedBuffer::allocate(static_cast<size_t>(n) * sizeof(float), false);
+        if (!buf.isOk()) return buf.status().withContext(tensorLabel(info));
+        widenedWhole = std::move(buf).value();
+        SLI_RETURN_IF_ERROR(convertToF32(srcType, src, n, widenedWhole.as<float>()).withContext(tensorLabel(info)));
         srcType = DType::kF32;
-        src = widenedWhole.get();
+        src = widenedWhole.data();
     }
     for (int i = 0; i < kQuantPartCount; ++i) {
         if (want[i] == 0) {
@@ -314,6 +323,8 @@ Status quantize(DType srcType, const void* src, QuantizedTensor& out, int thread
     }
     return Status();
 }
+
+}  // namespace
 
 Status widenToF32(DType src, const void* in, int64_t n, float* out, int threads) {
     if (!dtypeIsCompute(src) || n <= 0) return convertToF32(src, in, n, out);
