@@ -6,7 +6,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <map>
+#include <memory>
+#include <optional>
+#include <system_error>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -488,8 +492,45 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     for (const auto& t : tensors) prog.sourceBytesTotal += t.sourceBytes();
     sum.sourceBytes = prog.sourceBytesTotal;
     sum.layers = plan.size();
+    // A layer counts as done (cache bytes, progress) once its file is complete on disk.
+    const auto layerDone = [&](const std::string& path, uint64_t layerSource, const std::string& name) {
+        auto size = io::fileSize(path);
+        if (size.isOk()) sum.cacheBytes += *size;
+        ++prog.layersDone;
+        prog.sourceBytesDone += layerSource;
+        prog.currentLayer = name;
+        prog.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (opt.progress) opt.progress(prog);
+    };
+    // The layer being written (serialized, written, fsynced) on a thread of its own while the
+    // next one is quantized: one at a time, so at most two quantized layers are in memory.
+    struct PendingWrite {
+        std::future<Status> done;
+        std::string path;
+        uint64_t layerSource = 0;
+        std::string name;
+        bool repair = false;
+    };
+    std::optional<PendingWrite> pending;
+    // Waits for the layer being written and counts it. Every exit from the loop goes through
+    // here first (the future's destructor would wait anyway; this also reports its error).
+    const auto settle = [&]() -> Status {
+        if (!pending) return Status();
+        PendingWrite w = std::move(*pending);
+        pending.reset();
+        SLI_RETURN_IF_ERROR(w.done.get());
+        ++sum.layersWritten;
+        if (w.repair) ++sum.layersRepaired;
+        layerDone(w.path, w.layerSource, w.name);
+        return Status();
+    };
+    const auto failLayer = [&](Status st) {
+        (void)settle();  // this layer's error is the one to report
+        return st;
+    };
     for (const auto& lp : plan) {
         if (!wanted(lp.index)) {
+            SLI_RETURN_IF_ERROR(settle());
             ++prog.layersDone;
             continue;
         }
@@ -536,7 +577,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                         ? quantizePlain(model, ct, lp.name, policy, sourceScratch)
                         : importBnbTensor(model, ct, opt.config);
                 if (!qt.isOk()) {
-                    return qt.status().withContext("layer " + std::to_string(lp.index) + " (" + lp.name + ")");
+                    return failLayer(qt.status().withContext("layer " + std::to_string(lp.index) + " (" + lp.name + ")"));
                 }
                 if (ct.kind != CheckpointTensor::Kind::kPlain) ++sum.importedBnbTensors;
                 countFp8(qt->info, tensorFullName(lp.name, ct.name));
@@ -550,17 +591,27 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
             wo.sourceFingerprint = model.fingerprint();
             wo.source = sourcePath;
             wo.policyJson = policyJson;
-            SLI_RETURN_IF_ERROR(cache->cacheLayer(sum.modelId, lp.index, layer, opt.config, wo));
-            ++sum.layersWritten;
-            if (repair) ++sum.layersRepaired;
+            SLI_RETURN_IF_ERROR(settle());  // the layer before, if it is still being written
+            auto job = std::make_shared<const QuantizedLayer>(std::move(layer));
+            auto write = [cache = cache.get(), modelId = sum.modelId, index = lp.index, job,
+                          &config = opt.config, wo]() {
+                return cache->cacheLayer(modelId, index, *job, config, wo);
+            };
+            PendingWrite w{{}, path, layerSource, lp.name, repair};
+            try {
+                w.done = std::async(std::launch::async, write);
+            } catch (const std::system_error&) {  // no thread to be had: write it here
+                std::promise<Status> now;
+                now.set_value(write());
+                w.done = now.get_future();
+            }
+            pending = std::move(w);
+            continue;
         }
-        auto size = io::fileSize(path);
-        if (size.isOk()) sum.cacheBytes += *size;
-        ++prog.layersDone;
-        prog.sourceBytesDone += layerSource;
-        prog.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (opt.progress) opt.progress(prog);
+        SLI_RETURN_IF_ERROR(settle());
+        layerDone(path, layerSource, lp.name);
     }
+    SLI_RETURN_IF_ERROR(settle());
     sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const bool quantizing = opt.config.mode != QuantizationMode::kNone ||
                             (opt.attentionConfig && opt.attentionConfig->mode != QuantizationMode::kNone) ||
