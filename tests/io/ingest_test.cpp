@@ -870,3 +870,61 @@ TEST_CASE("ingestOptionsForCache refuses a moved cache, a changed source and a v
     auto none = ingestOptionsForCache(dir.file("no-such-cache"));
     CHECK_FALSE(none.isOk());
 }
+
+TEST_CASE("each layer is reported done once its file is complete; a failure mid-run keeps the layers before it whole") {
+    // Layer files are written on a thread of their own while the next layer is quantized.
+    TempDir dir;
+    Ckpt c = llamaCkpt(5);
+    const std::string ck = c.write(dir, "m.safetensors");
+    IngestOptions opt;
+    opt.input = ck;
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "m";
+    opt.config.mode = QuantizationMode::kNf4;
+    std::vector<size_t> done;
+    std::string cacheDir;
+    opt.progress = [&](const IngestProgress& p) {
+        done.push_back(p.layersDone);
+        // Every layer counted so far has its complete file in place.
+        for (size_t i = 0; i < p.layersDone; ++i) {
+            const std::string f = io::joinPath(cacheDir, io::layerFileName(static_cast<int64_t>(i)));
+            CHECK_MESSAGE(io::verifyLayerFile(f).isOk(), f);
+        }
+    };
+    {
+        auto c0 = LayerCache::open(opt.cacheRoot);
+        REQUIRE(c0.isOk());
+        cacheDir = (*c0)->directoryFor("m", opt.config, ingestPolicyJson(opt));
+    }
+    auto sum = ingestCheckpoint(opt);
+    if (kernelsMissing(sum.status())) return;
+    REQUIRE_MESSAGE(sum.isOk(), sum.status().toString());
+    CHECK(sum->layersWritten == 7);
+    REQUIRE(done.size() == 7);
+    for (size_t i = 0; i < done.size(); ++i) CHECK(done[i] == i + 1);
+
+    // A second cache whose source is cut short after the third layer is reported: the run
+    // fails naming the checkpoint, every layer file written is whole, no temporary file stays.
+    IngestOptions cut = opt;
+    cut.config.mode = QuantizationMode::kInt8;
+    auto c1 = LayerCache::open(cut.cacheRoot);
+    REQUIRE(c1.isOk());
+    cacheDir = (*c1)->directoryFor("m", cut.config, ingestPolicyJson(cut));
+    cut.progress = [&](const IngestProgress& p) {
+        if (p.layersDone == 3) std::filesystem::resize_file(ck, std::filesystem::file_size(ck) / 2);
+    };
+    auto failed = ingestCheckpoint(cut);
+    REQUIRE_FALSE(failed.isOk());
+    CHECK_MESSAGE(failed.status().message().find("m.safetensors") != std::string::npos, failed.status().toString());
+    size_t whole = 0;
+    for (const auto& e : std::filesystem::directory_iterator(cacheDir)) {
+        const std::string name = e.path().filename().string();
+        CHECK_MESSAGE(name.find(".tmp") == std::string::npos, name);
+        if (name.rfind("layer-", 0) == 0) {
+            CHECK_MESSAGE(io::verifyLayerFile(e.path().string()).isOk(), name);
+            ++whole;
+        }
+    }
+    CHECK(whole >= 3);
+    CHECK(whole < 7);
+}
