@@ -6,10 +6,13 @@
 // pre-layer tensors (embeddings) as one group "pre" first, then the blocks in numeric order
 // (named as the registry names them, e.g. "model.layers.3"), then the post-layer tensors
 // (final norm, lm_head, pooler) as one group "post" last; a group's cache layer index is its
-// position in that order (0 = "pre" when there is one). Each layer is read, quantized and
-// written (atomically) to ROOT/<model>/<fingerprint>/ before the next is read, so memory stays
-// bounded by about one layer (its source bytes, an f32 copy of one tensor, and its quantized
-// form). A manifest listing every expected layer is written first. Layers already present and
+// position in that order (0 = "pre" when there is one). Each layer is read and quantized one
+// tensor at a time (the source bytes of one tensor in a reused buffer; the kernels widen them
+// to f32 in 64 KiB chunks as they go), then written (atomically, fsynced) to
+// ROOT/<model>/<fingerprint>/ on a writer thread while the next layer is quantized; the layer
+// after that waits for the write. So memory stays bounded by about two quantized layers and
+// one tensor's source bytes. A layer counts as done (progress, summary) once its file is
+// complete. A manifest listing every expected layer is written first. Layers already present and
 // complete for the same source are reused, so rerunning an interrupted command finishes it.
 //
 // Which tensors are quantized, and how: every plain tensor goes through an AdaptiveQuantizer
