@@ -13,7 +13,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <random>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -106,13 +109,11 @@ BENCHMARK_CAPTURE(BM_SequentialRead, pread, sli::io::IoBackend::kPread)->Apply(s
 std::vector<uint8_t>& hashInput(size_t bytes) {
     static std::vector<uint8_t> buf;
     if (buf.size() != bytes) {
-        buf.assign(bytes, 0);
-        uint64_t x = 88172645463325252ull;
-        for (auto& b : buf) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b = static_cast<uint8_t>(x);
+        buf.resize(bytes);
+        std::mt19937_64 rng(88172645463325252ull);
+        for (size_t i = 0; i < bytes; i += 8) {
+            const uint64_t v = rng();
+            std::memcpy(buf.data() + i, &v, std::min<size_t>(8, bytes - i));
         }
     }
     return buf;

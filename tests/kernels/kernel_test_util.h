@@ -39,6 +39,28 @@ inline std::vector<const CpuKernels*> fastKernels() {
 inline float nextUp(float x) { return std::nextafter(x, std::numeric_limits<float>::infinity()); }
 inline float nextDown(float x) { return std::nextafter(x, -std::numeric_limits<float>::infinity()); }
 
+// Inputs for double quant's 8-bit search of the sorted 256-entry `map`: every entry, every
+// midpoint between neighbours and the floats next to each, the ends and beyond, zeros, NaN,
+// infinities, the smallest subnormals; then `randomCount` values in (-1.3, 1.3), every fourth
+// scaled down by 1e-3.
+inline std::vector<float> dynamicMapProbes(const float* map, int randomCount, uint32_t seed) {
+    std::vector<float> x{0.0f, -0.0f, 1.0f, -1.0f, 2.0f, -2.0f, 1e30f, -1e30f,
+                         std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                         -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::denorm_min(),
+                         -std::numeric_limits<float>::denorm_min()};
+    for (int i = 0; i < 256; ++i) {
+        for (float v : {map[i], nextUp(map[i]), nextDown(map[i])}) x.push_back(v);
+        if (i < 255) {
+            const float mid = (map[i] + map[i + 1]) * 0.5f;
+            for (float v : {mid, nextUp(mid), nextDown(mid)}) x.push_back(v);
+        }
+    }
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.3f, 1.3f);
+    for (int k = 0; k < randomCount; ++k) x.push_back(k % 4 ? u(rng) : u(rng) * 1e-3f);
+    return x;
+}
+
 // N(0,1) values, each block of `block` scaled by exp(U(-4, 4)).
 inline std::vector<float> randomValues(int64_t n, uint32_t seed, int64_t block = 64) {
     std::mt19937 rng(seed);

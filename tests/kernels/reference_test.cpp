@@ -253,19 +253,7 @@ int bnbDQuantize(const float* smem_code, float x) {
 TEST_CASE("the branch-free dynamic encoding equals bitsandbytes' search on every boundary") {
     float map[256];
     for (int i = 0; i < 256; ++i) map[i] = dyn(i);
-    std::vector<float> xs{0.0f, -0.0f, 1.0f, -1.0f, 2.0f, -2.0f, 1e30f, -1e30f, kNaN,
-                          std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                          std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::denorm_min()};
-    for (int i = 0; i < 256; ++i) {
-        for (float v : {map[i], nextUp(map[i]), nextDown(map[i])}) xs.push_back(v);
-        if (i < 255) {
-            const float mid = (map[i] + map[i + 1]) * 0.5f;
-            for (float v : {mid, nextUp(mid), nextDown(mid)}) xs.push_back(v);
-        }
-    }
-    std::mt19937 rng(29);
-    std::uniform_real_distribution<float> u(-1.2f, 1.2f);
-    for (int k = 0; k < 50000; ++k) xs.push_back(k % 3 ? u(rng) : u(rng) * 1e-4f);
+    const std::vector<float> xs = dynamicMapProbes(map, 50000, 29);
     int mismatches = 0;
     for (float x : xs) {
         if (dynamicEncode(map, x) != bnbDQuantize(map, x) && ++mismatches <= 5) {

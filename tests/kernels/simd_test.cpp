@@ -857,21 +857,9 @@ TEST_CASE("LLM.int8 -> bf16 matches the reference for every split-scale signific
 TEST_CASE("double quant's 8-bit codes match the reference on every map entry, midpoint and neighbour") {
     float map[256];
     std::memcpy(map, kDynamicMapBits, sizeof map);
-    // Inputs already scaled (scale 1) around every entry and midpoint, the ends, non-finite
-    // values; then random values under a few scales; lengths that leave every tail length.
-    std::vector<float> x{0.0f, -0.0f, 1.0f, -1.0f, 2.0f, -2.0f, 1e30f, -1e30f,
-                         std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
-                         -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::denorm_min()};
-    for (int i = 0; i < 256; ++i) {
-        for (float v : {map[i], nextUp(map[i]), nextDown(map[i])}) x.push_back(v);
-        if (i < 255) {
-            const float mid = (map[i] + map[i + 1]) * 0.5f;
-            for (float v : {mid, nextUp(mid), nextDown(mid)}) x.push_back(v);
-        }
-    }
-    std::mt19937 rng(41);
-    std::uniform_real_distribution<float> u(-1.3f, 1.3f);
-    for (int k = 0; k < 5000; ++k) x.push_back(k % 4 ? u(rng) : u(rng) * 1e-3f);
+    // Inputs around every entry and midpoint (at scale 1), then under other scales; lengths
+    // that leave every tail length of the 8- and 16-wide bodies.
+    const std::vector<float> x = dynamicMapProbes(map, 5000, 41);
     forEachFast([&](const CpuKernels& k) {
         for (float scale : {1.0f, 0.37f, 3.0f, 1.0f / 0.0123f}) {
             CAPTURE(scale);
