@@ -507,9 +507,9 @@ void primePageCache(const std::vector<std::string>& files) {
     }
 }
 
-std::string list(const std::vector<double>& v) {
+std::string list(const std::vector<double>& v, const char* format = " %.2f") {
     std::string s;
-    for (double x : v) s += fmt(" %.2f", x);
+    for (double x : v) s += fmt(format, x);
     return s;
 }
 
@@ -685,12 +685,30 @@ int main(int argc, char** argv) {
     // The verifying reader hashes with as many threads as the engine has workers.
     const int hashThreads =
         o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    // Each repetition is a pair of reads next to each other in time: raw then engine, engine then
+    // raw in the next (the order alternates, so a disk that slows or speeds up during a pair
+    // does not always favour the same side); the hashing raw read sits between the two.
     for (int k = 0; k < o.repeat; ++k) {
-        gStatus.set(fmt("read ratio %d/%d: raw O_DIRECT read", k + 1, o.repeat));
-        dropPageCache();
-        auto raw = io::measureRawRead(acc.files, best->chunkBytes, best->queueDepth, rawBackend);
-        if (!raw.isOk()) die("raw read: " + raw.status().toString());
-        rawRead.push_back(raw->gbps);
+        const auto rawRun = [&] {
+            gStatus.set(fmt("read ratio %d/%d: raw O_DIRECT read", k + 1, o.repeat));
+            dropPageCache();
+            auto raw = io::measureRawRead(acc.files, best->chunkBytes, best->queueDepth, rawBackend);
+            if (!raw.isOk()) die("raw read: " + raw.status().toString());
+            rawRead.push_back(raw->gbps);
+        };
+        const auto engineRun = [&] {
+            StreamOptions so = baseStreamOptions(o, acc.dir, device, chunk, qd, true);
+            so.backend = accBackend;
+            so.batch = 0;  // the I/O path's own throughput: a no-op consumer
+            so.progress = [&](int64_t d, int64_t n) {
+                gStatus.set(fmt("read ratio %d/%d: engine layer %lld/%lld", k + 1, o.repeat,
+                                static_cast<long long>(d), static_cast<long long>(n)));
+            };
+            auto r = streamEngine(so);
+            if (!r.isOk()) die("engine (read ratio): " + r.status().toString());
+            engRead.push_back(r->readGbps());
+        };
+        if (k % 2 == 0) rawRun(); else engineRun();
         if (o.verify) {
             gStatus.set(fmt("read ratio %d/%d: raw O_DIRECT read, hashing", k + 1, o.repeat));
             dropPageCache();
@@ -699,16 +717,7 @@ int main(int argc, char** argv) {
             if (!rv.isOk()) die("raw read (hashing): " + rv.status().toString());
             rawVerifyRead.push_back(rv->gbps);
         }
-        StreamOptions so = baseStreamOptions(o, acc.dir, device, chunk, qd, true);
-        so.backend = accBackend;
-        so.batch = 0;  // the I/O path's own throughput: a no-op consumer
-        so.progress = [&](int64_t d, int64_t n) {
-            gStatus.set(fmt("read ratio %d/%d: engine layer %lld/%lld", k + 1, o.repeat,
-                            static_cast<long long>(d), static_cast<long long>(n)));
-        };
-        auto r = streamEngine(so);
-        if (!r.isOk()) die("engine (read ratio): " + r.status().toString());
-        engRead.push_back(r->readGbps());
+        if (k % 2 == 0) engineRun(); else rawRun();
     }
     const double medEng = median(engRead), medRaw = median(rawRead);
     const double readRatio = medRaw > 0 ? medEng / medRaw : 0;
@@ -883,7 +892,10 @@ int main(int argc, char** argv) {
     std::printf("\n");
 
     // Acceptance.
-    const bool okRead = readRatio >= 0.95;
+    // Judged on the median of the pairwise ratios: the two reads of a pair ran back to back,
+    // while the medians of all engine and all raw reads mix minutes in which this VM's disk
+    // gave 2.5 GB/s with minutes in which it gave 1.6 (docs/benchmarks.md).
+    const bool okRead = medPair >= 0.95;
     const double ov = ovNoop ? ovNoop->r.overlap() : 0;
     const bool okOv = ovNoop && ov <= 1.10;
     const uint64_t rssLimit = budget8 + (64ull << 20);
@@ -892,10 +904,10 @@ int main(int argc, char** argv) {
     const auto verdict = [&](bool ok) { return o.tiny ? std::string("(not judged: --tiny)") : pass(ok); };
     std::printf(o.tiny ? "Targets (issue 5; a --tiny run checks that they are computed, not whether they are met)\n"
                        : "Targets (issue 5)\n");
-    std::printf("  cold read (engine, no-op consumer) vs raw O_DIRECT %s read, %s cache, median of %d alternating: %.2f / %.2f GB/s = %.3f (>= 0.95) %s\n"
-                "    (engine GB/s:%s; raw GB/s:%s; median of pairwise ratios %.3f)\n",
-                rawBackendName.c_str(), acc.name().c_str(), o.repeat, medEng, medRaw, readRatio, verdict(okRead).c_str(),
-                list(engRead).c_str(), list(rawRead).c_str(), medPair);
+    std::printf("  cold read (engine, no-op consumer) vs raw O_DIRECT %s read, %s cache, median over %d back-to-back pairs of engine / raw: %.3f (>= 0.95) %s\n"
+                "    (engine GB/s:%s; raw GB/s:%s; pair ratios:%s; ratio of the medians %.2f / %.2f GB/s = %.3f)\n",
+                rawBackendName.c_str(), acc.name().c_str(), o.repeat, medPair, verdict(okRead).c_str(),
+                list(engRead).c_str(), list(rawRead).c_str(), list(pairRatios, " %.3f").c_str(), medEng, medRaw, readRatio);
     if (!rawVerifyRead.empty()) {
         const double medRv = median(rawVerifyRead);
         std::printf("    (beside a raw read that xxh3-hashes every chunk on %d threads as it lands, as the "
@@ -921,7 +933,7 @@ int main(int argc, char** argv) {
 
     // Headline.
     const RunRecord* head = ovRun;
-    std::printf("\nHeadline: cold streaming at %.3f of the raw disk read (%.2f GB/s); ", readRatio, medEng);
+    std::printf("\nHeadline: cold streaming at %.3f of the raw disk read (%.2f GB/s); ", medPair, medEng);
     if (head) {
         const char* outName = "bf16";
         for (const auto& c : caches) if (c.name() == head->mode) outName = dtypeName(c.computeDType);
@@ -1027,6 +1039,7 @@ int main(int argc, char** argv) {
         a1.set("median_raw_gbps", num(medRaw));
         a1.set("ratio", num(readRatio));
         a1.set("median_pair_ratio", num(medPair));
+        a1.set("judged_on", Json::string("median_pair_ratio"));
         Json rva = Json::array();
         for (double v : rawVerifyRead) rva.push(num(v));
         a1.set("raw_verify_read_gbps", std::move(rva));
