@@ -108,6 +108,13 @@ TEST_CASE("a tiny run exits 0 and writes JSON with the stable keys") {
     CHECK_FALSE(judged->asBool());
     CHECK(r.out.find("(not judged: --tiny)") != std::string::npos);
     CHECK(r.out.find("MISSED") == std::string::npos);
+    // The cold-read figure: one engine and one raw read per pair, judged on the pairs' median.
+    const sli::Json* cold = j.find("acceptance")->find("cold_read_vs_raw");
+    REQUIRE(cold != nullptr);
+    requireKeys(*cold, {"engine_read_gbps", "raw_read_gbps", "ratio", "median_pair_ratio", "judged_on", "met"},
+                "cold_read_vs_raw");
+    CHECK(cold->find("judged_on")->asString() == "median_pair_ratio");
+    CHECK(cold->find("engine_read_gbps")->asArray().size() == cold->find("raw_read_gbps")->asArray().size());
     // The trace is JSON too.
     const sli::Json t = readJson(trace);
     CHECK((t.isObject() || t.isArray()));
