@@ -250,6 +250,7 @@ Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedT
     // Each unit (a 4-bit or Q4_0 block, an int8 row, one value for none) is quantized from
     // chunks of whole units of about kChunkValues values.
     const auto fused = [&](int64_t units, int64_t unitValues, auto&& quantizeUnits) -> Status {
+        if (units <= 0 || unitValues <= 0) return Status();  // (empty tensors are refused above)
         const int64_t perChunk = std::max<int64_t>(1, kChunkValues / unitValues);
         SLI_RETURN_IF_ERROR(scratch.allocate(nt, perChunk * unitValues, !x.direct).withContext(tensorLabel(info)));
         parallelFor(units, nt, [&](int64_t u0, int64_t u1) {
