@@ -76,6 +76,14 @@ std::string layerLabel(const Processor& p, int64_t layer) {
     return s;
 }
 
+// The one warning of a repair: the layer, the cache, the damage met, the model it comes from.
+void warnRepair(const Processor& p, const IngestOptions& ingest, int64_t layer, const Status& damage,
+                bool background) {
+    SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s%s", layerLabel(p, layer).c_str(),
+             p.build().cacheDir.c_str(), damage.toString().c_str(), ingest.input.c_str(),
+             background ? " in the background" : "");
+}
+
 }  // namespace
 
 // The background repair thread (repairAhead): the engine reports a layer whose read failed
@@ -158,10 +166,7 @@ struct Processor::Repairer {
             const int64_t layer = job.layer;
             running = layer;
             lock.unlock();
-            SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s%s",
-                     layerLabel(owner, layer).c_str(), owner.build().cacheDir.c_str(),
-                     job.damage.toString().c_str(), ingest.input.c_str(),
-                     job.requested ? "" : " in the background");
+            warnRepair(owner, ingest, layer, job.damage, !job.requested);
             Status st = repairLayer(ingest, layer, layerLabel(owner, layer));
             lock.lock();
             running = -1;
@@ -254,11 +259,7 @@ Result<Lease> Processor::acquire(int64_t layer) {
     Status met = damage;
     for (int round = 0;; ++round) {
         bool ahead = false;
-        if (!repairer_) {  // else the repair thread says so
-            SLI_WARN("processor", "%s of %s: %s; quantizing it again from %s",
-                     layerLabel(*this, layer).c_str(), build_.cacheDir.c_str(),
-                     met.toString().c_str(), ingest_->input.c_str());
-        }
+        if (!repairer_) warnRepair(*this, *ingest_, layer, met, false);  // else the repair thread says so
         const Status repaired = repairer_ ? repairer_->await(layer, met, &ahead)
                                            : repairLayer(*ingest_, layer, layerLabel(*this, layer));
         if (!repaired.isOk()) return failed(repaired);
