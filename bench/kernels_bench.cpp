@@ -119,27 +119,6 @@ const kernels::CpuKernels& activeKernels() {
     return kernels::referenceKernels();
 }
 
-void bmQuantizeKernel(benchmark::State& state, QuantizationMode mode) {
-    const kernels::CpuKernels& k = activeKernels();
-    const float* x = source().data();
-    AlignedBuffer payload = lineBuffer(static_cast<size_t>(kN));  // >= any 4-bit payload
-    AlignedBuffer stats = lineBuffer(static_cast<size_t>(kN / 64 * 4));
-    size_t outBytes = 0;
-    for (auto _ : state) {
-        if (mode == QuantizationMode::kInt4) {
-            k.quantizeQ4_0(x, kN / 32, payload.as<kernels::block_q4_0>());
-            outBytes = static_cast<size_t>(kN / 32) * sizeof(kernels::block_q4_0);
-        } else {
-            const auto cb = mode == QuantizationMode::kFp4 ? kernels::Codebook4::kFp4 : kernels::Codebook4::kNf4;
-            k.quantize4bit(cb, x, kN, 64, payload.data(), stats.as<float>());
-            outBytes = static_cast<size_t>(kN / 2 + kN / 64 * 4);
-        }
-        benchmark::DoNotOptimize(payload.data());
-        benchmark::ClobberMemory();
-    }
-    setCounters(state, outBytes);
-}
-
 void bmMemcpy(benchmark::State& state, size_t bytes) {
     AlignedBuffer a = lineBuffer(bytes), b = lineBuffer(bytes);
     std::memset(a.data(), 1, bytes);
@@ -351,40 +330,160 @@ void bmFloor(benchmark::State& state, Floor f) {
     setCounters(state, f.outBytes());
 }
 
-// Dequantization of one mode to one dtype. With a floor, every timed call is followed (timer
-// paused) by one run of the floor on buffers of its own: counters floor_values/s and vs_floor
-// (total floor time / total kernel time, so > 1 = faster than the floor) come from the same
-// moments of the same run.
-void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType dst, Floor floor,
-                  bool fromBf16) {
-    const QuantizedTensor& q = quantized(mode, dq, fromBf16);
-    AlignedBuffer buf = lineBuffer(static_cast<size_t>(kN) * dtypeSize(dst));
-    std::span<uint8_t> out = buf.bytes();
-    FloorBuffers fb(floor);
+// The quantizers' floor: read the f32 source (4 bytes per value) and write what NF4 / FP4 at
+// blocksize 64 write (a 4-bit code per value and a 4-byte absmax per 64 values: 0.5625 bytes per
+// value; Q4_0 writes the same 18 bytes per 32 values), with ordinary stores as the quantizers
+// use, no arithmetic. Each 64 values (4 cache lines) are XOR-folded to 32 payload bytes and one
+// statistic, the source prefetched as far ahead as the quantizers prefetch theirs.
+constexpr size_t kQuantizePrefetchAhead = 4096;
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) void quantizeFloorAvx2(const float* src, size_t n,
+                                                       uint8_t* payload, float* stats) {
+    for (size_t g = 0; g + 64 <= n; g += 64) {
+        const auto* p = reinterpret_cast<const __m256i*>(src + g);
+        for (int line = 0; line < 4; ++line)
+            _mm_prefetch(reinterpret_cast<const char*>(src + g) + kQuantizePrefetchAhead + 64 * line,
+                         _MM_HINT_T0);
+        __m256i v = _mm256_load_si256(p);
+        for (int k = 1; k < 8; ++k) v = _mm256_xor_si256(v, _mm256_load_si256(p + k));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(payload + g / 2), v);
+        stats[g / 64] = _mm256_cvtss_f32(_mm256_castsi256_ps(v));
+    }
+}
+#endif
+
+void quantizeFloor(const float* src, size_t n, uint8_t* payload, float* stats) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (haveAvx2()) return quantizeFloorAvx2(src, n, payload, stats);
+#endif
+    for (size_t g = 0; g + 64 <= n; g += 64) {
+        uint64_t w[4] = {};
+        for (int k = 0; k < 32; ++k) {
+            uint64_t x;
+            std::memcpy(&x, src + g + 2 * k, 8);
+            w[k % 4] ^= x;
+        }
+        std::memcpy(payload + g / 2, w, 32);
+        std::memcpy(stats + g / 64, w, 4);
+    }
+}
+
+// Times kernel() against floor() in the same moments of the same run: every timed call is
+// followed (timer paused) by one run of the floor on buffers of its own; counters
+// floor_values/s and vs_floor (total floor time / total kernel time, so > 1 = faster than the
+// floor) beside the usual ones.
+template <class Kernel, class FloorFn>
+void timeAgainstFloor(benchmark::State& state, size_t outBytes, Kernel&& kernel, FloorFn&& floor) {
     using Clock = std::chrono::steady_clock;
     double kernelS = 0, floorS = 0;
     for (auto _ : state) {
         const auto t0 = Clock::now();
-        if (!kernels::dequantize(q.view(), dst, out, 1).isOk())
-            state.SkipWithError("dequantize failed");
-        benchmark::DoNotOptimize(out.data());
+        kernel();
         benchmark::ClobberMemory();
         const auto t1 = Clock::now();
         state.PauseTiming();
         const auto f0 = Clock::now();
-        runFloor(floor, fb.src.data(), fb.out.data());
+        floor();
         benchmark::ClobberMemory();
         const auto f1 = Clock::now();
         state.ResumeTiming();
         kernelS += std::chrono::duration<double>(t1 - t0).count();
         floorS += std::chrono::duration<double>(f1 - f0).count();
     }
-    setCounters(state, out.size());
+    setCounters(state, outBytes);
     if (kernelS > 0 && floorS > 0) {
         state.counters["floor_values/s"] = benchmark::Counter(
             static_cast<double>(kN) * static_cast<double>(state.iterations()) / floorS);
         state.counters["vs_floor"] = benchmark::Counter(floorS / kernelS);
     }
+}
+
+// The quantization kernel alone (the CpuKernels entry that kernels::quantize dispatches to),
+// into preallocated outputs, against quantizeFloor: kernels::quantize also allocates and
+// first-touches its parts on every call (page faults), which this leaves out. Kernel and floor
+// each read a 64 MiB source of their own (the same kind of buffer), which the other's pass
+// pushes out of the caches: this is the kernel reading from memory.
+size_t quantizedBytes(QuantizationMode mode) {
+    return mode == QuantizationMode::kInt4
+               ? static_cast<size_t>(kN / 32) * sizeof(kernels::block_q4_0)
+               : static_cast<size_t>(kN / 2 + kN / 64 * 4);
+}
+
+// One call of the kernel on `values` values of x, outputs at value offset `at`.
+void runQuantizeKernel(const kernels::CpuKernels& k, QuantizationMode mode, const float* x,
+                       int64_t values, int64_t at, uint8_t* payload, float* stats) {
+    if (mode == QuantizationMode::kInt4) {
+        k.quantizeQ4_0(x, values / 32, reinterpret_cast<kernels::block_q4_0*>(payload) + at / 32);
+    } else {
+        const auto cb =
+            mode == QuantizationMode::kFp4 ? kernels::Codebook4::kFp4 : kernels::Codebook4::kNf4;
+        k.quantize4bit(cb, x, values, 64, payload + at / 2, stats + at / 64);
+    }
+}
+
+void bmQuantizeKernel(benchmark::State& state, QuantizationMode mode) {
+    const kernels::CpuKernels& k = activeKernels();
+    AlignedBuffer own = lineBuffer(static_cast<size_t>(kN) * 4);
+    std::memcpy(own.data(), source().data(), static_cast<size_t>(kN) * 4);
+    const float* x = own.as<float>();
+    AlignedBuffer payload = lineBuffer(static_cast<size_t>(kN));  // >= any 4-bit payload
+    AlignedBuffer stats = lineBuffer(static_cast<size_t>(kN / 64 * 4));
+    // the floor's own source (a copy: the same bytes, other lines) and outputs
+    AlignedBuffer floorSrc = lineBuffer(static_cast<size_t>(kN) * 4);
+    std::memcpy(floorSrc.data(), x, static_cast<size_t>(kN) * 4);
+    AlignedBuffer floorPayload = lineBuffer(static_cast<size_t>(kN / 2));
+    AlignedBuffer floorStats = lineBuffer(static_cast<size_t>(kN / 64 * 4));
+    timeAgainstFloor(
+        state, quantizedBytes(mode),
+        [&] {
+            runQuantizeKernel(k, mode, x, kN, 0, payload.data(), stats.as<float>());
+            benchmark::DoNotOptimize(payload.data());
+        },
+        [&] {
+            quantizeFloor(floorSrc.as<float>(), static_cast<size_t>(kN), floorPayload.data(),
+                          floorStats.as<float>());
+            benchmark::DoNotOptimize(floorPayload.data());
+        });
+}
+
+// The kernel as kernels::quantize's fused path runs it: each 16384-value chunk (64 KiB of f32)
+// is widened from the checkpoint into a buffer that stays in L2, then quantized, so the kernel
+// reads a cache-hot source and its own arithmetic decides its speed. Here one such chunk is
+// quantized kN / 16384 times into consecutive outputs (no widening: that is the fused path's
+// other half).
+void bmQuantizeKernelHot(benchmark::State& state, QuantizationMode mode) {
+    constexpr int64_t kChunk = 16384;
+    const kernels::CpuKernels& k = activeKernels();
+    AlignedBuffer chunk = lineBuffer(kChunk * 4);
+    std::memcpy(chunk.data(), source().data(), kChunk * 4);
+    AlignedBuffer payload = lineBuffer(static_cast<size_t>(kN));
+    AlignedBuffer stats = lineBuffer(static_cast<size_t>(kN / 64 * 4));
+    for (auto _ : state) {
+        for (int64_t at = 0; at < kN; at += kChunk)
+            runQuantizeKernel(k, mode, chunk.as<float>(), kChunk, at, payload.data(),
+                              stats.as<float>());
+        benchmark::DoNotOptimize(payload.data());
+        benchmark::ClobberMemory();
+    }
+    setCounters(state, quantizedBytes(mode));
+}
+
+// Dequantization of one mode to one dtype, against the floor of its own (r, w).
+void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType dst, Floor floor,
+                  bool fromBf16) {
+    const QuantizedTensor& q = quantized(mode, dq, fromBf16);
+    AlignedBuffer buf = lineBuffer(static_cast<size_t>(kN) * dtypeSize(dst));
+    std::span<uint8_t> out = buf.bytes();
+    FloorBuffers fb(floor);
+    timeAgainstFloor(
+        state, out.size(),
+        [&] {
+            if (!kernels::dequantize(q.view(), dst, out, 1).isOk())
+                state.SkipWithError("dequantize failed");
+            benchmark::DoNotOptimize(out.data());
+        },
+        [&] { runFloor(floor, fb.src.data(), fb.out.data()); });
 }
 
 void registerAll() {
@@ -451,6 +550,8 @@ void registerAll() {
         if (m.dq || !(modeIs4bit(m.mode) || m.mode == QuantizationMode::kInt4)) continue;
         benchmark::RegisterBenchmark(("quantize_kernel/" + std::string(m.name) + "/" + isa).c_str(),
                                      bmQuantizeKernel, m.mode)->UseRealTime();
+        benchmark::RegisterBenchmark(("quantize_kernel_hot/" + std::string(m.name) + "/" + isa).c_str(),
+                                     bmQuantizeKernelHot, m.mode)->UseRealTime();
     }
 }
 

@@ -6,9 +6,11 @@
 // quantizers on 512-bit vectors. The 16-entry code tables of a block are built once per block
 // (16 products in one vector, converted once) and expanded by vpermw (f16 / bf16: 32 values
 // per instruction) or vpermps (f32: 16 values); large line-aligned outputs are written with
-// 64-byte non-temporal stores (the StoreKind rule of x86_avx2_impl.h). The quantizers find
-// NF4 / FP4 codes by a branchless binary search over a vpermps threshold table, with opmask
-// compares.
+// 64-byte non-temporal stores (the StoreKind rule of x86_avx2_impl.h). The NF4 / FP4
+// quantizers take 16 blocks at a time (one pass for their absmax, one transposed reduction, one
+// vector division) and find codes by a bucket lookup: a compile-time table of the thresholds per
+// bucket of the normalized value, two permutes and one compare per 16 values (blocks whose
+// 1 / absmax overflows take a branchless binary search over the thresholds instead).
 //
 // Verification: this file is checked bit for bit against the scalar reference by
 // tests/kernels/simd_test.cpp. On the development machine (AMD Zen 3, no AVX-512) that runs only
@@ -104,6 +106,17 @@ inline __m512 emuI32gatherPs(__m512i index, const float* base) {  // scale 4 onl
     const auto x = bitCopy<I256x2>(index);
     return bitCopy<__m512>(F256x2{{_mm256_i32gather_ps(base, x.h[0], 4), _mm256_i32gather_ps(base, x.h[1], 4)}});
 }
+template <int kImm>  // vshuff32x4: quarters 0, 1 from a, 2, 3 from b, 2 selector bits each
+inline __m512 emuShuffleF32x4(__m512 a, __m512 b) {
+    float x[16], y[16], r[16];
+    std::memcpy(x, &a, 64);
+    std::memcpy(y, &b, 64);
+    for (int q = 0; q < 4; ++q)
+        std::memcpy(r + 4 * q, (q < 2 ? x : y) + 4 * ((kImm >> (2 * q)) & 3), 16);
+    __m512 out;
+    std::memcpy(&out, r, 64);
+    return out;
+}
 inline void emuStreamSi512(void* p, __m512i v) {
     if ((reinterpret_cast<uintptr_t>(p) & 63) != 0) std::abort();  // vmovntdq would fault
     std::memcpy(p, &v, 64);
@@ -127,6 +140,8 @@ inline void emuStreamSi512(void* p, __m512i v) {
 #define _mm512_cvtepi32_epi8(a) emuCvtepi32Epi8(a)
 #undef _mm512_i32gather_ps
 #define _mm512_i32gather_ps(index, base, scale) emuI32gatherPs((index), (base))
+#undef _mm512_shuffle_f32x4
+#define _mm512_shuffle_f32x4(a, b, imm) emuShuffleF32x4<(imm)>((a), (b))
 #undef _mm512_stream_si512
 #define _mm512_stream_si512(p, v) emuStreamSi512((p), (v))
 #endif  // SLI_AVX512_VIA_SIMDE
@@ -474,6 +489,95 @@ inline __m512i codes16(__m512 xn) {
     }
 }
 
+// ---- The same codes by bucket lookup (blocks with a finite 1 / absmax) ----
+//
+// The thresholds lie at least 0.080 apart (NF4's over [-1, 1], FP4's magnitudes over [0, 1]),
+// and a bucket of the normalized value is narrower (NF4: b = trunc((x + 1) * 15.99), 32
+// buckets of 0.0625; FP4: b = trunc(|x| * 15.99), 16 of them), so no bucket holds two
+// thresholds. With below[b] = the number of thresholds in the buckets before b and
+// inBucket[b] = the one in b (+Inf where none), the reference's count of thresholds below x is
+// below[b] + (x > inBucket[b]): the bucket is a float add, multiply and truncation, monotone
+// in x, so every threshold of an earlier bucket is below x and every one of a later bucket is
+// not. The tables are built at compile time by the same float operations the vectors run, and a
+// bucket with two thresholds fails the build. Per 16 values: 2 permutes and a compare against
+// the search's 4 compares and 3 permutes (port 5 on Intel, which bound the quantizers).
+// Where the normalized values come from: x * fl(1 / absmax) with |x| <= absmax, so within an
+// ulp or two of [-1, 1]: a value a rounding past -1 truncates to bucket 0 and one past +1
+// stays in the last bucket (2.0000002 * 15.99 < 32). A NaN truncates to INT_MIN, whose low bits
+// pick bucket 0, where the compare is false: code 0, as the reference. An infinite value would
+// also truncate to INT_MIN: it arises only when 1 / absmax overflows (a subnormal absmax or
+// zero), and such blocks take the search above.
+constexpr float kBucketScale = 15.99f;
+
+struct CodeBuckets {
+    float inBucket[32];
+    int32_t below[32];
+};
+
+constexpr int32_t nf4Bucket(float x) { return static_cast<int32_t>((x + 1.0f) * kBucketScale); }
+constexpr int32_t fp4Bucket(float a) { return static_cast<int32_t>(a * kBucketScale); }
+
+template <int N>
+constexpr CodeBuckets makeCodeBuckets(const float (&thresholds)[N], int32_t (*bucket)(float)) {
+    CodeBuckets t{};
+    for (int b = 0; b < 32; ++b) t.inBucket[b] = std::numeric_limits<float>::infinity();
+    for (int i = 0; i < N; ++i) {
+        const int32_t b = bucket(thresholds[i]);
+        if (b < 0 || b >= 32 || t.inBucket[b] != std::numeric_limits<float>::infinity())
+            throw "two thresholds in one bucket";  // at compile time: the build fails
+        t.inBucket[b] = thresholds[i];
+        for (int j = b + 1; j < 32; ++j) ++t.below[j];
+    }
+    return t;
+}
+
+inline constexpr CodeBuckets kNf4Buckets = makeCodeBuckets(kNf4Thresholds, nf4Bucket);
+inline constexpr CodeBuckets kFp4Buckets = makeCodeBuckets(kFp4Thresholds, fp4Bucket);
+
+struct BucketVectors {
+    __m512 inLo, inHi;     // inBucket[0..15], [16..31]
+    __m512i belowLo, belowHi;
+    __m512i code;          // FP4: the code of k = 0..7 thresholds below |x|, +8 for x < 0
+};
+
+template <Codebook4 CB>
+inline BucketVectors bucketVectors() {
+    const CodeBuckets& t = CB == Codebook4::kNf4 ? kNf4Buckets : kFp4Buckets;
+    BucketVectors v;
+    v.inLo = _mm512_loadu_ps(t.inBucket);
+    v.inHi = _mm512_loadu_ps(t.inBucket + 16);
+    v.belowLo = _mm512_loadu_si512(t.below);
+    v.belowHi = _mm512_loadu_si512(t.below + 16);
+    const uint8_t* m = kFp4MagnitudeCode;
+    v.code = _mm512_setr_epi32(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], 8 | m[0], 8 | m[1],
+                               8 | m[2], 8 | m[3], 8 | m[4], 8 | m[5], 8 | m[6], 8 | m[7]);
+    return v;
+}
+
+template <Codebook4 CB>
+inline __m512i bucketCodes16(const BucketVectors& v, __m512 xn) {
+    const __m512 scale = _mm512_set1_ps(kBucketScale);
+    if constexpr (CB == Codebook4::kNf4) {
+        const __m512i b =
+            _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_add_ps(xn, _mm512_set1_ps(1.0f)), scale));
+        const __m512 t = _mm512_permutex2var_ps(v.inLo, b, v.inHi);
+        const __m512i below = _mm512_permutex2var_epi32(v.belowLo, b, v.belowHi);
+        return _mm512_mask_add_epi32(below, _mm512_cmp_ps_mask(xn, t, _CMP_GT_OQ), below,
+                                     _mm512_set1_epi32(1));
+    } else {
+        const __m512 a = _mm512_castsi512_ps(
+            _mm512_and_si512(_mm512_castps_si512(xn), _mm512_set1_epi32(0x7fffffff)));
+        const __m512i b = _mm512_cvttps_epi32(_mm512_mul_ps(a, scale));
+        const __m512 t = _mm512_permutexvar_ps(b, v.inLo);
+        __m512i k = _mm512_permutexvar_epi32(b, v.belowLo);
+        k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(a, t, _CMP_GT_OQ), k,
+                                  _mm512_set1_epi32(1));
+        k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(xn, _mm512_setzero_ps(), _CMP_LT_OQ), k,
+                                  _mm512_set1_epi32(8));
+        return _mm512_permutexvar_epi32(k, v.code);
+    }
+}
+
 // 32 codes (c0 = elements 0..15, c1 = 16..31) -> 16 bytes, element 2k in the high nibble.
 inline __m128i pack32(__m512i c0, __m512i c1) {
     const __m512i even =
@@ -488,8 +592,9 @@ inline __m128i pack32(__m512i c0, __m512i c1) {
 // Software prefetch kPrefetchAhead bytes ahead (as the AVX2 quantizers).
 constexpr int64_t kPrefetchAhead = 4096;
 
-// max |x| over count (a multiple of 32) floats; max(|x|, acc) keeps acc for a NaN |x|.
-inline float absMax(const float* x, int64_t count) {
+// max |x| over count (a multiple of 32) floats, lane-wise (16 partial maxima); max(|x|, acc)
+// keeps acc for a NaN |x|, so NaN never wins and the result is never NaN.
+inline __m512 absMaxLanes(const float* x, int64_t count) {
     const __m512i absMask = _mm512_set1_epi32(0x7fffffff);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (int64_t i = 0; i < count; i += 32) {
@@ -502,23 +607,82 @@ inline float absMax(const float* x, int64_t count) {
         acc0 = _mm512_max_ps(a, acc0);
         acc1 = _mm512_max_ps(b, acc1);
     }
-    return hmax16(_mm512_max_ps(acc0, acc1));
+    return _mm512_max_ps(acc0, acc1);
 }
 
+inline float absMax(const float* x, int64_t count) { return hmax16(absMaxLanes(x, count)); }
+
+// Lane j of the result = the maximum of v[j]'s 16 lanes (no NaN in v). A transposing tree:
+// each level halves the vectors and doubles the blocks per vector, 30 shuffles and 15 maxima
+// for 16 blocks against 16 separate reductions' 64 and 64.
+inline __m512 hmax16x16(const __m512 (&v)[16]) {
+    __m512 w[8], x[4], y[2];
+    // 128-bit quarters: w[i] = [v[2i] 8 partials | v[2i + 1] 8 partials]
+    for (int i = 0; i < 8; ++i)
+        w[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    // x[i]: quarter q holds 4 partials of block 4i + q
+    for (int i = 0; i < 4; ++i)
+        x[i] = _mm512_max_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xdd));
+    // y[i]: quarter q = [2 partials of block 8i + q, 2 of block 8i + 4 + q]
+    for (int i = 0; i < 2; ++i)
+        y[i] = _mm512_max_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xee));
+    // quarter q = [block q, q + 4, q + 8, q + 12]
+    const __m512 z = _mm512_max_ps(_mm512_shuffle_ps(y[0], y[1], 0x88),
+                                   _mm512_shuffle_ps(y[0], y[1], 0xdd));
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), z);
+}
+
+// One block's codes, its values times inv = fl(1 / absmax): the bucket lookup when inv is
+// finite, else the search (inf for an all-zero or subnormal absmax: 0 * inf = NaN -> code 0).
+template <Codebook4 CB>
+inline void encodeBlock(const BucketVectors& buckets, const float* x, int blocksize, float inv,
+                        uint8_t* out) {
+    const __m512 s = _mm512_set1_ps(inv);
+    if (isFiniteF32(inv)) {
+        for (int i = 0; i < blocksize; i += 32) {
+            const __m512i c0 = bucketCodes16<CB>(buckets, _mm512_mul_ps(_mm512_loadu_ps(x + i), s));
+            const __m512i c1 =
+                bucketCodes16<CB>(buckets, _mm512_mul_ps(_mm512_loadu_ps(x + i + 16), s));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), pack32(c0, c1));
+        }
+        return;
+    }
+    for (int i = 0; i < blocksize; i += 32) {
+        const __m512i c0 = codes16<CB>(_mm512_mul_ps(_mm512_loadu_ps(x + i), s));
+        const __m512i c1 = codes16<CB>(_mm512_mul_ps(_mm512_loadu_ps(x + i + 16), s));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), pack32(c0, c1));
+    }
+}
+
+// 16 blocks at a time: their absmax in one pass over the 16 (a plain stream of loads), one
+// transposed reduction, one vector division for the 16 reciprocals (IEEE division, the same
+// bits as the scalar 1.0f / absmax), then the codes from the now cache-hot values.
 template <Codebook4 CB>
 inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize, uint8_t* packed,
                                float* absmax) {
-    for (int64_t g = 0; g < nblocks; ++g) {
+    const BucketVectors buckets = bucketVectors<CB>();
+    int64_t g = 0;
+    for (; g + 16 <= nblocks; g += 16) {
+        const float* x = src + g * blocksize;
+        __m512 lanes[16];
+        for (int j = 0; j < 16; ++j) lanes[j] = absMaxLanes(x + j * blocksize, blocksize);
+        const __m512 am = hmax16x16(lanes);
+        _mm512_storeu_ps(absmax + g, am);
+        alignas(64) float inv[16];
+        _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), am));
+        for (int j = 0; j < 16; ++j)
+            encodeBlock<CB>(buckets, x + j * blocksize, blocksize, inv[j],
+                            packed + (g + j) * (blocksize / 2));
+    }
+    for (; g < nblocks; ++g) {
         const float* x = src + g * blocksize;
         const float am = absMax(x, blocksize);
         std::memcpy(absmax + g, &am, 4);
-        const __m512 s = _mm512_set1_ps(1.0f / am);  // inf for an all-zero block: 0 * inf = NaN
-        uint8_t* out = packed + g * (blocksize / 2);
-        for (int i = 0; i < blocksize; i += 32) {
-            const __m512i c0 = codes16<CB>(_mm512_mul_ps(_mm512_loadu_ps(x + i), s));
-            const __m512i c1 = codes16<CB>(_mm512_mul_ps(_mm512_loadu_ps(x + i + 16), s));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), pack32(c0, c1));
-        }
+        encodeBlock<CB>(buckets, x, blocksize, 1.0f / am, packed + g * (blocksize / 2));
     }
 }
 

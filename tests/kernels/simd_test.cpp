@@ -205,6 +205,68 @@ TEST_CASE("4-bit paths agree on a large random tensor with random absmax") {
     });
 }
 
+// Blocks of `bs` whose first element is `am` (their absmax) and the rest values * am, in order.
+std::vector<float> blocksOf(const std::vector<float>& values, int bs, float am) {
+    std::vector<float> x;
+    size_t at = 0;
+    bool negative = false;  // alternate the sign of the absmax element
+    while (at < values.size()) {
+        x.push_back(negative ? -am : am);
+        negative = !negative;
+        for (int i = 1; i < bs; ++i) x.push_back(values[at++ % values.size()] * am);
+    }
+    return x;
+}
+
+// The fast encoders may find codes another way than the reference's count of thresholds (the
+// AVX-512 quantizers look each value up in a table of buckets): every normalized value they
+// can meet must still give the reference's code. A sweep of [-1, 1] (every 509th float of
+// either sign), every float within 1024 ulps of each threshold, of each multiple of 1/64 and of
+// +-1, in blocks whose absmax is exactly 1 (x * 1 / absmax is x), 3 (products rounding past
+// +-1) and around the smallest absmax whose reciprocal is finite.
+TEST_CASE("4-bit codes match the reference across the whole normalized range") {
+    std::vector<float> sweep;
+    for (uint32_t bits = 0; bits <= 0x3f800000u; bits += 509) {
+        const float f = bitsFloat(bits);
+        sweep.push_back(f);
+        sweep.push_back(-f);
+    }
+    std::vector<float> centres = {1.0f, -1.0f, 0.0f};
+    for (float t : kNf4Thresholds) centres.push_back(t);
+    for (float t : kFp4Thresholds) {
+        centres.push_back(t);
+        centres.push_back(-t);
+    }
+    for (int k = -64; k <= 64; ++k) centres.push_back(static_cast<float>(k) / 64.0f);
+    for (float c : centres) {
+        float up = c, down = c;
+        for (int i = 0; i < 1024; ++i) {
+            up = nextUp(up);
+            down = nextDown(down);
+            if (up <= 1.0f) sweep.push_back(up);
+            if (down >= -1.0f) sweep.push_back(down);
+        }
+    }
+    forEachFast([&](const CpuKernels& k) {
+        for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
+            CAPTURE(static_cast<int>(cb));
+            for (float am : {1.0f, 3.0f}) {
+                CAPTURE(am);
+                const auto x = blocksOf(sweep, 64, am);
+                check4bit(k, cb, x, 64, 0);
+            }
+            // 1 / absmax overflows below 2^-128: both sides of that edge, and the smallest
+            // subnormal
+            std::vector<float> few(sweep.begin(), sweep.begin() + 4096);
+            for (float am : {0x1p-126f, 0x1p-127f, 0x1.000002p-128f, 0x1p-128f, 0x1p-129f,
+                             0x1p-149f}) {
+                CAPTURE(am);
+                check4bit(k, cb, blocksOf(few, 64, am), 64, 0);
+            }
+        }
+    });
+}
+
 TEST_CASE("large outputs (streaming stores) match the reference") {
     forEachFast([](const CpuKernels& k) {
         const auto& ref = referenceKernels();
