@@ -129,7 +129,10 @@ inline std::vector<float> mixedValues(int64_t n, int64_t block, uint32_t seed, b
     return v;
 }
 
-inline bool sameBytes(const void* a, const void* b, size_t n) { return std::memcmp(a, b, n) == 0; }
+// (memcmp wants valid pointers even for n = 0: an empty vector may hold none)
+inline bool sameBytes(const void* a, const void* b, size_t n) {
+    return n == 0 || std::memcmp(a, b, n) == 0;
+}
 
 // Index of the first differing element of size `esz`, or -1.
 inline int64_t firstDiff(const void* a, const void* b, size_t count, size_t esz) {
