@@ -185,8 +185,10 @@ TEST_CASE("4-bit quantization and dequantization match the reference for every b
             CAPTURE(static_cast<int>(cb));
             for (int bs = 32; bs <= 4096; bs *= 2) {
                 CAPTURE(bs);
+                // (33 blocks and a part: the AVX-512 quantizer's groups of 16 blocks, and its
+                // per-block tail, each meet every kind of block mixedValues makes)
                 for (int64_t n : {int64_t{bs}, int64_t{bs} * 9, int64_t{bs} * 9 + 1, int64_t{bs} * 3 + 31,
-                                  int64_t{bs} * 2 + 17, int64_t{1}, int64_t{7}}) {
+                                  int64_t{bs} * 2 + 17, int64_t{bs} * 33 + 5, int64_t{1}, int64_t{7}}) {
                     CAPTURE(n);
                     const auto x = mixedValues(n, bs, static_cast<uint32_t>(n * 31 + bs), true);
                     check4bit(k, cb, x, bs, static_cast<size_t>(n % 3));
@@ -404,10 +406,10 @@ TEST_CASE("4-bit dequantization matches the reference on every byte value and od
 TEST_CASE("Q4_0 quantization and dequantization match the reference") {
     forEachFast([](const CpuKernels& k) {
         const auto& ref = referenceKernels();
-        for (int64_t nblocks : {int64_t{1}, int64_t{9}, int64_t{4099}}) {
+        for (int64_t nblocks : {int64_t{1}, int64_t{9}, int64_t{25}, int64_t{4099}}) {
             const int64_t n = nblocks * kQk4_0;
             auto x = mixedValues(n, kQk4_0, static_cast<uint32_t>(nblocks), true);
-            if (nblocks == 9) {  // equal magnitudes: the first one decides the sign
+            if (nblocks == 9 || nblocks == 25) {  // equal magnitudes: the first one decides the sign
                 for (int j = 0; j < 32; ++j) x[static_cast<size_t>(j)] = (j % 3 == 0) ? -4.0f : (j % 3 == 1 ? 4.0f : 0.5f * j);
                 for (int j = 32; j < 64; ++j) x[static_cast<size_t>(j)] = -0.0f;
             }
