@@ -749,12 +749,7 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
     for (; b + 16 <= nblocks; b += 16) {
         const float* x = src + b * kQk4_0;
         __m512 lanes[16];
-        for (int j = 0; j < 16; ++j) {
-            const char* p = reinterpret_cast<const char*>(x + j * kQk4_0);
-            _mm_prefetch(p + kPrefetchAhead, _MM_HINT_T0);
-            _mm_prefetch(p + kPrefetchAhead + 64, _MM_HINT_T0);
-            lanes[j] = q4AbsLanes(x + j * kQk4_0);
-        }
+        for (int j = 0; j < 16; ++j) lanes[j] = q4AbsLanes(x + j * kQk4_0);
         alignas(64) float amax[16], max[16], id[16];
         alignas(32) uint16_t dh[16];
         _mm512_store_ps(amax, hmax16x16(lanes));
@@ -764,8 +759,12 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
         _mm512_store_ps(id, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_UQ),
                                                 _mm512_set1_ps(1.0f), d));
         _mm256_store_si256(reinterpret_cast<__m256i*>(dh), _mm512_cvtps_ph(d, kRne));
-        for (int j = 0; j < 16; ++j)
+        for (int j = 0; j < 16; ++j) {
+            const char* p = reinterpret_cast<const char*>(x + j * kQk4_0);
+            _mm_prefetch(p + kPrefetchAhead, _MM_HINT_T0);
+            _mm_prefetch(p + kPrefetchAhead + 64, _MM_HINT_T0);
             q4EncodeBlock(x + j * kQk4_0, id[j], dh[j], out + (b + j) * kBlockBytes);
+        }
     }
     for (; b < nblocks; ++b) {
         const float* x = src + b * kQk4_0;
