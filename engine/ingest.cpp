@@ -92,6 +92,21 @@ struct TensorPolicy {
     DType computeDType = DType::kF16;
 };
 
+// Grows `scratch` to at least `bytes` (the old buffer goes first: peak memory is one tensor).
+Status growScratch(AlignedBuffer& scratch, size_t bytes) {
+    if (scratch.size() >= bytes) return Status();
+    scratch = AlignedBuffer();
+    SLI_ASSIGN_OR_RETURN(scratch, AlignedBuffer::allocate(bytes, false));
+    return Status();
+}
+
+Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const CheckpointTensor& t,
+                                          const std::string& layerName,
+                                          const TensorPolicy& policy, AlignedBuffer& scratch);
+Result<QuantizedTensor> quantizeValues(const CheckpointTensor& t, DType dtype,
+                                       std::vector<int64_t> shape, std::span<uint8_t> raw,
+                                       const std::string& layerName, const TensorPolicy& policy);
+
 // `scratch` holds the source bytes between tensors: it only grows, so the pages a read lands in
 // are faulted in once per run rather than once per tensor (a fresh buffer per tensor cost the
 // kernel a page fault and a zeroed page for every 4 KiB of the checkpoint).
@@ -99,8 +114,11 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
                                       const std::string& layerName, const TensorPolicy& policy,
                                       AlignedBuffer& scratch) {
     const SafetensorsTensorInfo& src = *t.main->info;
+    if (t.kind == CheckpointTensor::Kind::kFp8Scaled) {
+        return quantizeFp8Scaled(model, t, layerName, policy, scratch);
+    }
     if (src.dtype == DType::kF8E4M3 || src.dtype == DType::kF8E5M2) {
-        // No exact f32 widening for the quantizer: kept as stored.
+        // Without its scales an FP8 tensor's values mean nothing alone: kept as stored.
         SLI_ASSIGN_OR_RETURN(AlignedBuffer stored, AlignedBuffer::allocate(src.nbytes(), false));
         SLI_RETURN_IF_ERROR(model.readTensor(*t.main, stored.bytes()));
         QuantizedTensor qt;
@@ -113,24 +131,50 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
         qt.part(QuantPart::kPayload) = std::move(stored);
         return qt;
     }
-    if (scratch.size() < src.nbytes()) {
-        scratch = AlignedBuffer();  // the old one goes first: peak memory is one tensor
-        SLI_ASSIGN_OR_RETURN(scratch, AlignedBuffer::allocate(src.nbytes(), false));
-    }
+    SLI_RETURN_IF_ERROR(growScratch(scratch, src.nbytes()));
     std::span<uint8_t> raw = scratch.bytes().first(src.nbytes());
     SLI_RETURN_IF_ERROR(model.readTensor(*t.main, raw));
-    std::vector<int64_t> shape = src.shape;
+    return quantizeValues(t, src.dtype, src.shape, raw, layerName, policy);
+}
+
+// The FP8 weight with its scales applied, as f32 in `scratch`, then as quantizePlain.
+Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const CheckpointTensor& t,
+                                          const std::string& layerName,
+                                          const TensorPolicy& policy, AlignedBuffer& scratch) {
+    const SafetensorsTensorInfo& w = *t.main->info;
+    const SafetensorsTensorInfo& sc = *t.scale->info;
+    SLI_ASSIGN_OR_RETURN(const Fp8ScaleLayout layout, fp8ScaleLayout(w, sc));
+    const int64_t n = layout.rows * layout.cols;
+    AlignedBuffer fp8, scaleBytes;
+    SLI_RETURN_IF_ERROR(readPart(model, t.main, fp8));
+    SLI_RETURN_IF_ERROR(readPart(model, t.scale, scaleBytes));
+    std::vector<float> scales(sc.nbytes() / dtypeSize(sc.dtype));
+    SLI_RETURN_IF_ERROR(convertToF32(sc.dtype, scaleBytes.data(), static_cast<int64_t>(scales.size()), scales.data())
+                            .withContext("scale tensor " + sc.name));
+    SLI_RETURN_IF_ERROR(growScratch(scratch, static_cast<size_t>(n) * sizeof(float)));
+    std::span<uint8_t> raw = scratch.bytes().first(static_cast<size_t>(n) * sizeof(float));
+    applyFp8Scales(w.dtype, fp8.data(), scales.data(), layout, reinterpret_cast<float*>(raw.data()));
+    SLI_ASSIGN_OR_RETURN(QuantizedTensor q,
+                         quantizeValues(t, DType::kF32, w.shape, raw, layerName, policy));
+    q.info.sourceDType = w.dtype;
+    return q;
+}
+
+// Quantizes one tensor of `dtype` values in `raw` (the caller's buffer) by the policy.
+Result<QuantizedTensor> quantizeValues(const CheckpointTensor& t, DType dtype,
+                                       std::vector<int64_t> shape, std::span<uint8_t> raw,
+                                       const std::string& layerName, const TensorPolicy& policy) {
     const std::string fullName = tensorFullName(layerName, t.name);
-    const TensorView view{t.name, shape, src.dtype, raw.data(), raw.size()};
+    const TensorView view{t.name, shape, dtype, raw.data(), raw.size()};
     AlignedBuffer transposedBytes;  // GPT-2 Conv1D weights that get quantized, [out, in]
     if (isGpt2Conv1DWeight(policy.arch, t.name, shape.size())) {
         // The mode is decided on the [out, in] form that gets quantized (INT4 looks at its
         // rows); a weight that stays unquantized is kept [in, out] as stored.
         const std::vector<int64_t> outIn = {shape[1], shape[0]};
-        const TensorView transposed{t.name, outIn, src.dtype, raw.data(), raw.size()};
+        const TensorView transposed{t.name, outIn, dtype, raw.data(), raw.size()};
         if (policy.quantizer.modeFor(transposed, fullName) == QuantizationMode::kNone) {
             QuantizationConfig keep = policy.quantizer.configFor(fullName);
-            if (keep.mode == QuantizationMode::kInt4 && isFloatSource(src.dtype) &&
+            if (keep.mode == QuantizationMode::kInt4 && isFloatSource(dtype) &&
                 !keep.isSkipped(fullName)) {
                 SLI_WARN("engine",
                          "tensor %s: rows of %lld values (Conv1D [in, out] transposed) are not a "
@@ -144,13 +188,13 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
             return q;
         }
         SLI_ASSIGN_OR_RETURN(transposedBytes, AlignedBuffer::allocate(raw.size(), false));
-        transposeBytes(raw.data(), shape[0], shape[1], dtypeSize(src.dtype), transposedBytes.data());
+        transposeBytes(raw.data(), shape[0], shape[1], dtypeSize(dtype), transposedBytes.data());
         raw = transposedBytes.bytes();
         std::swap(shape[0], shape[1]);
     }
     // A one-tensor layer over the source bytes: the quantizer sees the group name and the full
     // tensor name exactly as for a whole layer, while memory stays at one tensor.
-    SLI_ASSIGN_OR_RETURN(Tensor borrowed, Tensor::borrowed(t.name, shape, src.dtype, raw.data()));
+    SLI_ASSIGN_OR_RETURN(Tensor borrowed, Tensor::borrowed(t.name, shape, dtype, raw.data()));
     Layer one(layerName);
     SLI_RETURN_IF_ERROR(one.add(std::move(borrowed)));
     SLI_ASSIGN_OR_RETURN(QuantizedLayer q, policy.quantizer.quantizeLayer(one, layerName));
@@ -182,7 +226,7 @@ std::string defaultModelId(const std::string& input) {
 
 uint64_t CheckpointTensor::sourceBytes() const {
     uint64_t n = 0;
-    for (const auto* e : {main, absmax, quantMap, nestedAbsmax, nestedQuantMap, quantState, weightFormat}) {
+    for (const auto* e : {main, absmax, quantMap, nestedAbsmax, nestedQuantMap, quantState, weightFormat, scale}) {
         if (e != nullptr) n += e->info->nbytes();
     }
     return n;
@@ -242,6 +286,31 @@ Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const Safetensors
             sets[t.name] = t;
         }
     }
+    // FP8 weights with a scale tensor beside them (see CheckpointTensor)
+    for (const auto& e : model.tensors()) {
+        const std::string& n = e.info->name;
+        if (e.info->dtype != DType::kF8E4M3 && e.info->dtype != DType::kF8E5M2) continue;
+        if (sets.count(n) != 0 || consumed.count(n) != 0) continue;
+        const SafetensorsModel::Entry* inv = get(n + "_scale_inv");
+        const SafetensorsModel::Entry* plain = get(n + "_scale");
+        if (inv == nullptr && plain == nullptr) continue;
+        if (inv != nullptr && plain != nullptr) {
+            return Status::invalidArgument("FP8 tensor " + n + " in " + model.source() +
+                                           ": both " + n + "_scale_inv and " + n +
+                                           "_scale are there; which one applies is ambiguous");
+        }
+        CheckpointTensor t;
+        t.kind = CheckpointTensor::Kind::kFp8Scaled;
+        t.name = n;
+        t.main = &e;
+        t.scale = inv != nullptr ? inv : plain;
+        if (consumed.count(t.scale->info->name) != 0) continue;
+        if (auto layout = fp8ScaleLayout(*e.info, *t.scale->info); !layout.isOk()) {
+            return layout.status().withContext(model.source());
+        }
+        consumed.insert(t.scale->info->name);
+        sets[n] = t;
+    }
     std::vector<CheckpointTensor> out;
     for (const auto& e : model.tensors()) {
         const std::string& n = e.info->name;
@@ -255,6 +324,77 @@ Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const Safetensors
         }
     }
     return out;
+}
+
+namespace {
+
+int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Elements of a parsed tensor (the parser checked its byte range against its shape).
+int64_t elementsOf(const SafetensorsTensorInfo& t) {
+    return static_cast<int64_t>(t.nbytes() / dtypeSize(t.dtype));
+}
+
+int64_t pow2AtLeast(int64_t v) {
+    int64_t p = 1;
+    while (p < v) p *= 2;
+    return p;
+}
+
+}  // namespace
+
+Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
+                                      const SafetensorsTensorInfo& scale) {
+    const auto fail = [&](const std::string& why) {
+        return Status::invalidArgument("FP8 tensor " + weight.name + " " +
+                                       shapeToString(weight.shape) + ": scale tensor " +
+                                       scale.name + " " + shapeToString(scale.shape) + " (" +
+                                       dtypeName(scale.dtype) + ") " + why);
+    };
+    if (scale.dtype != DType::kF32 && scale.dtype != DType::kBF16 && scale.dtype != DType::kF16) {
+        return fail("is not f32, bf16 or f16");
+    }
+    Fp8ScaleLayout l;
+    const int64_t n = elementsOf(weight);
+    l.rows = weight.shape.empty() ? 1 : weight.shape[0];
+    l.cols = l.rows > 0 ? n / l.rows : 0;
+    if (n <= 0) return fail("scales an empty weight");
+    if (elementsOf(scale) == 1) {  // per tensor
+        l.blockRows = l.rows;
+        l.blockCols = l.cols;
+        return l;
+    }
+    if (weight.shape.size() != 2) return fail("has more than one element for a weight that is not 2-D");
+    if (scale.shape.size() == 1 && scale.shape[0] == l.rows) {  // per row
+        l.blockCols = l.cols;
+        l.scaleStride = 1;
+        return l;
+    }
+    if (scale.shape.size() == 2 && scale.shape[0] > 0 && scale.shape[1] > 0) {  // per block
+        l.blockRows = pow2AtLeast(ceilDiv(l.rows, scale.shape[0]));
+        l.blockCols = pow2AtLeast(ceilDiv(l.cols, scale.shape[1]));
+        l.scaleStride = scale.shape[1];
+        if (ceilDiv(l.rows, l.blockRows) == scale.shape[0] &&
+            ceilDiv(l.cols, l.blockCols) == scale.shape[1]) {
+            return l;
+        }
+    }
+    return fail("fits no layout: one element, one per row, or one per power-of-two block");
+}
+
+void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
+                    const Fp8ScaleLayout& layout, float* out) {
+    float table[256];
+    for (int b = 0; b < 256; ++b) {
+        const auto byte = static_cast<uint8_t>(b);
+        table[b] = fp8Type == DType::kF8E4M3 ? f8e4m3ToF32(byte) : f8e5m2ToF32(byte);
+    }
+    for (int64_t r = 0; r < layout.rows; ++r) {
+        const float* rowScales = scales + (r / layout.blockRows) * layout.scaleStride;
+        const uint8_t* in = fp8 + r * layout.cols;
+        float* o = out + r * layout.cols;
+        for (int64_t c = 0; c < layout.cols; ++c) o[c] = table[in[c]] * rowScales[c / layout.blockCols];
+    }
 }
 
 Result<QuantizedTensor> importBnbTensor(const SafetensorsModel& model, const CheckpointTensor& t,
@@ -573,13 +713,18 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
             for (size_t ti : lp.tensors) {
                 const CheckpointTensor& ct = tensors[ti];
                 Result<QuantizedTensor> qt =
-                    ct.kind == CheckpointTensor::Kind::kPlain
+                    ct.kind == CheckpointTensor::Kind::kPlain ||
+                            ct.kind == CheckpointTensor::Kind::kFp8Scaled
                         ? quantizePlain(model, ct, lp.name, policy, sourceScratch)
                         : importBnbTensor(model, ct, opt.config);
                 if (!qt.isOk()) {
                     return failLayer(qt.status().withContext("layer " + std::to_string(lp.index) + " (" + lp.name + ")"));
                 }
-                if (ct.kind != CheckpointTensor::Kind::kPlain) ++sum.importedBnbTensors;
+                if (ct.kind == CheckpointTensor::Kind::kBnb4 ||
+                    ct.kind == CheckpointTensor::Kind::kBnb8) {
+                    ++sum.importedBnbTensors;
+                }
+                if (ct.kind == CheckpointTensor::Kind::kFp8Scaled) ++sum.fp8TensorsScaled;
                 countFp8(qt->info, tensorFullName(lp.name, ct.name));
                 sum.weights += static_cast<uint64_t>(std::max<int64_t>(0, qt->info.numel()));
                 layer.tensors.push_back(std::move(*qt));
@@ -618,9 +763,9 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                             (opt.ffnConfig && opt.ffnConfig->mode != QuantizationMode::kNone);
     if (sum.fp8TensorsKept > 0 && quantizing) {
         SLI_WARN("engine",
-                 "%s: %zu FP8 tensor(s) (the first: %s) kept as stored, not quantized: FP8 values "
-                 "are not requantized, and the checkpoint's scale tensors are kept as ordinary "
-                 "tensors, not applied",
+                 "%s: %zu FP8 tensor(s) (the first: %s) kept as stored, not quantized: no "
+                 "scale tensor (NAME_scale_inv or NAME_scale) beside them says what their "
+                 "values mean",
                  model.source().c_str(), sum.fp8TensorsKept, firstFp8.c_str());
     }
     return sum;

@@ -130,10 +130,13 @@ struct IngestSummary {
     size_t layersRepaired = 0;  // damaged layers written again (verifyReused); in layersWritten
     size_t tensors = 0;
     size_t importedBnbTensors = 0;
-    // FP8 (F8_E4M3 / F8_E5M2) tensors kept as stored, whatever the mode: their values are
-    // not quantized further, and an FP8 checkpoint's scale tensors (e.g. weight_scale_inv) are
-    // ordinary tensors here, never applied; the engine hands FP8 tensors out as FP8. A warning
-    // says so when a quantizing mode was asked for.
+    // FP8 (F8_E4M3 / F8_E5M2) weights that came with a scale tensor (see CheckpointTensor):
+    // widened, multiplied by their scales and then quantized (or converted) like any float
+    // tensor; the scale tensor is not kept.
+    size_t fp8TensorsScaled = 0;
+    // FP8 tensors without a scale tensor, kept as stored whatever the mode: their values are
+    // not quantized further and the engine hands them out as FP8. A warning says so when a
+    // quantizing mode was asked for.
     size_t fp8TensorsKept = 0;
     uint64_t sourceBytes = 0;
     uint64_t cacheBytes = 0;   // file bytes of the cache's layer files
@@ -158,10 +161,17 @@ Result<IngestOptions> ingestOptionsForCache(const std::string& cacheDir);
 // transposed to [out, in] by ingestion when it is quantized (see above).
 bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims);
 
-// One logical tensor of a checkpoint: a plain tensor, or the set of tensors bitsandbytes
-// writes for one quantized weight.
+// One logical tensor of a checkpoint: a plain tensor, the set of tensors bitsandbytes
+// writes for one quantized weight, or an FP8 weight with its scale tensor.
+//
+// FP8 scales (kFp8Scaled): an F8_E4M3 / F8_E5M2 tensor W with a tensor named W + "_scale_inv"
+// (DeepSeek-V3 / Qwen3 "fp8" checkpoints: one scale per block of weight_block_size, 128 x 128)
+// or W + "_scale" (compressed-tensors / FBGEMM: one per tensor or per output row). Either way
+// the value is fl32(fp8 * scale). The scale is F32, BF16 or F16, and its shape says the layout:
+// one element (per tensor), [R] (per row of a [R, C] weight), or [ceil(R / br), ceil(C / bc)]
+// with power-of-two blocks br x bc (per block; [R, 1] is per row).
 struct CheckpointTensor {
-    enum class Kind { kPlain, kBnb4, kBnb8 };
+    enum class Kind { kPlain, kBnb4, kBnb8, kFp8Scaled };
     Kind kind = Kind::kPlain;
     std::string name;  // the weight's name ("P.weight" for bitsandbytes)
     const SafetensorsModel::Entry* main = nullptr;
@@ -171,8 +181,23 @@ struct CheckpointTensor {
     const SafetensorsModel::Entry* nestedQuantMap = nullptr;
     const SafetensorsModel::Entry* quantState = nullptr;  // 4-bit JSON
     const SafetensorsModel::Entry* weightFormat = nullptr;  // 8-bit
+    const SafetensorsModel::Entry* scale = nullptr;  // FP8
     uint64_t sourceBytes() const;
 };
+
+// The block of an FP8 weight that one element of its scale tensor covers: rows x cols, and
+// the scale's row stride (per tensor: the whole weight, stride 0).
+struct Fp8ScaleLayout {
+    int64_t rows = 1, cols = 1;  // the weight as [rows, cols]
+    int64_t blockRows = 1, blockCols = 1;
+    int64_t scaleStride = 0;  // scale elements per block row
+};
+// InvalidArgument naming both tensors when the scale's dtype or shape fits no layout above.
+Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
+                                      const SafetensorsTensorInfo& scale);
+// fl32(fp8 * scale) for every element of `fp8` (dtype F8_E4M3 or F8_E5M2), into out.
+void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
+                    const Fp8ScaleLayout& layout, float* out);
 
 // Groups a checkpoint's tensors into logical tensors (bitsandbytes sets merged), in
 // checkpoint order. InvalidArgument for an incomplete bitsandbytes set.

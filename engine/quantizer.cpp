@@ -41,10 +41,12 @@ Result<int64_t> checkView(const TensorView& t, std::string_view fullName) {
     if (t.dtype == DType::kF8E4M3 || t.dtype == DType::kF8E5M2) {
         // The values would widen exactly, but an FP8 checkpoint's weights mean value x scale,
         // with scale tensors in a layout of its own (per tensor, per row, per 128 x 128 block)
-        // that the quantizer does not interpret: it would quantize the wrong numbers.
+        // that a lone tensor does not carry: it would quantize the wrong numbers. Ingestion
+        // applies the scales first (engine/ingest.h, CheckpointTensor).
         return Status::notSupported(what + ": dtype " + dtypeName(t.dtype) +
-                                    " is not quantized (an FP8 checkpoint's scale tensors are "
-                                    "not interpreted; `sli quantize` keeps FP8 tensors as stored)");
+                                    " is not quantized alone (its values mean value x scale; "
+                                    "`sli quantize` applies an FP8 checkpoint's NAME_scale_inv / "
+                                    "NAME_scale tensors and keeps FP8 tensors without one as stored)");
     }
     if (static_cast<uint64_t>(*n) > std::numeric_limits<size_t>::max() / dtypeSize(t.dtype)) {
         // The byte count would wrap around and could then match a too-short `nbytes`.

@@ -388,6 +388,9 @@ int cmdQuantize(const std::vector<std::string>& argv) {
     std::printf(")\n");
     std::printf("  tensors        %zu (%zu imported from bitsandbytes as is", sum->tensors,
                 sum->importedBnbTensors);
+    if (sum->fp8TensorsScaled > 0) {
+        std::printf(", %zu fp8 dequantized with their scales", sum->fp8TensorsScaled);
+    }
     if (sum->fp8TensorsKept > 0) std::printf(", %zu fp8 kept as stored", sum->fp8TensorsKept);
     std::printf(")\n");
     std::printf("  source bytes   %s\n", humanBytes(sum->sourceBytes).c_str());

@@ -135,4 +135,19 @@ SLI_HD uint16_t f32ToBf16(float f) {
 
 SLI_HD float bf16ToF32(uint16_t b) { return bitsFloat(static_cast<uint32_t>(b) << 16); }
 
+// FP8 (OCP 8-bit floating point) -> f32, exactly: every FP8 value is an f32.
+// E4M3 ("fn", torch.float8_e4m3fn): bias 7, no infinities, S.1111.111 is NaN, max 448,
+// subnormals m * 2^-9.
+SLI_HD float f8e4m3ToF32(uint8_t b) {
+    const uint32_t sign = static_cast<uint32_t>(b & 0x80u) << 24;
+    const uint32_t exp = (b >> 3) & 0xfu;
+    const uint32_t mant = b & 0x7u;
+    if (exp == 0xfu && mant == 0x7u) return bitsFloat(sign | 0x7fc00000u);
+    if (exp == 0) return bitsFloat(sign | floatBits(static_cast<float>(mant) * 0x1p-9f));
+    return bitsFloat(sign | ((exp + 120u) << 23) | (mant << 20));
+}
+
+// E5M2 (torch.float8_e5m2): the top byte of an IEEE binary16 (infinities, NaNs, max 57344).
+SLI_HD float f8e5m2ToF32(uint8_t b) { return f16ToF32(static_cast<uint16_t>(b << 8)); }
+
 }  // namespace sli

@@ -22,8 +22,8 @@
 //
 // Errors (Status InvalidArgument / NotSupported, the message naming layer and tensor, never a
 // crash): an invalid config (blocksize not a power of two in 32..4096, ...), an empty tensor,
-// data whose byte size does not match shape x dtype, an f8 tensor (FP8 checkpoints' scale
-// tensors are not interpreted; ingestion keeps FP8 tensors as stored),
+// data whose byte size does not match shape x dtype, an f8 tensor (its values mean value x
+// scale; ingestion applies an FP8 checkpoint's scale tensors first, engine/ingest.h),
 // quantizeTensor() asked for a mode that does not apply (INT8 / INT4 on fewer than two
 // dimensions, INT4 on rows that are not a multiple of 32, any mode on an integer tensor),
 // a non-compute output dtype for dequantization, and corrupt quantized parts.

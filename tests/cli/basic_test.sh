@@ -64,8 +64,8 @@ if have_kernels; then
     expect_out "cuda:99" "absent-device message names it"
     if [ -z "$(find "$WORK/dv" -name '*.slc' 2>/dev/null)" ]; then pass "nothing written for an absent GPU"; else fail "layer files written for an absent GPU"; fi
     expect_rc 0 "quantize --device cpu" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/dv" --mode nf4 --device cpu
-    # FP8 tensors are kept as stored (their scales are not interpreted), with a warning
-    # when a quantizing mode was asked for, and counted in the summary.
+    # FP8 tensors without a scale tensor are kept as stored, with a warning when a quantizing
+    # mode was asked for, and counted in the summary.
     $ST synth "$WORK/fp8.safetensors" model.layers.0.mlp.up_proj.weight=64x64@F8_E4M3 \
         model.layers.0.mlp.down_proj.weight=64x64
     expect_rc 0 "quantize an fp8 checkpoint to nf4" -- env SLI_LOG=warn "$SLI" quantize "$WORK/fp8.safetensors" --cache "$WORK/f8" --mode nf4
@@ -76,6 +76,22 @@ if have_kernels; then
     expect_out "down_proj.weight +nf4" "the f32 tensor beside it is quantized"
     expect_rc 0 "quantize the fp8 checkpoint in mode none" -- env SLI_LOG=warn "$SLI" quantize "$WORK/fp8.safetensors" --cache "$WORK/f8n" --mode none
     if grep -q "FP8 tensor" "$WORK/out"; then fail "mode none warned about fp8"; else pass "no fp8 warning in mode none"; fi
+    # With a block scale tensor beside it (DeepSeek-V3 style, 128 x 128 blocks: one for 64 x 64)
+    # the FP8 weight is scaled, then quantized; the scale tensor is not kept.
+    $ST synth "$WORK/fp8s.safetensors" model.layers.0.mlp.up_proj.weight=64x64@F8_E4M3 \
+        model.layers.0.mlp.up_proj.weight_scale_inv=1x1 model.layers.0.mlp.down_proj.weight=64x64
+    expect_rc 0 "quantize a scaled fp8 checkpoint to nf4" -- env SLI_LOG=warn "$SLI" quantize "$WORK/fp8s.safetensors" --cache "$WORK/f8s" --mode nf4
+    expect_out "1 fp8 dequantized with their scales" "summary counts the scaled fp8 tensor"
+    if grep -q "FP8 tensor" "$WORK/out"; then fail "a scaled fp8 tensor was warned about"; else pass "no fp8 warning when the scales are applied"; fi
+    expect_rc 0 "inspect the scaled fp8 cache" -- "$SLI" inspect "$WORK/f8s"
+    expect_out "up_proj.weight +nf4" "the scaled fp8 weight is quantized"
+    if grep -q "weight_scale_inv" "$WORK/out"; then fail "the scale tensor was kept"; else pass "the scale tensor is not kept"; fi
+    # A scale tensor that fits no layout: exit 1, both tensors named, nothing written
+    $ST synth "$WORK/fp8b.safetensors" model.layers.0.mlp.up_proj.weight=64x64@F8_E4M3 \
+        model.layers.0.mlp.up_proj.weight_scale=3x7
+    expect_rc 1 "a misshapen fp8 scale is refused" -- "$SLI" quantize "$WORK/fp8b.safetensors" --cache "$WORK/f8b" --mode nf4
+    expect_out "up_proj.weight_scale .3, 7." "the error names the scale tensor and its shape"
+    if [ -z "$(find "$WORK/f8b" -name '*.slc' 2>/dev/null)" ]; then pass "nothing written for a misshapen scale"; else fail "layer files written for a misshapen scale"; fi
     expect_rc 0 "--device cpu reuses the default run's layers" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/q-nf4" --mode nf4 --device cpu
     expect_out "0 written" "no layer rewritten"
 else

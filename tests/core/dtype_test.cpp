@@ -1,8 +1,12 @@
 // Conversions are checked against hand-worked IEEE-754 bit patterns (not against another
-// implementation), covering ties, subnormals, overflow, infinities and NaN.
+// implementation), covering ties, subnormals, overflow, infinities and NaN; the FP8 decoders
+// also against ml_dtypes on every byte (tests/golden/fp8_decode.txt, make_fp8_golden.py).
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "sli/dtype.h"
 
@@ -105,4 +109,62 @@ TEST_CASE("dtype names round trip in all three spellings") {
     CHECK(dtypeSize(DType::kF8E4M3) == 1);
     CHECK_FALSE(parseDType("F17").has_value());
     CHECK_FALSE(parseDType("").has_value());
+}
+
+TEST_CASE("FP8 decodes: hand-worked values of both formats") {
+    // E4M3 (fn): bias 7, 3 mantissa bits, no infinities
+    CHECK(f8e4m3ToF32(0x38) == 1.0f);
+    CHECK(f8e4m3ToF32(0x40) == 2.0f);
+    CHECK(f8e4m3ToF32(0x3c) == 1.5f);
+    CHECK(f8e4m3ToF32(0xb8) == -1.0f);
+    CHECK(f8e4m3ToF32(0x7e) == 448.0f);            // max: 2^8 * 1.75
+    CHECK(f8e4m3ToF32(0x08) == 0x1p-6f);           // min normal
+    CHECK(f8e4m3ToF32(0x01) == 0x1p-9f);           // min subnormal
+    CHECK(f8e4m3ToF32(0x07) == 7.0f * 0x1p-9f);    // max subnormal
+    CHECK(floatBits(f8e4m3ToF32(0x80)) == 0x80000000u);  // -0
+    CHECK(std::isnan(f8e4m3ToF32(0x7f)));
+    CHECK(std::isnan(f8e4m3ToF32(0xff)));
+    CHECK(f8e4m3ToF32(0x78) == 256.0f);            // S.1111.000 is a number, not infinity
+    // E5M2: bias 15, 2 mantissa bits, IEEE-like
+    CHECK(f8e5m2ToF32(0x3c) == 1.0f);
+    CHECK(f8e5m2ToF32(0x7b) == 57344.0f);          // max: 2^15 * 1.75
+    CHECK(f8e5m2ToF32(0x7c) == INFINITY);
+    CHECK(f8e5m2ToF32(0xfc) == -INFINITY);
+    CHECK(std::isnan(f8e5m2ToF32(0x7d)));
+    CHECK(f8e5m2ToF32(0x04) == 0x1p-14f);          // min normal
+    CHECK(f8e5m2ToF32(0x01) == 0x1p-16f);          // min subnormal
+}
+
+TEST_CASE("FP8 decodes match ml_dtypes on every byte") {
+    const char* root = std::getenv("SLI_TEST_DATA");
+    if (root == nullptr) {
+        MESSAGE("SLI_TEST_DATA unset: golden FP8 table not checked");
+        return;
+    }
+    const std::string path = std::string(root) + "/golden/fp8_decode.txt";
+    std::FILE* f = std::fopen(path.c_str(), "r");
+    REQUIRE_MESSAGE(f != nullptr, "cannot open " << path);
+    char line[256];
+    int rows = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (line[0] == '#') continue;
+        unsigned b = 0, e4 = 0, e5 = 0;
+        REQUIRE(std::sscanf(line, "%u %x %x", &b, &e4, &e5) == 3);
+        CAPTURE(b);
+        const auto byte = static_cast<uint8_t>(b);
+        const float want4 = bitsFloat(e4), want5 = bitsFloat(e5);
+        if (std::isnan(want4)) {
+            CHECK(std::isnan(f8e4m3ToF32(byte)));
+        } else {
+            CHECK(floatBits(f8e4m3ToF32(byte)) == e4);
+        }
+        if (std::isnan(want5)) {
+            CHECK(std::isnan(f8e5m2ToF32(byte)));
+        } else {
+            CHECK(floatBits(f8e5m2ToF32(byte)) == e5);
+        }
+        ++rows;
+    }
+    std::fclose(f);
+    CHECK(rows == 256);
 }

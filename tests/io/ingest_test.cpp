@@ -13,6 +13,7 @@
 #include "io_test_util.h"
 #include "io/cache_manifest.h"
 #include "sli/cache.h"
+#include "sli/kernels.h"
 #include "sli/quantizer.h"
 
 using namespace sli;
@@ -927,4 +928,178 @@ TEST_CASE("each layer is reported done once its file is complete; a failure mid-
     }
     CHECK(whole >= 3);
     CHECK(whole < 7);
+}
+
+namespace {
+
+// An FP8 checkpoint of one Llama MLP weight W ([3, 5] F8_E4M3) and `scale` named
+// W + scaleSuffix, plus its layer's norm.
+std::string fp8Checkpoint(const TempDir& dir, const std::vector<uint8_t>& w,
+                          const std::string& scaleSuffix, DType scaleType,
+                          std::vector<int64_t> scaleShape, std::span<const uint8_t> scale) {
+    static const std::vector<float> norm(5, 1.0f);
+    const std::string ck = dir.file("fp8.safetensors");
+    REQUIRE(writeSafetensors(ck, {{"model.layers.0.mlp.up_proj.weight", DType::kF8E4M3, {3, 5}, w},
+                                  {"model.layers.0.mlp.up_proj.weight" + scaleSuffix, scaleType,
+                                   std::move(scaleShape), scale},
+                                  {"model.layers.0.input_layernorm.weight", DType::kF32, {5},
+                                   bytesOf(norm)}})
+                .isOk());
+    return ck;
+}
+
+// E4M3 bytes of hand-worked values: 1, 2, -1, 0.5, 3, 448, 2^-9, 1.5, -2, 0.25, 4, -0.5, 6,
+// 0, -448 (0x38 1.0, 0x40 2.0, 0xb8 -1.0, 0x30 0.5, 0x44 3.0, 0x7e 448, 0x01 2^-9, 0x3c 1.5,
+// 0xc0 -2.0, 0x28 0.25, 0x48 4.0, 0xb0 -0.5, 0x4c 6.0, 0x00 0, 0xfe -448)
+const std::vector<uint8_t> kFp8Bytes = {0x38, 0x40, 0xb8, 0x30, 0x44, 0x7e, 0x01, 0x3c,
+                                        0xc0, 0x28, 0x48, 0xb0, 0x4c, 0x00, 0xfe};
+const float kFp8Values[15] = {1, 2, -1, 0.5f, 3, 448, 0x1p-9f, 1.5f, -2, 0.25f, 4, -0.5f, 6, 0, -448};
+
+// Ingests `ck` in mode none with f32 compute: the stored f32 values of up_proj (its only layer).
+std::vector<float> ingestedF32(const TempDir& dir, const std::string& ck, IngestSummary* sum) {
+    IngestOptions opt;
+    opt.input = ck;
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "fp8";
+    opt.config.mode = QuantizationMode::kNone;
+    opt.config.computeDType = DType::kF32;
+    auto s = ingestCheckpoint(opt);
+    REQUIRE_MESSAGE(s.isOk(), s.status().toString());
+    REQUIRE(s->layers == 1);
+    if (sum != nullptr) *sum = *s;
+    const QuantizedLayer l = cachedLayer(opt, 0);
+    CHECK(l.tensors.size() == 2);  // the weight and the norm: the scale tensor is not kept
+    const QuantizedTensor* t = l.find("model.layers.0.mlp.up_proj.weight");
+    REQUIRE(t != nullptr);
+    CHECK(t->info.sourceDType == DType::kF8E4M3);
+    REQUIRE(t->info.storedDType == DType::kF32);
+    std::vector<float> v(15);
+    std::memcpy(v.data(), t->parts[0].data(), 60);
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("FP8 weights are multiplied by their block scales (weight_scale_inv) before quantizing") {
+    TempDir dir;
+    // [3, 5] in blocks of 2 x 2: scales [2, 3]; rows 0-1 / row 2, columns 0-1 / 2-3 / 4
+    const std::vector<float> s = {0.5f, 4.0f, 0.25f, 2.0f, -1.0f, 3.0f};
+    const std::string ck = fp8Checkpoint(dir, kFp8Bytes, "_scale_inv", DType::kF32, {2, 3}, bytesOf(s));
+    IngestSummary sum;
+    const std::vector<float> v = ingestedF32(dir, ck, &sum);
+    CHECK(sum.fp8TensorsScaled == 1);
+    CHECK(sum.fp8TensorsKept == 0);
+    // hand-worked: value x the scale of its block
+    const float want[15] = {1 * 0.5f,  2 * 0.5f,   -1 * 4.0f, 0.5f * 4.0f, 3 * 0.25f,
+                            448 * 0.5f, 0x1p-9f * 0.5f, 1.5f * 4.0f, -2 * 4.0f, 0.25f * 0.25f,
+                            4 * 2.0f,  -0.5f * 2.0f, 6 * -1.0f, 0 * -1.0f, -448 * 3.0f};
+    for (int i = 0; i < 15; ++i) {
+        CAPTURE(i);
+        CHECK(v[static_cast<size_t>(i)] == want[i]);
+    }
+}
+
+TEST_CASE("FP8 weights with a per-tensor or per-row weight_scale, in f32, bf16 or f16") {
+    TempDir dir;
+    SUBCASE("per tensor, f32 scalar") {
+        const std::vector<float> s = {0.125f};
+        const auto v = ingestedF32(dir, fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kF32, {}, bytesOf(s)), nullptr);
+        for (int i = 0; i < 15; ++i) CHECK(v[static_cast<size_t>(i)] == kFp8Values[i] * 0.125f);
+    }
+    SUBCASE("per row, bf16 [3]") {
+        const std::vector<uint16_t> s = {0x3f80, 0x4040, 0xbf00};  // 1, 3, -0.5
+        const auto v = ingestedF32(dir, fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kBF16, {3}, bytesOf(s)), nullptr);
+        const float rowScale[3] = {1.0f, 3.0f, -0.5f};
+        for (int i = 0; i < 15; ++i) CHECK(v[static_cast<size_t>(i)] == kFp8Values[i] * rowScale[i / 5]);
+    }
+    SUBCASE("per row, f16 [3, 1]") {
+        const std::vector<uint16_t> s = {0x3800, 0x4400, 0x3c00};  // 0.5, 4, 1
+        const auto v = ingestedF32(dir, fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kF16, {3, 1}, bytesOf(s)), nullptr);
+        const float rowScale[3] = {0.5f, 4.0f, 1.0f};
+        for (int i = 0; i < 15; ++i) CHECK(v[static_cast<size_t>(i)] == kFp8Values[i] * rowScale[i / 5]);
+    }
+}
+
+TEST_CASE("a scaled FP8 weight is quantized from its scaled values") {
+    // 64 x 64 FP8 weight, one scale per 32 x 32 block; NF4 of it must equal NF4 of the scaled
+    // f32 values quantized directly
+    TempDir dir;
+    std::vector<uint8_t> w(64 * 64);
+    for (size_t i = 0; i < w.size(); ++i) {
+        const auto b = static_cast<uint8_t>((i * 37) % 256);
+        w[i] = (b & 0x7f) == 0x7f ? static_cast<uint8_t>(b ^ 1) : b;  // no NaN
+    }
+    const std::vector<float> s = {0.001f, 0.002f, -0.003f, 0.0005f};
+    const std::string ck = dir.file("q.safetensors");
+    REQUIRE(writeSafetensors(ck, {{"model.layers.0.mlp.up_proj.weight", DType::kF8E4M3, {64, 64}, w},
+                                  {"model.layers.0.mlp.up_proj.weight_scale_inv", DType::kF32, {2, 2}, bytesOf(s)}})
+                .isOk());
+    IngestOptions opt;
+    opt.input = ck;
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "q";
+    opt.config.mode = QuantizationMode::kNf4;
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE(sum.isOk());
+    const QuantizedLayer l = cachedLayer(opt, 0);
+    REQUIRE(l.tensors.size() == 1);
+    CHECK(l.tensors[0].info.mode == QuantizationMode::kNf4);
+    std::vector<float> scaled(w.size());
+    for (size_t i = 0; i < w.size(); ++i) {
+        const size_t r = i / 64, c = i % 64;
+        scaled[i] = f8e4m3ToF32(w[i]) * s[(r / 32) * 2 + c / 32];
+    }
+    QuantizedTensor direct;
+    direct.info = l.tensors[0].info;
+    REQUIRE(kernels::quantize(scaled, direct).isOk());
+    for (int p = 0; p < kQuantPartCount; ++p) {
+        CAPTURE(p);
+        REQUIRE(direct.parts[p].size() == l.tensors[0].parts[p].size());
+        CHECK(std::memcmp(direct.parts[p].data(), l.tensors[0].parts[p].data(), direct.parts[p].size()) == 0);
+    }
+}
+
+TEST_CASE("an FP8 scale tensor that fits no layout is refused naming both tensors, before anything is written") {
+    TempDir dir;
+    const std::vector<float> s(16, 1.0f);
+    std::string ck;
+    SUBCASE("a block grid of the wrong size") {
+        ck = fp8Checkpoint(dir, kFp8Bytes, "_scale_inv", DType::kF32, {4, 4}, bytesOf(s));
+    }
+    SUBCASE("a per-row vector of the wrong length") {
+        ck = fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kF32, {5}, std::span(bytesOf(s)).first(20));
+    }
+    SUBCASE("an integer scale") {
+        const std::vector<int32_t> i = {1};
+        ck = fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kI32, {1}, bytesOf(i));
+    }
+    IngestOptions opt;
+    opt.input = ck;
+    opt.cacheRoot = dir.file("cache");
+    opt.modelId = "bad";
+    auto sum = ingestCheckpoint(opt);
+    REQUIRE_FALSE(sum.isOk());
+    CHECK(sum.status().isInvalidArgument());
+    const std::string m = sum.status().message();
+    CHECK(m.find("model.layers.0.mlp.up_proj.weight ") != std::string::npos);
+    CHECK(m.find("model.layers.0.mlp.up_proj.weight_scale") != std::string::npos);
+    CHECK(m.find("fp8.safetensors") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir.file("cache")));
+}
+
+TEST_CASE("an FP8 weight with both weight_scale_inv and weight_scale is refused as ambiguous") {
+    TempDir dir;
+    const std::vector<float> one = {1.0f};
+    const std::string ck = dir.file("amb.safetensors");
+    REQUIRE(writeSafetensors(ck, {{"l.weight", DType::kF8E4M3, {3, 5}, kFp8Bytes},
+                                  {"l.weight_scale_inv", DType::kF32, {1}, bytesOf(one)},
+                                  {"l.weight_scale", DType::kF32, {1}, bytesOf(one)}})
+                .isOk());
+    auto m = SafetensorsModel::open(ck);
+    REQUIRE(m.isOk());
+    auto t = collectCheckpointTensors(*m);
+    REQUIRE_FALSE(t.isOk());
+    CHECK(t.status().message().find("l.weight") != std::string::npos);
+    CHECK(t.status().message().find("ambiguous") != std::string::npos);
 }
