@@ -700,6 +700,9 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         if (reuse) {
             ++sum.layersReused;
             ++prog.layersReused;
+            for (size_t ti : lp.tensors) {
+                if (tensors[ti].kind == CheckpointTensor::Kind::kFp8Scaled) ++sum.fp8TensorsScaled;
+            }
             for (const auto& te : existing->tensors) {
                 countFp8(te.info, tensorFullName(lp.name, te.info.name));
                 sum.storedBytes += te.rawBytes();

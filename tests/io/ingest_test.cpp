@@ -989,6 +989,18 @@ TEST_CASE("FP8 weights are multiplied by their block scales (weight_scale_inv) b
     const std::vector<float> v = ingestedF32(dir, ck, &sum);
     CHECK(sum.fp8TensorsScaled == 1);
     CHECK(sum.fp8TensorsKept == 0);
+    {  // a rerun reuses the layer and counts the tensor the same
+        IngestOptions opt;
+        opt.input = ck;
+        opt.cacheRoot = dir.file("cache");
+        opt.modelId = "fp8";
+        opt.config.mode = QuantizationMode::kNone;
+        opt.config.computeDType = DType::kF32;
+        auto again = ingestCheckpoint(opt);
+        REQUIRE(again.isOk());
+        CHECK(again->layersReused == 1);
+        CHECK(again->fp8TensorsScaled == 1);
+    }
     // hand-worked: value x the scale of its block
     const float want[15] = {1 * 0.5f,  2 * 0.5f,   -1 * 4.0f, 0.5f * 4.0f, 3 * 0.25f,
                             448 * 0.5f, 0x1p-9f * 0.5f, 1.5f * 4.0f, -2 * 4.0f, 0.25f * 0.25f,
