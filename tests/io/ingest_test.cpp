@@ -955,14 +955,20 @@ const std::vector<uint8_t> kFp8Bytes = {0x38, 0x40, 0xb8, 0x30, 0x44, 0x7e, 0x01
                                         0xc0, 0x28, 0x48, 0xb0, 0x4c, 0x00, 0xfe};
 const float kFp8Values[15] = {1, 2, -1, 0.5f, 3, 448, 0x1p-9f, 1.5f, -2, 0.25f, 4, -0.5f, 6, 0, -448};
 
-// Ingests `ck` in mode none with f32 compute: the stored f32 values of up_proj (its only layer).
-std::vector<float> ingestedF32(const TempDir& dir, const std::string& ck, IngestSummary* sum) {
+// Mode none with f32 compute: the scaled values are stored as they are.
+IngestOptions fp8Options(const TempDir& dir, const std::string& ck) {
     IngestOptions opt;
     opt.input = ck;
     opt.cacheRoot = dir.file("cache");
     opt.modelId = "fp8";
     opt.config.mode = QuantizationMode::kNone;
     opt.config.computeDType = DType::kF32;
+    return opt;
+}
+
+// Ingests `ck` by fp8Options: the stored f32 values of up_proj (its only layer).
+std::vector<float> ingestedF32(const TempDir& dir, const std::string& ck, IngestSummary* sum) {
+    const IngestOptions opt = fp8Options(dir, ck);
     auto s = ingestCheckpoint(opt);
     REQUIRE_MESSAGE(s.isOk(), s.status().toString());
     REQUIRE(s->layers == 1);
@@ -990,13 +996,7 @@ TEST_CASE("FP8 weights are multiplied by their block scales (weight_scale_inv) b
     CHECK(sum.fp8TensorsScaled == 1);
     CHECK(sum.fp8TensorsKept == 0);
     {  // a rerun reuses the layer and counts the tensor the same
-        IngestOptions opt;
-        opt.input = ck;
-        opt.cacheRoot = dir.file("cache");
-        opt.modelId = "fp8";
-        opt.config.mode = QuantizationMode::kNone;
-        opt.config.computeDType = DType::kF32;
-        auto again = ingestCheckpoint(opt);
+        auto again = ingestCheckpoint(fp8Options(dir, ck));
         REQUIRE(again.isOk());
         CHECK(again->layersReused == 1);
         CHECK(again->fp8TensorsScaled == 1);
@@ -1046,10 +1046,7 @@ TEST_CASE("a scaled FP8 weight is quantized from its scaled values") {
     REQUIRE(writeSafetensors(ck, {{"model.layers.0.mlp.up_proj.weight", DType::kF8E4M3, {64, 64}, w},
                                   {"model.layers.0.mlp.up_proj.weight_scale_inv", DType::kF32, {2, 2}, bytesOf(s)}})
                 .isOk());
-    IngestOptions opt;
-    opt.input = ck;
-    opt.cacheRoot = dir.file("cache");
-    opt.modelId = "q";
+    IngestOptions opt = fp8Options(dir, ck);
     opt.config.mode = QuantizationMode::kNf4;
     auto sum = ingestCheckpoint(opt);
     if (!sum.isOk() && kernelsMissing(sum.status())) return;
@@ -1086,11 +1083,7 @@ TEST_CASE("an FP8 scale tensor that fits no layout is refused naming both tensor
         const std::vector<int32_t> i = {1};
         ck = fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kI32, {1}, bytesOf(i));
     }
-    IngestOptions opt;
-    opt.input = ck;
-    opt.cacheRoot = dir.file("cache");
-    opt.modelId = "bad";
-    auto sum = ingestCheckpoint(opt);
+    auto sum = ingestCheckpoint(fp8Options(dir, ck));
     REQUIRE_FALSE(sum.isOk());
     CHECK(sum.status().isInvalidArgument());
     const std::string m = sum.status().message();
