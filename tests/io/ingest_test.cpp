@@ -643,6 +643,19 @@ TEST_CASE("a checkpoint of no known architecture has no default skips") {
     CHECK(modeOf(*(*cache)->getLayer("x", 2, opt.config), "head.weight") == QuantizationMode::kNf4);
 }
 
+namespace {
+
+// The message of collectCheckpointTensors' refusal of checkpoint `ck` (which must fail).
+std::string collectFailure(const std::string& ck) {
+    auto m = SafetensorsModel::open(ck);
+    REQUIRE(m.isOk());
+    auto t = collectCheckpointTensors(*m);
+    REQUIRE_FALSE(t.isOk());
+    return t.status().message();
+}
+
+}  // namespace
+
 TEST_CASE("an incomplete bitsandbytes set is refused naming the tensor") {
     TempDir dir;
     std::vector<uint8_t> packed(32), qs;
@@ -653,11 +666,7 @@ TEST_CASE("an incomplete bitsandbytes set is refused naming the tensor") {
                                   {"l.weight.quant_state.bitsandbytes__nf4", DType::kU8,
                                    {static_cast<int64_t>(qs.size())}, qs}})
                 .isOk());
-    auto m = SafetensorsModel::open(ck);
-    REQUIRE(m.isOk());
-    auto t = collectCheckpointTensors(*m);
-    REQUIRE_FALSE(t.isOk());
-    CHECK(t.status().message().find("l.weight") != std::string::npos);
+    CHECK(collectFailure(ck).find("l.weight") != std::string::npos);
 }
 
 TEST_CASE("a bitsandbytes 4-bit set is imported with its bytes and metadata") {
@@ -1101,10 +1110,7 @@ TEST_CASE("an FP8 weight with both weight_scale_inv and weight_scale is refused 
                                   {"l.weight_scale_inv", DType::kF32, {1}, bytesOf(one)},
                                   {"l.weight_scale", DType::kF32, {1}, bytesOf(one)}})
                 .isOk());
-    auto m = SafetensorsModel::open(ck);
-    REQUIRE(m.isOk());
-    auto t = collectCheckpointTensors(*m);
-    REQUIRE_FALSE(t.isOk());
-    CHECK(t.status().message().find("l.weight") != std::string::npos);
-    CHECK(t.status().message().find("ambiguous") != std::string::npos);
+    const std::string m = collectFailure(ck);
+    CHECK(m.find("l.weight") != std::string::npos);
+    CHECK(m.find("ambiguous") != std::string::npos);
 }
