@@ -144,7 +144,7 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
     const SafetensorsTensorInfo& w = *t.main->info;
     const SafetensorsTensorInfo& sc = *t.scale->info;
     SLI_ASSIGN_OR_RETURN(const Fp8ScaleLayout layout, fp8ScaleLayout(w, sc));
-    const int64_t n = layout.rows * layout.cols;
+    const int64_t n = layout.matrices * layout.rows * layout.cols;
     AlignedBuffer fp8, scaleBytes;
     SLI_RETURN_IF_ERROR(readPart(model, t.main, fp8));
     SLI_RETURN_IF_ERROR(readPart(model, t.scale, scaleBytes));
@@ -354,32 +354,50 @@ Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
     if (scale.dtype != DType::kF32 && scale.dtype != DType::kBF16 && scale.dtype != DType::kF16) {
         return fail("is not f32, bf16 or f16");
     }
-    Fp8ScaleLayout l;
     const int64_t n = elementsOf(weight);
-    l.rows = weight.shape.empty() ? 1 : weight.shape[0];
-    l.cols = l.rows > 0 ? n / l.rows : 0;
     if (n <= 0) return fail("scales an empty weight");
+    Fp8ScaleLayout l;
+    const std::vector<int64_t>& ws = weight.shape;
+    if (ws.size() >= 2) {
+        l.rows = ws[ws.size() - 2];
+        l.cols = ws.back();
+        l.matrices = n / (l.rows * l.cols);
+    } else {
+        l.cols = n;
+    }
     if (elementsOf(scale) == 1) {  // per tensor
         l.blockRows = l.rows;
         l.blockCols = l.cols;
         return l;
     }
-    if (weight.shape.size() != 2) return fail("has more than one element for a weight that is not 2-D");
-    if (scale.shape.size() == 1 && scale.shape[0] == l.rows) {  // per row
+    if (ws.size() < 2) return fail("has more than one element for a weight of fewer than 2 dims");
+    const std::vector<int64_t> lead(ws.begin(), ws.end() - 2);
+    const std::vector<int64_t>& ss = scale.shape;
+    const auto startsWithLead = [&](size_t extra) {
+        return ss.size() == lead.size() + extra && std::equal(lead.begin(), lead.end(), ss.begin());
+    };
+    if (!lead.empty() && startsWithLead(0)) {  // per matrix
+        l.blockRows = l.rows;
         l.blockCols = l.cols;
-        l.scaleStride = 1;
+        l.matrixStride = 1;
         return l;
     }
-    if (scale.shape.size() == 2 && scale.shape[0] > 0 && scale.shape[1] > 0) {  // per block
-        l.blockRows = pow2AtLeast(ceilDiv(l.rows, scale.shape[0]));
-        l.blockCols = pow2AtLeast(ceilDiv(l.cols, scale.shape[1]));
-        l.scaleStride = scale.shape[1];
-        if (ceilDiv(l.rows, l.blockRows) == scale.shape[0] &&
-            ceilDiv(l.cols, l.blockCols) == scale.shape[1]) {
-            return l;
-        }
+    if (startsWithLead(1) && ss.back() == l.rows) {  // per row
+        l.blockCols = l.cols;
+        l.matrixStride = l.rows;
+        return l;
     }
-    return fail("fits no layout: one element, one per row, or one per power-of-two block");
+    if (startsWithLead(2) && ss[ss.size() - 2] > 0 && ss.back() > 0) {
+        const int64_t s0 = ss[ss.size() - 2], s1 = ss.back();
+        l.blockRows = pow2AtLeast(ceilDiv(l.rows, s0));
+        l.blockCols = pow2AtLeast(ceilDiv(l.cols, s1));
+        l.scaleCols = s1;
+        l.matrixStride = s0 * s1;
+        // (per row as [.., R, 1] is the case of 1-row blocks spanning all columns)
+        if (ceilDiv(l.rows, l.blockRows) == s0 && ceilDiv(l.cols, l.blockCols) == s1) return l;
+    }
+    return fail("fits no layout: one element, one per matrix, one per row, or one per "
+                "power-of-two block");
 }
 
 void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
@@ -389,11 +407,15 @@ void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
         const auto byte = static_cast<uint8_t>(b);
         table[b] = fp8Type == DType::kF8E4M3 ? f8e4m3ToF32(byte) : f8e5m2ToF32(byte);
     }
-    for (int64_t r = 0; r < layout.rows; ++r) {
-        const float* rowScales = scales + (r / layout.blockRows) * layout.scaleStride;
-        const uint8_t* in = fp8 + r * layout.cols;
-        float* o = out + r * layout.cols;
-        for (int64_t c = 0; c < layout.cols; ++c) o[c] = table[in[c]] * rowScales[c / layout.blockCols];
+    for (int64_t m = 0; m < layout.matrices; ++m) {
+        for (int64_t r = 0; r < layout.rows; ++r) {
+            const float* rowScales =
+                scales + m * layout.matrixStride + (r / layout.blockRows) * layout.scaleCols;
+            const int64_t at = (m * layout.rows + r) * layout.cols;
+            for (int64_t c = 0; c < layout.cols; ++c) {
+                out[at + c] = table[fp8[at + c]] * rowScales[c / layout.blockCols];
+            }
+        }
     }
 }
 

@@ -167,9 +167,11 @@ bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims);
 // FP8 scales (kFp8Scaled): an F8_E4M3 / F8_E5M2 tensor W with a tensor named W + "_scale_inv"
 // (DeepSeek-V3 / Qwen3 "fp8" checkpoints: one scale per block of weight_block_size, 128 x 128)
 // or W + "_scale" (compressed-tensors / FBGEMM: one per tensor or per output row). Either way
-// the value is fl32(fp8 * scale). The scale is F32, BF16 or F16, and its shape says the layout:
-// one element (per tensor), [R] (per row of a [R, C] weight), or [ceil(R / br), ceil(C / bc)]
-// with power-of-two blocks br x bc (per block; [R, 1] is per row).
+// the value is fl32(fp8 * scale). The scale is F32, BF16 or F16, and its shape says the layout.
+// For a weight [L..., R, C] (L: leading dims, e.g. stacked experts; none for a matrix): one
+// element (per tensor), [L...] (per matrix), [L..., R] or [L..., R, 1] (per row), or
+// [L..., ceil(R / br), ceil(C / bc)] with power-of-two blocks br x bc (per block). A weight of
+// fewer than 2 dims takes one element only.
 struct CheckpointTensor {
     enum class Kind { kPlain, kBnb4, kBnb8, kFp8Scaled };
     Kind kind = Kind::kPlain;
@@ -185,12 +187,14 @@ struct CheckpointTensor {
     uint64_t sourceBytes() const;
 };
 
-// The block of an FP8 weight that one element of its scale tensor covers: rows x cols, and
-// the scale's row stride (per tensor: the whole weight, stride 0).
+// How an FP8 weight, seen as `matrices` matrices [rows, cols], maps to its scale tensor: the
+// scale of element (m, r, c) is scale[m * matrixStride + (r / blockRows) * scaleCols +
+// c / blockCols] (per tensor: matrixStride 0 and one block per matrix).
 struct Fp8ScaleLayout {
-    int64_t rows = 1, cols = 1;  // the weight as [rows, cols]
+    int64_t matrices = 1, rows = 1, cols = 1;
     int64_t blockRows = 1, blockCols = 1;
-    int64_t scaleStride = 0;  // scale elements per block row
+    int64_t scaleCols = 1;
+    int64_t matrixStride = 0;
 };
 // InvalidArgument naming both tensors when the scale's dtype or shape fits no layout above.
 Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,

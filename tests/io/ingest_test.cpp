@@ -1114,3 +1114,45 @@ TEST_CASE("an FP8 weight with both weight_scale_inv and weight_scale is refused 
     CHECK(m.find("l.weight") != std::string::npos);
     CHECK(m.find("ambiguous") != std::string::npos);
 }
+
+TEST_CASE("FP8 scales of stacked matrices [E, R, C]: per block, per matrix, per row") {
+    // every FP8 value 1.0 (0x38): each output is the scale that applies to it
+    const std::vector<uint8_t> ones(2 * 3 * 5, 0x38);
+    std::vector<float> s(12);
+    for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<float>(i + 1);
+    const auto run = [&](std::vector<int64_t> scaleShape) {
+        const SafetensorsTensorInfo w{"experts.weight", DType::kF8E4M3, {2, 3, 5}, 0, 30};
+        int64_t n = 1;
+        for (int64_t d : scaleShape) n *= d;
+        const SafetensorsTensorInfo sc{"experts.weight_scale_inv", DType::kF32, scaleShape, 0,
+                                       static_cast<uint64_t>(n) * 4};
+        auto layout = fp8ScaleLayout(w, sc);
+        REQUIRE_MESSAGE(layout.isOk(), layout.status().toString());
+        std::vector<float> out(30);
+        applyFp8Scales(DType::kF8E4M3, ones.data(), s.data(), *layout, out.data());
+        return out;
+    };
+    SUBCASE("blocks of 2 x 2: [2, 2, 3]") {
+        const std::vector<float> want = {1, 1, 2,  2,  3,  1, 1, 2,  2,  3,  4,  4,  5,  5,  6,
+                                         7, 7, 8,  8,  9,  7, 7, 8,  8,  9,  10, 10, 11, 11, 12};
+        CHECK(run({2, 2, 3}) == want);
+    }
+    SUBCASE("one per matrix: [2]") {
+        const std::vector<float> want = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                         2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2};
+        CHECK(run({2}) == want);
+    }
+    SUBCASE("one per row: [2, 3] and [2, 3, 1]") {
+        const std::vector<float> want = {1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+                                         4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6};
+        CHECK(run({2, 3}) == want);
+        CHECK(run({2, 3, 1}) == want);
+    }
+    SUBCASE("a grid that does not match the leading dims is refused") {
+        const SafetensorsTensorInfo w{"experts.weight", DType::kF8E4M3, {2, 3, 5}, 0, 30};
+        const SafetensorsTensorInfo sc{"experts.weight_scale_inv", DType::kF32, {3, 2, 3}, 0, 72};
+        auto layout = fp8ScaleLayout(w, sc);
+        REQUIRE_FALSE(layout.isOk());
+        CHECK(layout.status().message().find("experts.weight_scale_inv [3, 2, 3]") != std::string::npos);
+    }
+}
