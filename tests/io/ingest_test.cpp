@@ -1116,12 +1116,12 @@ TEST_CASE("an FP8 weight with both weight_scale_inv and weight_scale is refused 
 }
 
 TEST_CASE("FP8 scales of stacked matrices [E, R, C]: per block, per matrix, per row") {
-    // every FP8 value 1.0 (0x38): each output is the scale that applies to it
-    const std::vector<uint8_t> ones(2 * 3 * 5, 0x38);
+    // every FP8 value 1.0 (E4M3 0x38, E5M2 0x3c): each output is the scale that applies to it
+    const std::vector<uint8_t> ones(2 * 3 * 5, 0x38), ones5(2 * 3 * 5, 0x3c);
     std::vector<float> s(12);
     for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<float>(i + 1);
-    const auto run = [&](std::vector<int64_t> scaleShape) {
-        const SafetensorsTensorInfo w{"experts.weight", DType::kF8E4M3, {2, 3, 5}, 0, 30};
+    const auto run = [&](std::vector<int64_t> scaleShape, DType fp8 = DType::kF8E4M3) {
+        const SafetensorsTensorInfo w{"experts.weight", fp8, {2, 3, 5}, 0, 30};
         int64_t n = 1;
         for (int64_t d : scaleShape) n *= d;
         const SafetensorsTensorInfo sc{"experts.weight_scale_inv", DType::kF32, scaleShape, 0,
@@ -1129,13 +1129,15 @@ TEST_CASE("FP8 scales of stacked matrices [E, R, C]: per block, per matrix, per 
         auto layout = fp8ScaleLayout(w, sc);
         REQUIRE_MESSAGE(layout.isOk(), layout.status().toString());
         std::vector<float> out(30);
-        applyFp8Scales(DType::kF8E4M3, ones.data(), s.data(), *layout, out.data());
+        applyFp8Scales(fp8, fp8 == DType::kF8E4M3 ? ones.data() : ones5.data(), s.data(), *layout,
+                       out.data());
         return out;
     };
     SUBCASE("blocks of 2 x 2: [2, 2, 3]") {
         const std::vector<float> want = {1, 1, 2,  2,  3,  1, 1, 2,  2,  3,  4,  4,  5,  5,  6,
                                          7, 7, 8,  8,  9,  7, 7, 8,  8,  9,  10, 10, 11, 11, 12};
         CHECK(run({2, 2, 3}) == want);
+        CHECK(run({2, 2, 3}, DType::kF8E5M2) == want);
     }
     SUBCASE("one per matrix: [2]") {
         const std::vector<float> want = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
