@@ -2,6 +2,7 @@
 #include "engine/ingest.h"
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -151,6 +152,13 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
     std::vector<float> scales(sc.nbytes() / dtypeSize(sc.dtype));
     SLI_RETURN_IF_ERROR(convertToF32(sc.dtype, scaleBytes.data(), static_cast<int64_t>(scales.size()), scales.data())
                             .withContext("scale tensor " + sc.name));
+    for (size_t i = 0; i < scales.size(); ++i) {
+        if (!std::isfinite(scales[i])) {
+            return Status::invalidArgument("scale tensor " + sc.name + " of FP8 tensor " + w.name +
+                                           ": element " + std::to_string(i) + " is " +
+                                           std::to_string(scales[i]) + ", not a finite scale");
+        }
+    }
     SLI_RETURN_IF_ERROR(growScratch(scratch, static_cast<size_t>(n) * sizeof(float)));
     std::span<uint8_t> raw = scratch.bytes().first(static_cast<size_t>(n) * sizeof(float));
     applyFp8Scales(w.dtype, fp8.data(), scales.data(), layout, reinterpret_cast<float*>(raw.data()));

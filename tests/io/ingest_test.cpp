@@ -1088,6 +1088,22 @@ TEST_CASE("an FP8 scale tensor that fits no layout is refused naming both tensor
     SUBCASE("a per-row vector of the wrong length") {
         ck = fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kF32, {5}, std::span(bytesOf(s)).first(20));
     }
+    SUBCASE("a non-finite scale (found when the layer is quantized)") {
+        const std::vector<float> inf = {1.0f, 2.0f, INFINITY, 1.0f, 1.0f, 1.0f};
+        ck = fp8Checkpoint(dir, kFp8Bytes, "_scale_inv", DType::kF32, {2, 3}, bytesOf(inf));
+        auto sum = ingestCheckpoint(fp8Options(dir, ck));
+        REQUIRE_FALSE(sum.isOk());
+        CHECK(sum.status().message().find("weight_scale_inv of FP8 tensor model.layers.0.mlp.up_proj.weight: element 2 is inf") !=
+              std::string::npos);
+        size_t layerFiles = 0;  // the failed layer left no file behind
+        if (std::filesystem::exists(dir.file("cache"))) {
+            for (const auto& f : std::filesystem::recursive_directory_iterator(dir.file("cache"))) {
+                if (f.path().extension() == ".slc") ++layerFiles;
+            }
+        }
+        CHECK(layerFiles == 0);
+        return;
+    }
     SUBCASE("an integer scale") {
         const std::vector<int32_t> i = {1};
         ck = fp8Checkpoint(dir, kFp8Bytes, "_scale", DType::kI32, {1}, bytesOf(i));
