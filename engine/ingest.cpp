@@ -420,8 +420,10 @@ void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
             const float* rowScales =
                 scales + m * layout.matrixStride + (r / layout.blockRows) * layout.scaleCols;
             const int64_t at = (m * layout.rows + r) * layout.cols;
-            for (int64_t c = 0; c < layout.cols; ++c) {
-                out[at + c] = table[fp8[at + c]] * rowScales[c / layout.blockCols];
+            for (int64_t c0 = 0, b = 0; c0 < layout.cols; c0 += layout.blockCols, ++b) {
+                const float scale = rowScales[b];
+                const int64_t c1 = std::min(layout.cols, c0 + layout.blockCols);
+                for (int64_t c = c0; c < c1; ++c) out[at + c] = table[fp8[at + c]] * scale;
             }
         }
     }
