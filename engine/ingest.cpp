@@ -144,7 +144,7 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
                                           const TensorPolicy& policy, AlignedBuffer& scratch) {
     const SafetensorsTensorInfo& w = *t.main->info;
     const SafetensorsTensorInfo& sc = *t.scale->info;
-    SLI_ASSIGN_OR_RETURN(const Fp8ScaleLayout layout, fp8ScaleLayout(w, sc));
+    const Fp8ScaleLayout& layout = t.fp8Layout;
     const int64_t n = layout.matrices * layout.rows * layout.cols;
     AlignedBuffer fp8, scaleBytes;
     SLI_RETURN_IF_ERROR(readPart(model, t.main, fp8));
@@ -240,7 +240,8 @@ uint64_t CheckpointTensor::sourceBytes() const {
     return n;
 }
 
-Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const SafetensorsModel& model) {
+Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const SafetensorsModel& model,
+                                                               std::optional<Fp8BlockSize> fp8Block) {
     std::unordered_map<std::string, const SafetensorsModel::Entry*> byName;
     for (const auto& e : model.tensors()) byName[e.info->name] = &e;
     auto get = [&](const std::string& n) -> const SafetensorsModel::Entry* {
@@ -313,9 +314,9 @@ Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const Safetensors
         t.main = &e;
         t.scale = inv != nullptr ? inv : plain;
         if (consumed.count(t.scale->info->name) != 0) continue;
-        if (auto layout = fp8ScaleLayout(*e.info, *t.scale->info); !layout.isOk()) {
-            return layout.status().withContext(model.source());
-        }
+        auto layout = fp8ScaleLayout(*e.info, *t.scale->info, fp8Block);
+        if (!layout.isOk()) return layout.status().withContext(model.source());
+        t.fp8Layout = *layout;
         consumed.insert(t.scale->info->name);
         sets[n] = t;
     }
@@ -352,7 +353,8 @@ int64_t pow2AtLeast(int64_t v) {
 }  // namespace
 
 Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
-                                      const SafetensorsTensorInfo& scale) {
+                                      const SafetensorsTensorInfo& scale,
+                                      std::optional<Fp8BlockSize> block) {
     const auto fail = [&](const std::string& why) {
         return Status::invalidArgument("FP8 tensor " + weight.name + " " +
                                        shapeToString(weight.shape) + ": scale tensor " +
@@ -390,22 +392,48 @@ Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
         l.matrixStride = 1;
         return l;
     }
-    if (startsWithLead(1) && ss.back() == l.rows) {  // per row
+    if ((startsWithLead(1) && ss.back() == l.rows) ||
+        (startsWithLead(2) && ss[ss.size() - 2] == l.rows && ss.back() == 1)) {  // per row
         l.blockCols = l.cols;
         l.matrixStride = l.rows;
         return l;
     }
-    if (startsWithLead(2) && ss[ss.size() - 2] > 0 && ss.back() > 0) {
+    if (startsWithLead(2) && ss[ss.size() - 2] > 0 && ss.back() > 0) {  // per block
         const int64_t s0 = ss[ss.size() - 2], s1 = ss.back();
-        l.blockRows = pow2AtLeast(ceilDiv(l.rows, s0));
-        l.blockCols = pow2AtLeast(ceilDiv(l.cols, s1));
+        l.blockRows = block ? block->rows : pow2AtLeast(ceilDiv(l.rows, s0));
+        l.blockCols = block ? block->cols : pow2AtLeast(ceilDiv(l.cols, s1));
         l.scaleCols = s1;
         l.matrixStride = s0 * s1;
-        // (per row as [.., R, 1] is the case of 1-row blocks spanning all columns)
         if (ceilDiv(l.rows, l.blockRows) == s0 && ceilDiv(l.cols, l.blockCols) == s1) return l;
+        if (block) {
+            return fail("is not the grid of config.json's weight_block_size [" +
+                        std::to_string(block->rows) + ", " + std::to_string(block->cols) + "]");
+        }
     }
     return fail("fits no layout: one element, one per matrix, one per row, or one per "
                 "power-of-two block");
+}
+
+Result<std::optional<Fp8BlockSize>> fp8BlockSizeFromConfig(const std::string& input) {
+    std::string dir = input;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    if (!io::isDirectory(dir)) dir = io::dirName(dir);
+    const std::string path = io::joinPath(dir, "config.json");
+    if (!io::pathExists(path)) return std::optional<Fp8BlockSize>();
+    SLI_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, io::readWholeFile(path));
+    auto j = parseJson(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+    if (!j.isOk()) return j.status().withContext(path);
+    const Json* qc = j->isObject() ? j->find("quantization_config") : nullptr;
+    const Json* wbs = qc != nullptr && qc->isObject() ? qc->find("weight_block_size") : nullptr;
+    if (wbs == nullptr || wbs->isNull()) return std::optional<Fp8BlockSize>();
+    const auto bad = [&] {
+        return Status::invalidArgument(path + ": quantization_config.weight_block_size is not "
+                                       "two positive integers");
+    };
+    if (!wbs->isArray() || wbs->asArray().size() != 2) return bad();
+    const auto rows = wbs->asArray()[0].asInt64(), cols = wbs->asArray()[1].asInt64();
+    if (!rows || !cols || *rows <= 0 || *cols <= 0) return bad();
+    return std::optional<Fp8BlockSize>(Fp8BlockSize{*rows, *cols});
 }
 
 void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
@@ -569,7 +597,15 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         SLI_RETURN_IF_ERROR(opt.ffnConfig->validate().withContext("ffn quantization config"));
     }
     SLI_ASSIGN_OR_RETURN(SafetensorsModel model, SafetensorsModel::open(opt.input));
-    SLI_ASSIGN_OR_RETURN(auto tensors, collectCheckpointTensors(model));
+    // An FP8 checkpoint's block size (config.json), read only when there are FP8 tensors
+    std::optional<Fp8BlockSize> fp8Block;
+    for (const auto& e : model.tensors()) {
+        if (e.info->dtype == DType::kF8E4M3 || e.info->dtype == DType::kF8E5M2) {
+            SLI_ASSIGN_OR_RETURN(fp8Block, fp8BlockSizeFromConfig(opt.input));
+            break;
+        }
+    }
+    SLI_ASSIGN_OR_RETURN(auto tensors, collectCheckpointTensors(model, fp8Block));
     std::vector<std::string> names;
     for (const auto& t : tensors) names.push_back(t.name);
     const Architecture arch = detectArchitecture(names);

@@ -161,6 +161,16 @@ Result<IngestOptions> ingestOptionsForCache(const std::string& cacheDir);
 // transposed to [out, in] by ingestion when it is quantized (see above).
 bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims);
 
+// How an FP8 weight, seen as `matrices` matrices [rows, cols], maps to its scale tensor: the
+// scale of element (m, r, c) is scale[m * matrixStride + (r / blockRows) * scaleCols +
+// c / blockCols] (per tensor: matrixStride 0 and one block per matrix).
+struct Fp8ScaleLayout {
+    int64_t matrices = 1, rows = 1, cols = 1;
+    int64_t blockRows = 1, blockCols = 1;
+    int64_t scaleCols = 1;
+    int64_t matrixStride = 0;
+};
+
 // One logical tensor of a checkpoint: a plain tensor, the set of tensors bitsandbytes
 // writes for one quantized weight, or an FP8 weight with its scale tensor.
 //
@@ -170,8 +180,9 @@ bool isGpt2Conv1DWeight(Architecture arch, std::string_view name, size_t dims);
 // the value is fl32(fp8 * scale). The scale is F32, BF16 or F16, and its shape says the layout.
 // For a weight [L..., R, C] (L: leading dims, e.g. stacked experts; none for a matrix): one
 // element (per tensor), [L...] (per matrix), [L..., R] or [L..., R, 1] (per row), or
-// [L..., ceil(R / br), ceil(C / bc)] with power-of-two blocks br x bc (per block). A weight of
-// fewer than 2 dims takes one element only.
+// [L..., ceil(R / br), ceil(C / bc)] (per block of br x bc: config.json's weight_block_size
+// when it has one, else the powers of two that fit). A weight of fewer than 2 dims takes one
+// element only.
 struct CheckpointTensor {
     enum class Kind { kPlain, kBnb4, kBnb8, kFp8Scaled };
     Kind kind = Kind::kPlain;
@@ -184,28 +195,36 @@ struct CheckpointTensor {
     const SafetensorsModel::Entry* quantState = nullptr;  // 4-bit JSON
     const SafetensorsModel::Entry* weightFormat = nullptr;  // 8-bit
     const SafetensorsModel::Entry* scale = nullptr;  // FP8
+    Fp8ScaleLayout fp8Layout;                        // FP8: how `scale` applies
     uint64_t sourceBytes() const;
 };
 
-// How an FP8 weight, seen as `matrices` matrices [rows, cols], maps to its scale tensor: the
-// scale of element (m, r, c) is scale[m * matrixStride + (r / blockRows) * scaleCols +
-// c / blockCols] (per tensor: matrixStride 0 and one block per matrix).
-struct Fp8ScaleLayout {
-    int64_t matrices = 1, rows = 1, cols = 1;
-    int64_t blockRows = 1, blockCols = 1;
-    int64_t scaleCols = 1;
-    int64_t matrixStride = 0;
+// weight_block_size [rows, cols] from the `quantization_config` of an FP8 checkpoint's
+// config.json. When it is known, a per-block scale grid must match it exactly; without it the
+// block is inferred from the shapes as the power of two that fits, which cannot tell a
+// non-power-of-two block (e.g. 120 rows) from the next power of two when both fit.
+struct Fp8BlockSize {
+    int64_t rows = 0, cols = 0;
 };
-// InvalidArgument naming both tensors when the scale's dtype or shape fits no layout above.
+// The config.json beside checkpoint `input` (the directory itself, or the directory of a file
+// or index): nullopt when there is none or it has no quantization_config.weight_block_size;
+// InvalidArgument naming the file when it is not JSON or that key is not two positive integers.
+Result<std::optional<Fp8BlockSize>> fp8BlockSizeFromConfig(const std::string& input);
+
+// InvalidArgument naming both tensors when the scale's dtype or shape fits no layout above
+// (or, with `block`, a per-block grid that is not the one of that block size).
 Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
-                                      const SafetensorsTensorInfo& scale);
+                                      const SafetensorsTensorInfo& scale,
+                                      std::optional<Fp8BlockSize> block = std::nullopt);
 // fl32(fp8 * scale) for every element of `fp8` (dtype F8_E4M3 or F8_E5M2), into out.
 void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
                     const Fp8ScaleLayout& layout, float* out);
 
-// Groups a checkpoint's tensors into logical tensors (bitsandbytes sets merged), in
-// checkpoint order. InvalidArgument for an incomplete bitsandbytes set.
-Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const SafetensorsModel& model);
+// Groups a checkpoint's tensors into logical tensors (bitsandbytes sets and FP8 weights with
+// their scales merged), in checkpoint order. InvalidArgument for an incomplete bitsandbytes
+// set or an FP8 scale that fits no layout (fp8ScaleLayout, with `fp8Block`).
+Result<std::vector<CheckpointTensor>> collectCheckpointTensors(
+    const SafetensorsModel& model, std::optional<Fp8BlockSize> fp8Block = std::nullopt);
 
 // Reads a bitsandbytes set as a QuantizedTensor, bytes as they are.
 Result<QuantizedTensor> importBnbTensor(const SafetensorsModel& model, const CheckpointTensor& t,

@@ -1174,3 +1174,79 @@ TEST_CASE("FP8 scales of stacked matrices [E, R, C]: per block, per matrix, per 
         CHECK(layout.status().message().find("experts.weight_scale_inv [3, 2, 3]") != std::string::npos);
     }
 }
+
+namespace {
+
+void writeText(const std::string& path, const std::string& text) {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    REQUIRE(f != nullptr);
+    REQUIRE(std::fwrite(text.data(), 1, text.size(), f) == text.size());
+    std::fclose(f);
+}
+
+}  // namespace
+
+TEST_CASE("config.json's weight_block_size decides an FP8 block grid that a power of two would also fit") {
+    // [3, 6] in blocks of 2 x 3 (columns 0-2 / 3-5): scales [2, 2]. Inferred from the shapes
+    // alone the column block would be 4 (the power of two that also gives 2 blocks).
+    TempDir dir;
+    const std::vector<uint8_t> ones(18, 0x38);  // E4M3 1.0: each output is its scale
+    const std::vector<float> s = {1, 2, 3, 4};
+    const std::vector<float> norm(6, 1.0f);
+    const std::string ck = dir.file("model.safetensors");
+    REQUIRE(writeSafetensors(ck, {{"model.layers.0.mlp.up_proj.weight", DType::kF8E4M3, {3, 6}, ones},
+                                  {"model.layers.0.mlp.up_proj.weight_scale_inv", DType::kF32, {2, 2}, bytesOf(s)},
+                                  {"model.layers.0.input_layernorm.weight", DType::kF32, {6}, bytesOf(norm)}})
+                .isOk());
+    writeText(dir.file("config.json"),
+              R"({"model_type": "llama", "quantization_config": {"quant_method": "fp8", "weight_block_size": [2, 3]}})");
+    auto hint = fp8BlockSizeFromConfig(ck);
+    REQUIRE(hint.isOk());
+    REQUIRE(hint->has_value());
+    CHECK((*hint)->rows == 2);
+    CHECK((*hint)->cols == 3);
+    IngestOptions opt = fp8Options(dir, dir.path());  // the directory as input
+    auto sum = ingestCheckpoint(opt);
+    REQUIRE_MESSAGE(sum.isOk(), sum.status().toString());
+    const QuantizedLayer l = cachedLayer(opt, 0);
+    const QuantizedTensor* t = l.find("model.layers.0.mlp.up_proj.weight");
+    REQUIRE(t != nullptr);
+    std::vector<float> v(18);
+    std::memcpy(v.data(), t->parts[0].data(), 72);
+    const std::vector<float> want = {1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4};
+    CHECK(v == want);
+}
+
+TEST_CASE("an FP8 block grid that is not config.json's weight_block_size is refused naming both") {
+    TempDir dir;
+    const std::vector<float> s = {1, 2, 3, 4, 5, 6};
+    fp8Checkpoint(dir, kFp8Bytes, "_scale_inv", DType::kF32, {2, 3}, bytesOf(s));
+    writeText(dir.file("config.json"), R"({"quantization_config": {"weight_block_size": [128, 128]}})");
+    auto sum = ingestCheckpoint(fp8Options(dir, dir.path()));
+    REQUIRE_FALSE(sum.isOk());
+    const std::string m = sum.status().message();
+    CHECK(m.find("weight_scale_inv [2, 3]") != std::string::npos);
+    CHECK(m.find("weight_block_size [128, 128]") != std::string::npos);
+}
+
+TEST_CASE("fp8BlockSizeFromConfig: absent, without the key, and malformed") {
+    TempDir dir;
+    const std::string ck = dir.file("m.safetensors");
+    auto none = fp8BlockSizeFromConfig(ck);
+    REQUIRE(none.isOk());
+    CHECK_FALSE(none->has_value());
+    writeText(dir.file("config.json"), R"({"model_type": "llama"})");
+    auto noKey = fp8BlockSizeFromConfig(ck);
+    REQUIRE(noKey.isOk());
+    CHECK_FALSE(noKey->has_value());
+    for (const char* text : {R"({"quantization_config": {"weight_block_size": [128]}})",
+                             R"({"quantization_config": {"weight_block_size": [0, 128]}})",
+                             R"({"quantization_config": {"weight_block_size": "128x128"}})",
+                             "{not json"}) {
+        CAPTURE(text);
+        writeText(dir.file("config.json"), text);
+        auto bad = fp8BlockSizeFromConfig(ck);
+        REQUIRE_FALSE(bad.isOk());
+        CHECK(bad.status().message().find("config.json") != std::string::npos);
+    }
+}
