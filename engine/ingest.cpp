@@ -597,10 +597,12 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         SLI_RETURN_IF_ERROR(opt.ffnConfig->validate().withContext("ffn quantization config"));
     }
     SLI_ASSIGN_OR_RETURN(SafetensorsModel model, SafetensorsModel::open(opt.input));
-    // An FP8 checkpoint's block size (config.json), read only when there are FP8 tensors
+    // An FP8 checkpoint's block size (config.json), read only when an FP8 tensor has a scale
     std::optional<Fp8BlockSize> fp8Block;
     for (const auto& e : model.tensors()) {
-        if (e.info->dtype == DType::kF8E4M3 || e.info->dtype == DType::kF8E5M2) {
+        const std::string& n = e.info->name;
+        if ((e.info->dtype == DType::kF8E4M3 || e.info->dtype == DType::kF8E5M2) &&
+            (model.find(n + "_scale_inv") != nullptr || model.find(n + "_scale") != nullptr)) {
             SLI_ASSIGN_OR_RETURN(fp8Block, fp8BlockSizeFromConfig(opt.input));
             break;
         }
