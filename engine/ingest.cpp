@@ -146,8 +146,12 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
     const SafetensorsTensorInfo& sc = *t.scale->info;
     const Fp8ScaleLayout& layout = t.fp8Layout;
     const int64_t n = layout.matrices * layout.rows * layout.cols;
-    AlignedBuffer fp8, scaleBytes;
-    SLI_RETURN_IF_ERROR(readPart(model, t.main, fp8));
+    // scratch: the f32 values, then the FP8 bytes they come from (one buffer, reused)
+    const size_t valueBytes = static_cast<size_t>(n) * sizeof(float);
+    SLI_RETURN_IF_ERROR(growScratch(scratch, valueBytes + static_cast<size_t>(n)));
+    const std::span<uint8_t> fp8 = scratch.bytes().subspan(valueBytes, static_cast<size_t>(n));
+    SLI_RETURN_IF_ERROR(model.readTensor(*t.main, fp8));
+    AlignedBuffer scaleBytes;
     SLI_RETURN_IF_ERROR(readPart(model, t.scale, scaleBytes));
     std::vector<float> scales(sc.nbytes() / dtypeSize(sc.dtype));
     SLI_RETURN_IF_ERROR(convertToF32(sc.dtype, scaleBytes.data(), static_cast<int64_t>(scales.size()), scales.data())
@@ -159,8 +163,7 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
                                            std::to_string(scales[i]) + ", not a finite scale");
         }
     }
-    SLI_RETURN_IF_ERROR(growScratch(scratch, static_cast<size_t>(n) * sizeof(float)));
-    std::span<uint8_t> raw = scratch.bytes().first(static_cast<size_t>(n) * sizeof(float));
+    const std::span<uint8_t> raw = scratch.bytes().first(valueBytes);
     applyFp8Scales(w.dtype, fp8.data(), scales.data(), layout, reinterpret_cast<float*>(raw.data()));
     SLI_ASSIGN_OR_RETURN(QuantizedTensor q,
                          quantizeValues(t, DType::kF32, w.shape, raw, layerName, policy));
@@ -241,7 +244,7 @@ uint64_t CheckpointTensor::sourceBytes() const {
 }
 
 Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const SafetensorsModel& model,
-                                                               std::optional<Fp8BlockSize> fp8Block) {
+                                                               const Fp8BlockSizeSource& fp8Block) {
     std::unordered_map<std::string, const SafetensorsModel::Entry*> byName;
     for (const auto& e : model.tensors()) byName[e.info->name] = &e;
     auto get = [&](const std::string& n) -> const SafetensorsModel::Entry* {
@@ -296,6 +299,7 @@ Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const Safetensors
         }
     }
     // FP8 weights with a scale tensor beside them (see CheckpointTensor)
+    std::optional<std::optional<Fp8BlockSize>> block;  // asked of fp8Block once, when needed
     for (const auto& e : model.tensors()) {
         const std::string& n = e.info->name;
         if (e.info->dtype != DType::kF8E4M3 && e.info->dtype != DType::kF8E5M2) continue;
@@ -314,7 +318,13 @@ Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const Safetensors
         t.main = &e;
         t.scale = inv != nullptr ? inv : plain;
         if (consumed.count(t.scale->info->name) != 0) continue;
-        auto layout = fp8ScaleLayout(*e.info, *t.scale->info, fp8Block);
+        if (!block) {
+            block.emplace();
+            if (fp8Block) {
+                SLI_ASSIGN_OR_RETURN(*block, fp8Block());
+            }
+        }
+        auto layout = fp8ScaleLayout(*e.info, *t.scale->info, *block);
         if (!layout.isOk()) return layout.status().withContext(model.source());
         t.fp8Layout = *layout;
         consumed.insert(t.scale->info->name);
@@ -597,17 +607,10 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
         SLI_RETURN_IF_ERROR(opt.ffnConfig->validate().withContext("ffn quantization config"));
     }
     SLI_ASSIGN_OR_RETURN(SafetensorsModel model, SafetensorsModel::open(opt.input));
-    // An FP8 checkpoint's block size (config.json), read only when an FP8 tensor has a scale
-    std::optional<Fp8BlockSize> fp8Block;
-    for (const auto& e : model.tensors()) {
-        const std::string& n = e.info->name;
-        if ((e.info->dtype == DType::kF8E4M3 || e.info->dtype == DType::kF8E5M2) &&
-            (model.find(n + "_scale_inv") != nullptr || model.find(n + "_scale") != nullptr)) {
-            SLI_ASSIGN_OR_RETURN(fp8Block, fp8BlockSizeFromConfig(opt.input));
-            break;
-        }
-    }
-    SLI_ASSIGN_OR_RETURN(auto tensors, collectCheckpointTensors(model, fp8Block));
+    // (config.json is read only when an FP8 weight with a scale tensor needs its block size)
+    SLI_ASSIGN_OR_RETURN(auto tensors, collectCheckpointTensors(model, [&opt] {
+                             return fp8BlockSizeFromConfig(opt.input);
+                         }));
     std::vector<std::string> names;
     for (const auto& t : tensors) names.push_back(t.name);
     const Architecture arch = detectArchitecture(names);

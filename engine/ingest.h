@@ -220,11 +220,16 @@ Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
 void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
                     const Fp8ScaleLayout& layout, float* out);
 
+// Where an FP8 checkpoint's block size comes from: called at most once, when the first FP8
+// weight with a scale tensor is met (ingestion reads config.json then, not for other models).
+using Fp8BlockSizeSource = std::function<Result<std::optional<Fp8BlockSize>>()>;
+
 // Groups a checkpoint's tensors into logical tensors (bitsandbytes sets and FP8 weights with
 // their scales merged), in checkpoint order. InvalidArgument for an incomplete bitsandbytes
-// set or an FP8 scale that fits no layout (fp8ScaleLayout, with `fp8Block`).
+// set or an FP8 scale that fits no layout (fp8ScaleLayout, with the block size of
+// `fp8Block`; none: inferred from the shapes); its error, if it fails.
 Result<std::vector<CheckpointTensor>> collectCheckpointTensors(
-    const SafetensorsModel& model, std::optional<Fp8BlockSize> fp8Block = std::nullopt);
+    const SafetensorsModel& model, const Fp8BlockSizeSource& fp8Block = {});
 
 // Reads a bitsandbytes set as a QuantizedTensor, bytes as they are.
 Result<QuantizedTensor> importBnbTensor(const SafetensorsModel& model, const CheckpointTensor& t,
