@@ -104,6 +104,9 @@ Status growScratch(AlignedBuffer& scratch, size_t bytes) {
 Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const CheckpointTensor& t,
                                           const std::string& layerName,
                                           const TensorPolicy& policy, AlignedBuffer& scratch);
+Result<QuantizedTensor> quantizeMxfp4(const SafetensorsModel& model, const CheckpointTensor& t,
+                                      const std::string& layerName, const TensorPolicy& policy,
+                                      AlignedBuffer& scratch);
 Result<QuantizedTensor> quantizeValues(const CheckpointTensor& t, DType dtype,
                                        std::vector<int64_t> shape, std::span<uint8_t> raw,
                                        const std::string& layerName, const TensorPolicy& policy);
@@ -117,6 +120,9 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
     const SafetensorsTensorInfo& src = *t.main->info;
     if (t.kind == CheckpointTensor::Kind::kFp8Scaled) {
         return quantizeFp8Scaled(model, t, layerName, policy, scratch);
+    }
+    if (t.kind == CheckpointTensor::Kind::kMxfp4) {
+        return quantizeMxfp4(model, t, layerName, policy, scratch);
     }
     if (src.dtype == DType::kF8E4M3 || src.dtype == DType::kF8E5M2) {
         // Without its scales an FP8 tensor's values mean nothing alone: kept as stored.
@@ -169,6 +175,38 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
                          quantizeValues(t, DType::kF32, w.shape, raw, layerName, policy));
     q.info.sourceDType = w.dtype;
     return q;
+}
+
+// The MXFP4 weight decoded to bf16 in `scratch`, then as quantizePlain.
+Result<QuantizedTensor> quantizeMxfp4(const SafetensorsModel& model, const CheckpointTensor& t,
+                                      const std::string& layerName, const TensorPolicy& policy,
+                                      AlignedBuffer& scratch) {
+    const SafetensorsTensorInfo& blocks = *t.main->info;
+    const SafetensorsTensorInfo& sc = *t.scale->info;
+    const int64_t groups = static_cast<int64_t>(sc.nbytes());  // checkMxfp4Pair: U8 [P..., G]
+    // scratch: the bf16 values, then the packed blocks they come from (one buffer, reused)
+    const size_t valueBytes = static_cast<size_t>(groups) * 32 * sizeof(uint16_t);
+    SLI_RETURN_IF_ERROR(growScratch(scratch, valueBytes + blocks.nbytes()));
+    const std::span<uint8_t> packed = scratch.bytes().subspan(valueBytes, blocks.nbytes());
+    SLI_RETURN_IF_ERROR(model.readTensor(*t.main, packed));
+    AlignedBuffer scaleBytes;
+    SLI_RETURN_IF_ERROR(readPart(model, t.scale, scaleBytes));
+    const std::span<uint8_t> raw = scratch.bytes().first(valueBytes);
+    const int64_t bad = decodeMxfp4ToBf16(packed.data(), scaleBytes.data(), groups,
+                                          reinterpret_cast<uint16_t*>(raw.data()));
+    if (bad >= 0) {
+        const unsigned byte = scaleBytes.data()[bad];
+        std::string why = "(scale byte 0xff) is NaN in E8M0";
+        if (byte != 0xffu) {
+            why = "(scale byte " + std::to_string(byte) + ", 2^";
+            why += std::to_string(static_cast<int>(byte) - 127) + ") scales a value beyond the range of bf16 / f32";
+        }
+        std::string msg = "scales tensor " + sc.name + " of MXFP4 weight " + t.name + ": group ";
+        msg += std::to_string(bad) + " (values " + std::to_string(bad * 32) + ".." +
+               std::to_string(bad * 32 + 31) + ") " + why;
+        return Status::invalidArgument(msg);
+    }
+    return quantizeValues(t, DType::kBF16, mxfp4WeightShape(blocks), raw, layerName, policy);
 }
 
 // Quantizes one tensor of `dtype` values in `raw` (the caller's buffer) by the policy.
@@ -330,6 +368,38 @@ Result<std::vector<CheckpointTensor>> collectCheckpointTensors(const Safetensors
         consumed.insert(t.scale->info->name);
         sets[n] = t;
     }
+    // MXFP4 weights: blocks with their scales (see CheckpointTensor)
+    for (const auto& e : model.tensors()) {
+        const std::string& n = e.info->name;
+        if (e.info->dtype != DType::kU8 || consumed.count(n) != 0) continue;
+        std::string w, scalesName;
+        for (const auto& [blocksSuffix, scalesSuffix] :
+             {std::pair{"_blocks", "_scales"}, std::pair{".blocks", ".scales"}}) {
+            if (endsWith(n, blocksSuffix)) {
+                w = n.substr(0, n.size() - std::strlen(blocksSuffix));
+                scalesName = w + scalesSuffix;
+            }
+        }
+        if (w.empty()) continue;
+        const SafetensorsModel::Entry* sc = get(scalesName);
+        if (sc == nullptr || sc->info->dtype != DType::kU8 || consumed.count(scalesName) != 0) {
+            continue;
+        }
+        Status pair = checkMxfp4Pair(*e.info, *sc->info);
+        if (!pair.isOk()) return pair.withContext(model.source());
+        if (get(w) != nullptr) {
+            std::string msg = "MXFP4 weight " + w + " in " + model.source() + " (" + n + " + ";
+            msg += scalesName + ") is also a tensor of its own; which one is the weight is ambiguous";
+            return Status::invalidArgument(msg);
+        }
+        CheckpointTensor t;
+        t.kind = CheckpointTensor::Kind::kMxfp4;
+        t.name = w;
+        t.main = &e;
+        t.scale = sc;
+        consumed.insert(scalesName);
+        sets[n] = t;
+    }
     std::vector<CheckpointTensor> out;
     for (const auto& e : model.tensors()) {
         const std::string& n = e.info->name;
@@ -465,6 +535,74 @@ void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
             }
         }
     }
+}
+
+std::vector<int64_t> mxfp4WeightShape(const SafetensorsTensorInfo& blocks) {
+    std::vector<int64_t> shape(blocks.shape.begin(), blocks.shape.end() - 1);
+    shape.back() *= 32;
+    return shape;
+}
+
+Status checkMxfp4Pair(const SafetensorsTensorInfo& blocks, const SafetensorsTensorInfo& scales) {
+    const std::vector<int64_t>& b = blocks.shape;
+    const bool fits = blocks.dtype == DType::kU8 && scales.dtype == DType::kU8 && b.size() >= 2 &&
+                      b.back() == 16 && b[b.size() - 2] > 0 &&
+                      std::equal(scales.shape.begin(), scales.shape.end(), b.begin(), b.end() - 1);
+    if (fits) return Status();
+    std::string msg = "MXFP4 blocks " + blocks.name + " " + shapeToString(b) + " (";
+    msg += dtypeName(blocks.dtype);
+    msg += ") and scales " + scales.name + " " + shapeToString(scales.shape) + " (";
+    msg += dtypeName(scales.dtype);
+    msg += ") do not fit: the blocks must be uint8 [..., G, 16] (32 values in 16 bytes per group) "
+           "and the scales uint8 [..., G], one per group";
+    return Status::invalidArgument(msg);
+}
+
+namespace {
+
+// For scale byte s and packed byte b: the bf16 bits of e2m1(b & 15) * 2^(s - 127) in the low
+// half and of e2m1(b >> 4) * 2^(s - 127) in the high half, at [s * 256 + b]; 256 KiB, built
+// once. Each product is exact in f32 and, having at most 2 significant bits, in bf16 too, so
+// its top 16 bits are its bf16 (subnormals included: 0.5 * 2^-127 = 2^-128 is 0x0020).
+const uint32_t* mxfp4PairTable() {
+    static const std::vector<uint32_t> table = [] {
+        std::vector<uint32_t> t(256 * 256);
+        for (uint32_t s = 0; s < 256; ++s) {
+            const float scale = e8m0ToF32(static_cast<uint8_t>(s));
+            for (uint32_t b = 0; b < 256; ++b) {
+                const auto code = static_cast<uint8_t>(b);
+                const uint32_t lo = floatBits(e2m1ToF32(code & 15u) * scale) >> 16;
+                const uint32_t hi = floatBits(e2m1ToF32(code >> 4) * scale) >> 16;
+                t[s * 256 + b] = lo | (hi << 16);
+            }
+        }
+        return t;
+    }();
+    return table.data();
+}
+
+bool bf16IsInf(uint32_t bits) { return (bits & 0x7fffu) == 0x7f80u; }
+
+}  // namespace
+
+int64_t decodeMxfp4ToBf16(const uint8_t* blocks, const uint8_t* scales, int64_t groups,
+                          uint16_t* out) {
+    const uint32_t* table = mxfp4PairTable();
+    for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t s = scales[g];
+        if (s == 0xffu) return g;
+        const uint32_t* row = table + static_cast<size_t>(s) * 256;
+        const uint8_t* in = blocks + g * 16;
+        uint32_t pairs[16];
+        for (int j = 0; j < 16; ++j) pairs[j] = row[in[j]];
+        if (s >= 253) {  // 4 * 2^126 = 2^128 is the first product past the range
+            for (uint32_t p : pairs) {
+                if (bf16IsInf(p) || bf16IsInf(p >> 16)) return g;
+            }
+        }
+        std::memcpy(out + g * 32, pairs, sizeof pairs);  // little-endian: element 2k first
+    }
+    return -1;
 }
 
 Result<QuantizedTensor> importBnbTensor(const SafetensorsModel& model, const CheckpointTensor& t,
@@ -775,6 +913,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
             ++prog.layersReused;
             for (size_t ti : lp.tensors) {
                 if (tensors[ti].kind == CheckpointTensor::Kind::kFp8Scaled) ++sum.fp8TensorsScaled;
+                if (tensors[ti].kind == CheckpointTensor::Kind::kMxfp4) ++sum.mxfp4TensorsDecoded;
             }
             for (const auto& te : existing->tensors) {
                 countFp8(te.info, tensorFullName(lp.name, te.info.name));
@@ -790,7 +929,8 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                 const CheckpointTensor& ct = tensors[ti];
                 Result<QuantizedTensor> qt =
                     ct.kind == CheckpointTensor::Kind::kPlain ||
-                            ct.kind == CheckpointTensor::Kind::kFp8Scaled
+                            ct.kind == CheckpointTensor::Kind::kFp8Scaled ||
+                            ct.kind == CheckpointTensor::Kind::kMxfp4
                         ? quantizePlain(model, ct, lp.name, policy, sourceScratch)
                         : importBnbTensor(model, ct, opt.config);
                 if (!qt.isOk()) {
@@ -801,6 +941,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
                     ++sum.importedBnbTensors;
                 }
                 if (ct.kind == CheckpointTensor::Kind::kFp8Scaled) ++sum.fp8TensorsScaled;
+                if (ct.kind == CheckpointTensor::Kind::kMxfp4) ++sum.mxfp4TensorsDecoded;
                 countFp8(qt->info, tensorFullName(lp.name, ct.name));
                 sum.weights += static_cast<uint64_t>(std::max<int64_t>(0, qt->info.numel()));
                 layer.tensors.push_back(std::move(*qt));

@@ -11,9 +11,11 @@
 // to f32 in 64 KiB chunks as they go), then written (atomically, fsynced) to
 // ROOT/<model>/<fingerprint>/ on a writer thread while the next layer is quantized; the layer
 // after that waits for the write. So memory stays bounded by about two quantized layers and
-// one tensor's source bytes. A layer counts as done (progress, summary) once its file is
-// complete. A manifest listing every expected layer is written first. Layers already present and
-// complete for the same source are reused, so rerunning an interrupted command finishes it.
+// one tensor's source bytes (for an FP8 weight with scales, its f32 values besides; for an
+// MXFP4 weight, its bf16 values: 4.25 GB for gpt-oss-120b's largest expert tensor). A layer
+// counts as done (progress, summary) once its file is complete. A manifest listing every
+// expected layer is written first. Layers already present and complete for the same source are
+// reused, so rerunning an interrupted command finishes it.
 //
 // Which tensors are quantized, and how: every plain tensor goes through an AdaptiveQuantizer
 // (sli/quantizer.h) set to the detected architecture. Attention tensors use attentionConfig,
@@ -23,7 +25,8 @@
 // registry keeps unquantized for a known architecture (embeddings, heads such as lm_head /
 // pooler, norms, buffers) stay mode NONE too; --skip adds to them. A checkpoint of no known
 // architecture has no default skips. INT4 tensors whose rows are not a multiple of 32 are kept
-// (one warning each). f8 tensors are kept verbatim.
+// (one warning each). FP8 weights with a scale tensor and MXFP4 weights are decoded to their
+// values first (see CheckpointTensor); FP8 tensors without one are kept verbatim.
 //
 // GPT-2 Conv1D weights (transformer.h.N.{attn.c_attn, attn.c_proj, attn.q_attn, mlp.c_fc,
 // mlp.c_proj}.weight) are stored [in, out]. Like Hugging Face's bitsandbytes integration,
@@ -138,6 +141,9 @@ struct IngestSummary {
     // not quantized further and the engine hands them out as FP8. A warning says so when a
     // quantizing mode was asked for.
     size_t fp8TensorsKept = 0;
+    // MXFP4 weights (blocks + scales, see CheckpointTensor): decoded to bf16, exactly, then
+    // quantized (or converted) like any bf16 tensor; the blocks and scales are not kept.
+    size_t mxfp4TensorsDecoded = 0;
     uint64_t sourceBytes = 0;
     uint64_t cacheBytes = 0;   // file bytes of the cache's layer files
     uint64_t storedBytes = 0;  // bytes of the quantized parts
@@ -183,10 +189,21 @@ struct Fp8ScaleLayout {
 // [L..., ceil(R / br), ceil(C / bc)] (per block of br x bc: config.json's weight_block_size
 // when it has one, else the powers of two that fit). A weight of fewer than 2 dims takes one
 // element only.
+//
+// MXFP4 (kMxfp4; OCP Microscaling, as gpt-oss stores its MoE experts): a U8 tensor W + "_blocks"
+// (Hugging Face) or W + ".blocks" (the original release) of shape [P..., G, 16] with a U8 tensor
+// W + "_scales" / W + ".scales" of shape [P..., G] beside it. Each group of 16 bytes holds 32
+// E2M1 values, element 2k in the low nibble of byte k and 2k + 1 in the high one, and its scale
+// byte s is E8M0: the value is e2m1 * 2^(s - 127). The logical weight is W, [P..., G * 32], as
+// the blocks lay it out (for gpt-oss's gate_up_proj [E, 2 * I, H]: output rows, input columns;
+// Hugging Face's GptOssExperts module holds the transpose). Every such value is a bf16 value,
+// so W is decoded to bf16 exactly and quantized from there. A scale of 0xFF (NaN) or a value
+// beyond bf16's range is refused naming the scale tensor and the group. The pair is taken only
+// when both tensors are U8; `main` is the blocks tensor and `scale` the scales tensor.
 struct CheckpointTensor {
-    enum class Kind { kPlain, kBnb4, kBnb8, kFp8Scaled };
+    enum class Kind { kPlain, kBnb4, kBnb8, kFp8Scaled, kMxfp4 };
     Kind kind = Kind::kPlain;
-    std::string name;  // the weight's name ("P.weight" for bitsandbytes)
+    std::string name;  // the weight's name ("P.weight" for bitsandbytes, W for MXFP4)
     const SafetensorsModel::Entry* main = nullptr;
     const SafetensorsModel::Entry* absmax = nullptr;  // 4-bit absmax or 8-bit SCB
     const SafetensorsModel::Entry* quantMap = nullptr;
@@ -194,7 +211,7 @@ struct CheckpointTensor {
     const SafetensorsModel::Entry* nestedQuantMap = nullptr;
     const SafetensorsModel::Entry* quantState = nullptr;  // 4-bit JSON
     const SafetensorsModel::Entry* weightFormat = nullptr;  // 8-bit
-    const SafetensorsModel::Entry* scale = nullptr;  // FP8
+    const SafetensorsModel::Entry* scale = nullptr;  // FP8; MXFP4: the scales tensor
     Fp8ScaleLayout fp8Layout;                        // FP8: how `scale` applies
     uint64_t sourceBytes() const;
 };
@@ -220,14 +237,28 @@ Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
 void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
                     const Fp8ScaleLayout& layout, float* out);
 
+// MXFP4 (see CheckpointTensor). The weight's shape: blocks [P..., G, 16] -> [P..., G * 32].
+std::vector<int64_t> mxfp4WeightShape(const SafetensorsTensorInfo& blocks);
+// InvalidArgument naming both tensors, their shapes and dtypes unless blocks is U8
+// [P..., G, 16] with G > 0 and scales is U8 [P..., G].
+Status checkMxfp4Pair(const SafetensorsTensorInfo& blocks, const SafetensorsTensorInfo& scales);
+// Decodes `groups` groups (16 bytes of `blocks` and one byte of `scales` each: 32 values) to
+// bf16 bits in `out`, exactly. Returns the index of the first group whose scale is 0xFF (NaN)
+// or one of whose values is beyond bf16's range (|v| >= 2^128); `out` then holds no promised
+// values. -1 when every group decoded.
+int64_t decodeMxfp4ToBf16(const uint8_t* blocks, const uint8_t* scales, int64_t groups,
+                          uint16_t* out);
+
 // Where an FP8 checkpoint's block size comes from: called at most once, when the first FP8
 // weight with a scale tensor is met (ingestion reads config.json then, not for other models).
 using Fp8BlockSizeSource = std::function<Result<std::optional<Fp8BlockSize>>()>;
 
-// Groups a checkpoint's tensors into logical tensors (bitsandbytes sets and FP8 weights with
-// their scales merged), in checkpoint order. InvalidArgument for an incomplete bitsandbytes
-// set or an FP8 scale that fits no layout (fp8ScaleLayout, with the block size of
-// `fp8Block`; none: inferred from the shapes); its error, if it fails.
+// Groups a checkpoint's tensors into logical tensors (bitsandbytes sets, FP8 weights with
+// their scales and MXFP4 blocks with their scales merged), in checkpoint order.
+// InvalidArgument for an incomplete bitsandbytes set, an FP8 scale that fits no layout
+// (fp8ScaleLayout, with the block size of `fp8Block`; none: inferred from the shapes), an
+// MXFP4 pair of the wrong shapes (checkMxfp4Pair) or one whose weight name W is also a tensor
+// of its own; fp8Block's error, if it fails.
 Result<std::vector<CheckpointTensor>> collectCheckpointTensors(
     const SafetensorsModel& model, const Fp8BlockSizeSource& fp8Block = {});
 

@@ -87,7 +87,8 @@ const char* kQuantizeHelp =
     "FP8 weights with a NAME_scale_inv (per 128 x 128 block, DeepSeek-V3 / Qwen3 FP8) or\n"
     "NAME_scale tensor (per tensor or row, compressed-tensors) are multiplied by their\n"
     "scales, then quantized like any float weight; FP8 tensors without one are kept as\n"
-    "stored.\n"
+    "stored. MXFP4 weights (gpt-oss: NAME_blocks + NAME_scales, uint8) are decoded to\n"
+    "bf16, exactly, and quantized as NAME.\n"
     "\n"
     "Options:\n"
     "  --cache DIR                  cache root (required)\n"
@@ -396,6 +397,7 @@ int cmdQuantize(const std::vector<std::string>& argv) {
         std::printf(", %zu fp8 dequantized with their scales", sum->fp8TensorsScaled);
     }
     if (sum->fp8TensorsKept > 0) std::printf(", %zu fp8 kept as stored", sum->fp8TensorsKept);
+    if (sum->mxfp4TensorsDecoded > 0) std::printf(", %zu mxfp4 decoded", sum->mxfp4TensorsDecoded);
     std::printf(")\n");
     std::printf("  source bytes   %s\n", humanBytes(sum->sourceBytes).c_str());
     std::printf("  cache bytes    %s (ratio %.3f)\n", humanBytes(sum->cacheBytes).c_str(), ratio);

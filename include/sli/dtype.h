@@ -150,4 +150,23 @@ SLI_HD float f8e4m3ToF32(uint8_t b) {
 // E5M2 (torch.float8_e5m2): the top byte of an IEEE binary16 (infinities, NaNs, max 57344).
 SLI_HD float f8e5m2ToF32(uint8_t b) { return f16ToF32(static_cast<uint16_t>(b << 8)); }
 
+// MXFP4 (OCP Microscaling formats v1.0, as gpt-oss stores its MoE weights) -> f32, exactly.
+// E2M1 element (the low 4 bits of `nibble`): sign, 2 exponent bits (bias 1), 1 mantissa bit;
+// the values 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives (0b1000 is -0).
+SLI_HD float e2m1ToF32(uint8_t nibble) {
+    const uint32_t sign = static_cast<uint32_t>(nibble & 0x8u) << 28;
+    const uint32_t exp = (nibble >> 1) & 0x3u;
+    const uint32_t mant = nibble & 0x1u;
+    if (exp == 0) return bitsFloat(sign | (mant != 0 ? 0x3f000000u : 0u));  // 0.5 or 0
+    return bitsFloat(sign | ((exp + 126u) << 23) | (mant << 22));
+}
+
+// E8M0 scale: 2^(b - 127), no sign, no mantissa; 0xFF is NaN. b = 0 gives 2^-127, an f32
+// subnormal.
+SLI_HD float e8m0ToF32(uint8_t b) {
+    if (b == 0xffu) return bitsFloat(0x7fc00000u);
+    if (b == 0) return bitsFloat(0x00400000u);
+    return bitsFloat(static_cast<uint32_t>(b) << 23);
+}
+
 }  // namespace sli

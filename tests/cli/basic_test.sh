@@ -92,6 +92,21 @@ if have_kernels; then
     expect_rc 1 "a misshapen fp8 scale is refused" -- "$SLI" quantize "$WORK/fp8b.safetensors" --cache "$WORK/f8b" --mode nf4
     expect_out "up_proj.weight_scale .3, 7." "the error names the scale tensor and its shape"
     if [ -z "$(find "$WORK/f8b" -name '*.slc' 2>/dev/null)" ]; then pass "nothing written for a misshapen scale"; else fail "layer files written for a misshapen scale"; fi
+    # MXFP4 experts (gpt-oss: NAME_blocks + NAME_scales) are decoded and quantized as NAME;
+    # blocks and scales are not kept.
+    $ST synth "$WORK/mx.safetensors" model.layers.0.mlp.experts.down_proj_blocks=2x64x2x16@U8 \
+        model.layers.0.mlp.experts.down_proj_scales=2x64x2@E8M0 model.layers.0.mlp.router.weight=4x64
+    expect_rc 0 "quantize an mxfp4 checkpoint to nf4" -- "$SLI" quantize "$WORK/mx.safetensors" --cache "$WORK/mx" --mode nf4
+    expect_out "1 mxfp4 decoded" "summary counts the mxfp4 weight"
+    expect_rc 0 "inspect the mxfp4 cache" -- "$SLI" inspect "$WORK/mx"
+    expect_out "experts.down_proj +nf4 .*\[2, 64, 64\]" "the decoded weight is quantized with its logical shape"
+    if grep -q "_blocks\|_scales" "$WORK/out"; then fail "mxfp4 blocks or scales were kept"; else pass "mxfp4 blocks and scales are not kept"; fi
+    # Scales of the wrong shape: exit 1, both tensors named, nothing written
+    $ST synth "$WORK/mxb.safetensors" model.layers.0.mlp.experts.down_proj_blocks=2x64x2x16@U8 \
+        model.layers.0.mlp.experts.down_proj_scales=2x64x3@E8M0
+    expect_rc 1 "misshapen mxfp4 scales are refused" -- "$SLI" quantize "$WORK/mxb.safetensors" --cache "$WORK/mxb" --mode nf4
+    expect_out "down_proj_scales .2, 64, 3." "the error names the scales and their shape"
+    if [ -z "$(find "$WORK/mxb" -name '*.slc' 2>/dev/null)" ]; then pass "nothing written for misshapen scales"; else fail "layer files written for misshapen scales"; fi
     expect_rc 0 "--device cpu reuses the default run's layers" -- "$SLI" quantize "$WORK/tiny-llama" --cache "$WORK/q-nf4" --mode nf4 --device cpu
     expect_out "0 written" "no layer rewritten"
 else

@@ -8,10 +8,12 @@
                                                   the golden vectors (bytes bnb produced)
   st_tools.py flip FILE OFFSET                    xor one byte
   st_tools.py json-get FILE KEY...                print a value from a JSON document
-  st_tools.py synth OUT NAME=D0xD1[@F8_E4M3] ...  a checkpoint with those tensors: F32
+  st_tools.py synth OUT NAME=D0xD1[@TYPE] ...     a checkpoint with those tensors: F32
                                                   (deterministic values, about +-0.05) or,
                                                   with @F8_E4M3, deterministic FP8 bytes
-                                                  (no NaN pattern)
+                                                  (no NaN pattern); @U8: deterministic
+                                                  bytes (MXFP4 blocks); @E8M0: U8 bytes of
+                                                  MXFP4 scales 2^-9 .. 2^-1
   st_tools.py transposed A NAME B NAME2           tensor NAME of A transposed (2-D) has the
                                                   shape of NAME2 in B (exit 1 otherwise)
 """
@@ -161,6 +163,12 @@ def main():
                 raw = bytes(b ^ 1 if (b & 0x7F) == 0x7F else b
                             for b in ((i * 37 + k * 11) % 256 for i in range(n)))
                 t.append((name, "F8_E4M3", shape, raw))
+                continue
+            if dtype == "U8":
+                t.append((name, "U8", shape, bytes((i * 37 + k * 11) % 256 for i in range(n))))
+                continue
+            if dtype == "E8M0":
+                t.append((name, "U8", shape, bytes(118 + (i * 5 + k) % 9 for i in range(n))))
                 continue
             vals = [math.sin((i * 7 + k * 131) * 0.37) * 0.05 for i in range(n)]
             t.append((name, "F32", shape, struct.pack("<%df" % n, *vals)))

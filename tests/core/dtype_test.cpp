@@ -1,6 +1,8 @@
 // Conversions are checked against hand-worked IEEE-754 bit patterns (not against another
 // implementation), covering ties, subnormals, overflow, infinities and NaN; the FP8 decoders
-// also against ml_dtypes on every byte (tests/golden/fp8_decode.txt, make_fp8_golden.py).
+// also against ml_dtypes on every byte (tests/golden/fp8_decode.txt, make_fp8_golden.py), and
+// the MXFP4 element / scale decoders on every code (tests/golden/mxfp4_decode.txt,
+// make_mxfp4_golden.py).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -167,4 +169,55 @@ TEST_CASE("FP8 decodes match ml_dtypes on every byte") {
     }
     std::fclose(f);
     CHECK(rows == 256);
+}
+
+TEST_CASE("MXFP4 E2M1 elements and E8M0 scales: hand-worked values") {
+    // E2M1: S EE M, bias 1; exponent 0 is subnormal (M * 0.5)
+    CHECK(floatBits(e2m1ToF32(0x0)) == 0u);
+    CHECK(e2m1ToF32(0x1) == 0.5f);   // 0 00 1
+    CHECK(e2m1ToF32(0x2) == 1.0f);   // 0 01 0
+    CHECK(e2m1ToF32(0x3) == 1.5f);   // 0 01 1
+    CHECK(e2m1ToF32(0x5) == 3.0f);   // 0 10 1
+    CHECK(e2m1ToF32(0x7) == 6.0f);   // 0 11 1: max
+    CHECK(floatBits(e2m1ToF32(0x8)) == 0x80000000u);  // -0
+    CHECK(e2m1ToF32(0xc) == -2.0f);  // 1 10 0
+    CHECK(e2m1ToF32(0xf) == -6.0f);
+    CHECK(e2m1ToF32(0xf7) == 6.0f);  // only the low 4 bits count
+    // E8M0: 2^(b - 127)
+    CHECK(e8m0ToF32(127) == 1.0f);
+    CHECK(e8m0ToF32(128) == 2.0f);
+    CHECK(e8m0ToF32(120) == 0x1p-7f);
+    CHECK(e8m0ToF32(254) == 0x1p127f);
+    CHECK(e8m0ToF32(1) == 0x1p-126f);  // min normal f32
+    CHECK(e8m0ToF32(0) == 0x1p-127f);  // an f32 subnormal
+    CHECK(std::isnan(e8m0ToF32(255)));
+}
+
+TEST_CASE("MXFP4 decodes match ml_dtypes on every element code and scale byte") {
+    const char* root = std::getenv("SLI_TEST_DATA");
+    REQUIRE_MESSAGE(root != nullptr, "SLI_TEST_DATA unset (meson test sets it)");
+    const std::string path = std::string(root) + "/golden/mxfp4_decode.txt";
+    std::FILE* f = std::fopen(path.c_str(), "r");
+    REQUIRE_MESSAGE(f != nullptr, "cannot open " << path);
+    static char line[65536];
+    int elements = 0, scales = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        unsigned v = 0, bits = 0;
+        if (std::sscanf(line, "e2m1 %u %x", &v, &bits) == 2) {
+            CAPTURE(v);
+            CHECK(floatBits(e2m1ToF32(static_cast<uint8_t>(v))) == bits);
+            ++elements;
+        } else if (std::sscanf(line, "e8m0 %u %x", &v, &bits) == 2) {
+            CAPTURE(v);
+            if (std::isnan(bitsFloat(bits))) {
+                CHECK(std::isnan(e8m0ToF32(static_cast<uint8_t>(v))));
+            } else {
+                CHECK(floatBits(e8m0ToF32(static_cast<uint8_t>(v))) == bits);
+            }
+            ++scales;
+        }
+    }
+    std::fclose(f);
+    CHECK(elements == 16);
+    CHECK(scales == 256);
 }

@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <cmath>
 #include <cstring>
@@ -1248,5 +1250,248 @@ TEST_CASE("fp8BlockSizeFromConfig: absent, without the key, and malformed") {
         auto bad = fp8BlockSizeFromConfig(ck);
         REQUIRE_FALSE(bad.isOk());
         CHECK(bad.status().message().find("config.json") != std::string::npos);
+    }
+}
+
+namespace {
+
+// tests/golden/mxfp4_decode.txt (make_mxfp4_golden.py, ml_dtypes): a gpt-oss-style MXFP4
+// tensor and its values decoded independently.
+struct Mxfp4Golden {
+    std::vector<int64_t> shape;  // of the blocks: [2, 3, 4, 16]
+    std::vector<uint8_t> blocks, scales;
+    std::vector<uint16_t> bf16;
+};
+
+std::vector<uint8_t> hexBytes(const std::string& hex) {
+    std::vector<uint8_t> out(hex.size() / 2);
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<uint8_t>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+    return out;
+}
+
+Mxfp4Golden mxfp4Golden() {
+    const char* root = std::getenv("SLI_TEST_DATA");
+    REQUIRE_MESSAGE(root != nullptr, "SLI_TEST_DATA unset (meson test sets it)");
+    std::ifstream in(std::string(root) + "/golden/mxfp4_decode.txt");
+    REQUIRE(in.good());
+    Mxfp4Golden g;
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream words(line);
+        std::string key, hex;
+        words >> key;
+        if (key == "shape") {
+            for (int64_t d = 0; words >> d;) g.shape.push_back(d);
+        } else if (key == "blocks" && words >> hex) {
+            g.blocks = hexBytes(hex);
+        } else if (key == "scales" && words >> hex) {
+            g.scales = hexBytes(hex);
+        } else if (key == "bf16" && words >> hex) {
+            for (size_t i = 0; i + 4 <= hex.size(); i += 4) {
+                g.bf16.push_back(static_cast<uint16_t>(std::stoul(hex.substr(i, 4), nullptr, 16)));
+            }
+        }
+    }
+    REQUIRE(g.shape == std::vector<int64_t>{2, 3, 4, 16});
+    REQUIRE(g.blocks.size() == 2 * 3 * 4 * 16);
+    REQUIRE(g.scales.size() == 2 * 3 * 4);
+    REQUIRE(g.bf16.size() == 2 * 3 * 4 * 32);
+    return g;
+}
+
+const std::string kExperts = "model.layers.0.mlp.experts.gate_up_proj";
+
+// The golden tensor as gpt-oss's Hugging Face checkpoint names it (blocks + scales), with the
+// layer's norm; `scales` replaces the golden scales when given.
+std::string mxfp4Checkpoint(const TempDir& dir, const Mxfp4Golden& g, const std::string& blocksSuffix = "_blocks",
+                            const std::string& scalesSuffix = "_scales",
+                            std::vector<int64_t> scalesShape = {2, 3, 4}) {
+    static const std::vector<float> norm(128, 1.0f);
+    const std::string ck = dir.file("mx.safetensors");
+    REQUIRE(writeSafetensors(ck, {{kExperts + blocksSuffix, DType::kU8, g.shape, g.blocks},
+                                  {kExperts + scalesSuffix, DType::kU8, std::move(scalesShape), g.scales},
+                                  {"model.layers.0.input_layernorm.weight", DType::kF32, {128}, bytesOf(norm)}})
+                .isOk());
+    return ck;
+}
+
+IngestOptions mxfp4Options(const TempDir& dir, const std::string& ck) {
+    IngestOptions opt = fp8Options(dir, ck);
+    opt.modelId = "mx";
+    return opt;
+}
+
+size_t layerFilesUnder(const std::string& root) {
+    size_t n = 0;
+    if (!std::filesystem::exists(root)) return 0;
+    for (const auto& f : std::filesystem::recursive_directory_iterator(root)) {
+        if (f.path().extension() == ".slc") ++n;
+    }
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("MXFP4 blocks decode to bf16 exactly as ml_dtypes decodes them") {
+    const Mxfp4Golden g = mxfp4Golden();
+    std::vector<uint16_t> out(g.bf16.size(), 0xdead);
+    CHECK(decodeMxfp4ToBf16(g.blocks.data(), g.scales.data(), 24, out.data()) == -1);
+    for (size_t i = 0; i < out.size(); ++i) {
+        CAPTURE(i);
+        CHECK(out[i] == g.bf16[i]);
+    }
+    // hand-worked: byte 0x1f = high nibble 1 (0.5), low nibble 0xf (-6); scale 128 = 2
+    std::vector<uint8_t> blk(16, 0x1f);
+    const uint8_t s = 128;
+    REQUIRE(decodeMxfp4ToBf16(blk.data(), &s, 1, out.data()) == -1);
+    CHECK(out[0] == f32ToBf16(-12.0f));
+    CHECK(out[1] == f32ToBf16(1.0f));
+    CHECK(out[31] == f32ToBf16(1.0f));
+}
+
+TEST_CASE("MXFP4 scales that are NaN or push a value past bf16's range are found by group") {
+    std::vector<uint8_t> blk(48, 0x22);  // three groups of 1.0s
+    std::vector<uint16_t> out(96);
+    std::vector<uint8_t> s = {127, 127, 0xff};
+    CHECK(decodeMxfp4ToBf16(blk.data(), s.data(), 3, out.data()) == 2);
+    s = {252, 254, 127};  // 1.0 * 2^127 is finite
+    CHECK(decodeMxfp4ToBf16(blk.data(), s.data(), 3, out.data()) == -1);
+    CHECK(out[32] == f32ToBf16(0x1p127f));
+    blk[20] = 0x40;  // group 1: a 2.0 (low nibble 0 is 0.0, high 4 is 2.0): 2^128
+    CHECK(decodeMxfp4ToBf16(blk.data(), s.data(), 3, out.data()) == 1);
+    s = {127, 253, 127};  // 2.0 * 2^126 = 2^127 still fits
+    CHECK(decodeMxfp4ToBf16(blk.data(), s.data(), 3, out.data()) == -1);
+    blk[21] = 0x06;  // 4.0 * 2^126 = 2^128 does not
+    CHECK(decodeMxfp4ToBf16(blk.data(), s.data(), 3, out.data()) == 1);
+}
+
+TEST_CASE("an MXFP4 checkpoint (gpt-oss experts) is ingested as its decoded weight") {
+    const Mxfp4Golden g = mxfp4Golden();
+    TempDir dir;
+    std::string blocksSuffix = "_blocks", scalesSuffix = "_scales";
+    SUBCASE("Hugging Face names") {}
+    SUBCASE("the original release's names") {
+        blocksSuffix = ".blocks";
+        scalesSuffix = ".scales";
+    }
+    const std::string ck = mxfp4Checkpoint(dir, g, blocksSuffix, scalesSuffix);
+    const IngestOptions opt = mxfp4Options(dir, ck);
+    auto sum = ingestCheckpoint(opt);
+    REQUIRE_MESSAGE(sum.isOk(), sum.status().toString());
+    CHECK(sum->mxfp4TensorsDecoded == 1);
+    CHECK(sum->tensors == 2);  // the weight and the norm: blocks and scales are not kept
+    CHECK(sum->weights == 2 * 3 * 128 + 128);
+    {
+        const QuantizedLayer l = cachedLayer(opt, 0);
+        REQUIRE(l.tensors.size() == 2);
+        const QuantizedTensor* t = l.find(kExperts);
+        REQUIRE(t != nullptr);
+        CHECK(t->info.shape == std::vector<int64_t>{2, 3, 128});
+        CHECK(t->info.sourceDType == DType::kBF16);
+        REQUIRE(t->info.storedDType == DType::kF32);
+        REQUIRE(t->parts[0].size() == g.bf16.size() * 4);
+        const float* v = t->parts[0].as<float>();
+        for (size_t i = 0; i < g.bf16.size(); ++i) {
+            CAPTURE(i);
+            CHECK(floatBits(v[i]) == floatBits(bf16ToF32(g.bf16[i])));
+        }
+    }
+    auto again = ingestCheckpoint(opt);  // reused, still counted
+    REQUIRE(again.isOk());
+    CHECK(again->layersReused == 1);
+    CHECK(again->mxfp4TensorsDecoded == 1);
+}
+
+TEST_CASE("an MXFP4 weight is quantized from its decoded values") {
+    const Mxfp4Golden g = mxfp4Golden();
+    TempDir dir;
+    IngestOptions opt = mxfp4Options(dir, mxfp4Checkpoint(dir, g));
+    opt.config.mode = QuantizationMode::kNf4;
+    auto sum = ingestCheckpoint(opt);
+    if (!sum.isOk() && kernelsMissing(sum.status())) return;
+    REQUIRE_MESSAGE(sum.isOk(), sum.status().toString());
+    const QuantizedLayer l = cachedLayer(opt, 0);
+    const QuantizedTensor* t = l.find(kExperts);
+    REQUIRE(t != nullptr);
+    CHECK(t->info.mode == QuantizationMode::kNf4);
+    QuantizedTensor direct;
+    direct.info = t->info;
+    REQUIRE(kernels::quantize(DType::kBF16, g.bf16.data(), direct).isOk());
+    for (int p = 0; p < kQuantPartCount; ++p) {
+        CAPTURE(p);
+        REQUIRE(direct.parts[p].size() == t->parts[p].size());
+        CHECK(std::memcmp(direct.parts[p].data(), t->parts[p].data(), direct.parts[p].size()) == 0);
+    }
+}
+
+TEST_CASE("MXFP4 blocks and scales that do not fit are refused naming both, before anything is written") {
+    const Mxfp4Golden g = mxfp4Golden();
+    TempDir dir;
+    std::string ck;
+    SUBCASE("scales of another shape") {
+        ck = mxfp4Checkpoint(dir, g, "_blocks", "_scales", {2, 4, 3});
+    }
+    SUBCASE("scales of more groups") {
+        ck = mxfp4Checkpoint(dir, g, "_blocks", "_scales", {24, 1});
+    }
+    auto sum = ingestCheckpoint(mxfp4Options(dir, ck));
+    REQUIRE_FALSE(sum.isOk());
+    CHECK(sum.status().isInvalidArgument());
+    const std::string m = sum.status().message();
+    CHECK(m.find(kExperts + "_blocks [2, 3, 4, 16]") != std::string::npos);
+    CHECK(m.find(kExperts + "_scales") != std::string::npos);
+    CHECK(m.find("mx.safetensors") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir.file("cache")));
+}
+
+TEST_CASE("an MXFP4 scale of NaN or out of range fails its layer naming the scales and the group; no file is left") {
+    Mxfp4Golden g = mxfp4Golden();
+    TempDir dir;
+    std::string want;
+    SUBCASE("NaN (0xff)") {
+        g.scales[5] = 0xff;
+        want = kExperts + "_scales of MXFP4 weight " + kExperts + ": group 5 (values 160..191) (scale byte 0xff) is NaN";
+    }
+    SUBCASE("2^127 times a value of 2 or more") {
+        g.scales[7] = 254;
+        g.blocks[7 * 16] = 0x44;  // 2.0, 2.0
+        want = "group 7 (values 224..255) (scale byte 254, 2^127) scales a value beyond";
+    }
+    const IngestOptions opt = mxfp4Options(dir, mxfp4Checkpoint(dir, g));
+    auto sum = ingestCheckpoint(opt);
+    REQUIRE_FALSE(sum.isOk());
+    CHECK(sum.status().isInvalidArgument());
+    CAPTURE(sum.status().message());
+    CHECK(sum.status().message().find(want) != std::string::npos);
+    CHECK(sum.status().message().find("layer 0") != std::string::npos);
+    CHECK(layerFilesUnder(dir.file("cache")) == 0);
+}
+
+TEST_CASE("MXFP4 pairs: a weight name also present is ambiguous; blocks without scales stay plain") {
+    const Mxfp4Golden g = mxfp4Golden();
+    TempDir dir;
+    const std::string ck = dir.file("odd.safetensors");
+    SUBCASE("the weight is also a tensor of its own") {
+        const std::vector<float> w(2 * 3 * 128, 0.0f);
+        REQUIRE(writeSafetensors(ck, {{"e.w_blocks", DType::kU8, g.shape, g.blocks},
+                                      {"e.w_scales", DType::kU8, {2, 3, 4}, g.scales},
+                                      {"e.w", DType::kF32, {2, 3, 128}, bytesOf(w)}})
+                    .isOk());
+        const std::string m = collectFailure(ck);
+        CHECK(m.find("MXFP4 weight e.w ") != std::string::npos);
+        CHECK(m.find("ambiguous") != std::string::npos);
+    }
+    SUBCASE("no scales, or scales that are not uint8: not MXFP4") {
+        const std::vector<float> fs(24, 1.0f);
+        REQUIRE(writeSafetensors(ck, {{"e.w_blocks", DType::kU8, g.shape, g.blocks},
+                                      {"e.v_blocks", DType::kU8, g.shape, g.blocks},
+                                      {"e.v_scales", DType::kF32, {2, 3, 4}, bytesOf(fs)}})
+                    .isOk());
+        auto m = SafetensorsModel::open(ck);
+        REQUIRE(m.isOk());
+        auto ts = collectCheckpointTensors(*m);
+        REQUIRE(ts.isOk());
+        REQUIRE(ts->size() == 3);
+        for (const auto& t : *ts) CHECK(t.kind == CheckpointTensor::Kind::kPlain);
     }
 }
