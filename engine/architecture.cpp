@@ -122,6 +122,11 @@ std::optional<TensorPlacement> matchLmHead(Architecture a, const Parts& p) {
     return std::nullopt;
 }
 
+// A bias: NAME.bias, or a stacked one such as gpt-oss's mlp.experts.gate_up_proj_bias.
+bool isBiasName(std::string_view last) { return last == "bias" || last.ends_with("_bias"); }
+
+TensorPlacement matchLlamaBlock(const Parts& p, size_t o, int64_t idx);
+
 // [model.]embed_tokens, [model.]layers.N.*, [model.]norm, lm_head
 std::optional<TensorPlacement> matchLlama(const Parts& p) {
     const Architecture a = Architecture::kLlama;
@@ -134,22 +139,39 @@ std::optional<TensorPlacement> matchLlama(const Parts& p) {
     if (first != "layers" || p.size() < o + 4) return std::nullopt;
     auto idx = parseIndex(p[o + 1]);
     if (!idx) return std::nullopt;
+    TensorPlacement t = matchLlamaBlock(p, o, *idx);
+    // Biases stay unquantized: most are 1-D and kept anyway, but stacked MoE expert biases
+    // ([E, N]) are not, and they are a few KiB added to every output of their expert.
+    if (isBiasName(p.back())) t.keepUnquantized = true;
+    return t;
+}
+
+TensorPlacement matchLlamaBlock(const Parts& p, size_t o, int64_t idx) {
+    const Architecture a = Architecture::kLlama;
     const std::string layerName = join(p, o + 2);
     const std::string_view sub = p[o + 2];
     if (sub == "self_attn") {
         // rotary_emb.inv_freq is a buffer, not a weight.
         if (p.size() > o + 3 && p[o + 3] == "rotary_emb") {
-            TensorPlacement t = block(a, TensorRole::kOther, *idx, layerName);
+            TensorPlacement t = block(a, TensorRole::kOther, idx, layerName);
             t.keepUnquantized = true;
             return t;
         }
-        return block(a, TensorRole::kAttention, *idx, layerName);
+        return block(a, TensorRole::kAttention, idx, layerName);
     }
-    if (sub == "mlp") return block(a, TensorRole::kFfn, *idx, layerName);
+    if (sub == "mlp" || sub == "block_sparse_moe") {
+        // A mixture of experts' router (gpt-oss mlp.router, Qwen2-MoE / DeepSeek mlp.gate,
+        // Mixtral block_sparse_moe.gate) stays unquantized, as llama.cpp keeps ffn_gate_inp:
+        // it is small, and its error changes which experts run.
+        TensorPlacement t = block(a, TensorRole::kFfn, idx, layerName);
+        const std::string_view module = p.size() > o + 4 ? p[o + 3] : std::string_view();
+        t.keepUnquantized = module == "router" || module == "gate";
+        return t;
+    }
     if (sub == "input_layernorm" || sub == "post_attention_layernorm") {
-        return block(a, TensorRole::kNorm, *idx, layerName);
+        return block(a, TensorRole::kNorm, idx, layerName);
     }
-    return block(a, blockFallbackRole(sub), *idx, layerName);
+    return block(a, blockFallbackRole(sub), idx, layerName);
 }
 
 // [transformer.]{wte,wpe}, [transformer.]h.N.*, [transformer.]ln_f, lm_head

@@ -3,7 +3,9 @@
 // For the model families the engine knows (Llama / Mistral / Qwen2, GPT-2, BERT, OPT) it says,
 // for each tensor name, where the tensor runs (before layer 0, in layer N, or after the last
 // layer), what role it plays (attention, FFN, norm, embedding, head, other) and whether it is
-// kept unquantized by default (embeddings, heads such as lm_head / pooler, norms). Names it
+// kept unquantized by default (embeddings, heads such as lm_head / pooler, norms; in the Llama
+// family also biases, stacked MoE expert biases such as gpt-oss's mlp.experts.gate_up_proj_bias
+// included, and MoE routers: mlp.router, mlp.gate, block_sparse_moe.gate). Names it
 // does not recognize fall back to the seed's keyword rules (attn, attention, query, key, value,
 // qkv -> attention; ffn, mlp, feedforward, fc -> FFN; a dotted integer component is the layer
 // index). groupIntoLayers() turns a checkpoint's tensor names into the ordered layer groups the
@@ -11,8 +13,9 @@
 // post-layer tensors.
 //
 // Recognized names (an optional prefix in brackets):
-//   Llama family  [model.]embed_tokens, [model.]layers.N.{self_attn,mlp,input_layernorm,
-//                 post_attention_layernorm}.*, [model.]norm, lm_head
+//   Llama family  [model.]embed_tokens, [model.]layers.N.{self_attn,mlp,block_sparse_moe,
+//                 input_layernorm,post_attention_layernorm}.*, [model.]norm, lm_head
+//                 (also Mixtral, Qwen2-MoE and gpt-oss)
 //   GPT-2         [transformer.]{wte,wpe}, [transformer.]h.N.{attn,mlp,ln_1,ln_2}.*,
 //                 [transformer.]ln_f, lm_head
 //   BERT          [bert.]embeddings.*, [bert.]encoder.layer.N.{attention,intermediate,output}.*,
@@ -66,7 +69,7 @@ struct TensorPlacement {
     LayerPosition position = LayerPosition::kPost;
     int64_t layerIndex = -1;          // block number for kBlock, -1 otherwise
     TensorRole role = TensorRole::kOther;
-    bool keepUnquantized = false;     // embeddings, heads and norms
+    bool keepUnquantized = false;     // embeddings, heads, norms (and Llama biases, routers)
     std::string layerName;            // e.g. "model.layers.3"; "pre" / "post" outside blocks
 };
 

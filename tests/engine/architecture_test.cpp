@@ -47,7 +47,7 @@ TEST_CASE("llama, mistral and qwen2 names map to layers, roles and defaults") {
         checkPlacement("model.embed_tokens.weight", a, P::kPre, -1, R::kEmbedding, true, "pre");
         checkPlacement("model.layers.7.self_attn.q_proj.weight", a, P::kBlock, 7, R::kAttention,
                        false, "model.layers.7");
-        checkPlacement("model.layers.7.self_attn.k_proj.bias", a, P::kBlock, 7, R::kAttention, false,
+        checkPlacement("model.layers.7.self_attn.k_proj.bias", a, P::kBlock, 7, R::kAttention, true,
                        "model.layers.7");
         checkPlacement("model.layers.12.mlp.down_proj.weight", a, P::kBlock, 12, R::kFfn, false,
                        "model.layers.12");
@@ -60,6 +60,36 @@ TEST_CASE("llama, mistral and qwen2 names map to layers, roles and defaults") {
     }
     CHECK(classifyTensor("model.layers.3.mlp.up_proj.weight", Architecture::kQwen2).architecture ==
           Architecture::kQwen2);
+}
+
+TEST_CASE("mixture-of-experts names (gpt-oss, Qwen2-MoE, Mixtral): routers and expert biases are kept") {
+    using R = TensorRole;
+    using P = LayerPosition;
+    const Architecture a = Architecture::kUnknown;
+    // gpt-oss: stacked experts, their stacked biases, the router
+    checkPlacement("model.layers.3.mlp.experts.gate_up_proj", a, P::kBlock, 3, R::kFfn, false,
+                   "model.layers.3");
+    checkPlacement("model.layers.3.mlp.experts.gate_up_proj_bias", a, P::kBlock, 3, R::kFfn, true,
+                   "model.layers.3");
+    checkPlacement("model.layers.3.mlp.experts.down_proj_bias", a, P::kBlock, 3, R::kFfn, true,
+                   "model.layers.3");
+    checkPlacement("model.layers.3.mlp.router.weight", a, P::kBlock, 3, R::kFfn, true, "model.layers.3");
+    checkPlacement("model.layers.3.mlp.router.bias", a, P::kBlock, 3, R::kFfn, true, "model.layers.3");
+    checkPlacement("model.layers.3.self_attn.sinks", a, P::kBlock, 3, R::kAttention, false,
+                   "model.layers.3");
+    // Qwen2-MoE / DeepSeek: mlp.gate is the router, mlp.gate_proj and the experts' are weights
+    checkPlacement("model.layers.1.mlp.gate.weight", a, P::kBlock, 1, R::kFfn, true, "model.layers.1");
+    checkPlacement("model.layers.1.mlp.gate_proj.weight", a, P::kBlock, 1, R::kFfn, false,
+                   "model.layers.1");
+    checkPlacement("model.layers.1.mlp.experts.5.gate_proj.weight", a, P::kBlock, 1, R::kFfn, false,
+                   "model.layers.1");
+    checkPlacement("model.layers.1.mlp.shared_expert_gate.weight", a, P::kBlock, 1, R::kFfn, false,
+                   "model.layers.1");
+    // Mixtral
+    checkPlacement("model.layers.0.block_sparse_moe.gate.weight", a, P::kBlock, 0, R::kFfn, true,
+                   "model.layers.0");
+    checkPlacement("model.layers.0.block_sparse_moe.experts.7.w1.weight", a, P::kBlock, 0, R::kFfn,
+                   false, "model.layers.0");
 }
 
 TEST_CASE("gpt2 names with and without the transformer prefix") {
