@@ -358,31 +358,37 @@ void bmFloor(benchmark::State& state, Floor f) {
 // statistic, the source prefetched as far ahead as the quantizers prefetch theirs.
 constexpr size_t kQuantizePrefetchAhead = 4096;
 
+// kValueBytes: 4 (an f32 source) or 2 (bf16: the floor of the quantizers that read it directly).
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) void quantizeFloorAvx2(const float* src, size_t n,
-                                                       uint8_t* payload, float* stats) {
+template <int kValueBytes>
+__attribute__((target("avx2"))) void quantizeFloorAvx2(const void* src, size_t n, uint8_t* payload,
+                                                       float* stats) {
+    constexpr int kLines = 64 * kValueBytes / 64, kLoads = 64 * kValueBytes / 32;
+    const auto* bytes = static_cast<const char*>(src);
     for (size_t g = 0; g + 64 <= n; g += 64) {
-        const auto* p = reinterpret_cast<const __m256i*>(src + g);
-        for (int line = 0; line < 4; ++line)
-            _mm_prefetch(reinterpret_cast<const char*>(src + g) + kQuantizePrefetchAhead + 64 * line,
-                         _MM_HINT_T0);
+        const char* at = bytes + g * kValueBytes;
+        const auto* p = reinterpret_cast<const __m256i*>(at);
+        for (int line = 0; line < kLines; ++line)
+            _mm_prefetch(at + kQuantizePrefetchAhead + 64 * line, _MM_HINT_T0);
         __m256i v = _mm256_load_si256(p);
-        for (int k = 1; k < 8; ++k) v = _mm256_xor_si256(v, _mm256_load_si256(p + k));
+        for (int k = 1; k < kLoads; ++k) v = _mm256_xor_si256(v, _mm256_load_si256(p + k));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(payload + g / 2), v);
         stats[g / 64] = _mm256_cvtss_f32(_mm256_castsi256_ps(v));
     }
 }
 #endif
 
-void quantizeFloor(const float* src, size_t n, uint8_t* payload, float* stats) {
+template <int kValueBytes = 4>
+void quantizeFloor(const void* src, size_t n, uint8_t* payload, float* stats) {
 #if defined(__x86_64__) || defined(__i386__)
-    if (haveAvx2()) return quantizeFloorAvx2(src, n, payload, stats);
+    if (haveAvx2()) return quantizeFloorAvx2<kValueBytes>(src, n, payload, stats);
 #endif
+    const auto* bytes = static_cast<const uint8_t*>(src);
     for (size_t g = 0; g + 64 <= n; g += 64) {
         uint64_t w[4] = {};
-        for (int k = 0; k < 32; ++k) {
+        for (int k = 0; k < 8 * kValueBytes; ++k) {
             uint64_t x;
-            std::memcpy(&x, src + g + 2 * k, 8);
+            std::memcpy(&x, bytes + g * kValueBytes + 8 * k, 8);
             w[k % 4] ^= x;
         }
         std::memcpy(payload + g / 2, w, 32);
@@ -464,6 +470,37 @@ void bmQuantizeKernel(benchmark::State& state, QuantizationMode mode) {
         [&] {
             quantizeFloor(floorSrc.as<float>(), static_cast<size_t>(kN), floorPayload.data(),
                           floorStats.as<float>());
+            benchmark::DoNotOptimize(floorPayload.data());
+        });
+}
+
+// The NF4 / FP4 kernel that reads a bf16 source directly (quantize4bitBf16, where the table has
+// one; kernels::quantize from bf16 calls it without widening), from memory as
+// bmQuantizeKernel, against the floor of a bf16 read: 2 bytes per value in, NF4's bytes out.
+void bmQuantizeKernelBf16(benchmark::State& state, QuantizationMode mode) {
+    const kernels::CpuKernels& k = activeKernels();
+    if (k.quantize4bitBf16 == nullptr) {
+        state.SkipWithError("no bf16 body in this table (kernels::quantize widens chunks first)");
+        return;
+    }
+    const auto cb = mode == QuantizationMode::kFp4 ? kernels::Codebook4::kFp4 : kernels::Codebook4::kNf4;
+    const size_t srcBytes = static_cast<size_t>(kN) * 2;
+    AlignedBuffer own = lineBuffer(srcBytes), floorSrc = lineBuffer(srcBytes);
+    for (int64_t i = 0; i < kN; ++i) own.as<uint16_t>()[i] = f32ToBf16(source()[static_cast<size_t>(i)]);
+    std::memcpy(floorSrc.data(), own.data(), srcBytes);
+    AlignedBuffer payload = lineBuffer(static_cast<size_t>(kN / 2));
+    AlignedBuffer stats = lineBuffer(static_cast<size_t>(kN / 64 * 4));
+    AlignedBuffer floorPayload = lineBuffer(static_cast<size_t>(kN / 2));
+    AlignedBuffer floorStats = lineBuffer(static_cast<size_t>(kN / 64 * 4));
+    timeAgainstFloor(
+        state, quantizedBytes(mode),
+        [&] {
+            k.quantize4bitBf16(cb, own.as<uint16_t>(), kN, 64, payload.data(), stats.as<float>());
+            benchmark::DoNotOptimize(payload.data());
+        },
+        [&] {
+            quantizeFloor<2>(floorSrc.data(), static_cast<size_t>(kN), floorPayload.data(),
+                             floorStats.as<float>());
             benchmark::DoNotOptimize(floorPayload.data());
         });
 }
@@ -576,6 +613,10 @@ void registerAll() {
                                      bmQuantizeKernel, m.mode)->UseRealTime();
         benchmark::RegisterBenchmark(("quantize_kernel_hot/" + std::string(m.name) + "/" + isa).c_str(),
                                      bmQuantizeKernelHot, m.mode)->UseRealTime();
+        if (m.mode != QuantizationMode::kInt4) {
+            benchmark::RegisterBenchmark(("quantize_kernel_bf16/" + std::string(m.name) + "/" + isa).c_str(),
+                                         bmQuantizeKernelBf16, m.mode)->UseRealTime();
+        }
     }
 }
 

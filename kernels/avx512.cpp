@@ -52,6 +52,7 @@ const CpuKernels kAvx512 = {
     x86_512::dequantizeQ4_0,
     x86_512::convert,
     x86_512::dynamicEncodeN,
+    x86_512::quantize4bitBf16,
 };
 
 }  // namespace

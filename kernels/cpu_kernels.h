@@ -69,6 +69,13 @@ struct CpuKernels {
     // Double quant's 8-bit codes: codes[i] = dynamicEncode(map, fl32(x[i] * scale)) (blocks.h:
     // bitsandbytes' search of the sorted 256-entry map) for n values.
     void (*dynamicEncodeN)(const float* map, const float* x, float scale, int64_t n, uint8_t* codes);
+
+    // quantize4bit from n bfloat16 source values (bits, 2-byte aligned), each widened exactly
+    // to f32 as it is read: the same bytes as quantize4bit on the widened values, without
+    // writing them out first. nullptr where a table has no such body: dispatch then widens
+    // chunks of the source into a scratch buffer.
+    void (*quantize4bitBf16)(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
+                             uint8_t* packed, float* absmax);
 };
 
 // The scalar reference: the definition every other implementation is tested against.

@@ -288,9 +288,20 @@ Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedT
                 plainAbsmax.resize(static_cast<size_t>(nb));
                 absmax = plainAbsmax.data();
             }
-            SLI_RETURN_IF_ERROR(fused(nb, bs, [&](int64_t b, int64_t, const float* v, int64_t count) {
-                k.quantize4bit(cb, v, count, bs, packed + b * bs / 2, absmax + b);
-            }));
+            if (srcType == DType::kBF16 && k.quantize4bitBf16 != nullptr &&
+                reinterpret_cast<uintptr_t>(src) % alignof(uint16_t) == 0) {
+                // straight from the source: no widened copy
+                const auto* bf16 = static_cast<const uint16_t*>(src);
+                parallelFor(nb, nt, [&](int64_t b0, int64_t b1) {
+                    const int64_t begin = b0 * bs;
+                    k.quantize4bitBf16(cb, bf16 + begin, std::min(n, b1 * bs) - begin, bs,
+                                       packed + begin / 2, absmax + b0);
+                });
+            } else {
+                SLI_RETURN_IF_ERROR(fused(nb, bs, [&](int64_t b, int64_t, const float* v, int64_t count) {
+                    k.quantize4bit(cb, v, count, bs, packed + b * bs / 2, absmax + b);
+                }));
+            }
             if (info.doubleQuant) {
                 float map[256];
                 for (int i = 0; i < 256; ++i) map[i] = bitsFloat(kDynamicMapBits[i]);

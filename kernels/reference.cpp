@@ -44,10 +44,14 @@ inline float loadAs(DType src, const void* in, int64_t i) {
     }
 }
 
-// fmax semantics: NaN never wins; starts at 0 so an all-NaN range gives 0.
+// max(m, a) where a NaN a never wins, quiet or signaling (CUDA's fmaxf; glibc's fmax returns
+// NaN for a signaling NaN, which a bf16 NaN widened to f32 can be).
+inline float maxIgnoringNaN(float m, float a) { return a > m ? a : m; }
+
+// NaN never wins; starts at 0 so an all-NaN range gives 0.
 inline float absmaxOf(const float* x, int64_t n) {
     float m = 0.0f;
-    for (int64_t i = 0; i < n; ++i) m = std::fmax(m, std::fabs(x[i]));
+    for (int64_t i = 0; i < n; ++i) m = maxIgnoringNaN(m, std::fabs(x[i]));
     return m;
 }
 
@@ -73,6 +77,17 @@ void quantize4bitRef(Codebook4 cb, const float* src, int64_t n, int blocksize, u
             const uint8_t lo = encode4(cb, (i + 1 < end ? src[i + 1] : 0.0f) * inv);
             packed[i / 2] = static_cast<uint8_t>((hi << 4) | lo);
         }
+    }
+}
+
+// Block by block: each block's values widened into a local buffer, then quantize4bitRef.
+void quantize4bitBf16Ref(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
+                         uint8_t* packed, float* absmax) {
+    float x[kMax4bitBlocksize];
+    for (int64_t begin = 0, b = 0; begin < n; begin += blocksize, ++b) {
+        const int64_t count = begin + blocksize < n ? blocksize : n - begin;
+        for (int64_t i = 0; i < count; ++i) x[i] = bf16ToF32(src[begin + i]);
+        quantize4bitRef(cb, x, count, blocksize, packed + begin / 2, absmax + b);
     }
 }
 
@@ -103,7 +118,7 @@ void quantizeInt8Ref(const float* src, int64_t rows, int64_t cols, int8_t* cbOut
     for (int64_t r = 0; r < rows; ++r) {
         const float* x = src + r * cols;
         float am = 0.0f;
-        for (int64_t c = 0; c < cols; ++c) am = std::fmax(am, std::fabs(f16ToF32(f32ToF16(x[c]))));
+        for (int64_t c = 0; c < cols; ++c) am = maxIgnoringNaN(am, std::fabs(f16ToF32(f32ToF16(x[c]))));
         storeF32(scb, r, am);
         const float scale = 127.0f / am;  // +inf for a zero row: 0 * inf = NaN -> 0
         for (int64_t c = 0; c < cols; ++c) {
@@ -174,7 +189,7 @@ const CpuKernels kReference = {
     quantizeInt8Ref,   quantizeInt8DynamicRef,
     dequantizeInt8Ref, quantizeQ4_0Ref,
     dequantizeQ4_0Ref, convertRef,
-    dynamicEncodeNRef,
+    dynamicEncodeNRef, quantize4bitBf16Ref,
 };
 
 }  // namespace

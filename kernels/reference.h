@@ -5,7 +5,8 @@
 //
 // NF4 / FP4 (bitsandbytes CUDA kQuantizeBlockwise): the tensor is flattened row-major and cut
 //   into runs of `blocksize` values (blocks span rows; the last may be partial).
-//   absmax = fmax over |x| starting at 0 (NaN ignored; an all-NaN block has absmax 0);
+//   absmax = max over |x| starting at 0 (NaN, quiet or signaling, ignored, as CUDA's fmaxf
+//   does; an all-NaN block has absmax 0);
 //   inv = 1.0f / absmax (exact: CUDA's fast-math reciprocal may differ by <= 1 ulp, which can
 //   flip a code only when x*inv lands within ~1 ulp of a threshold); code = encode(x * inv);
 //   element 2k in the high nibble; an odd tail is padded with encode(0 * inv).

@@ -53,6 +53,17 @@ std::string selfTestAgainstReference(const CpuKernels& k) {
         if (!same(pk.data(), pr.data(), pk.size()) || !same(ak.data(), ar.data(), ak.size() * 4)) {
             return "quantize4bit";
         }
+        if (k.quantize4bitBf16 != nullptr) {
+            std::vector<uint16_t> xb(x.size());
+            for (size_t i = 0; i < x.size(); ++i) xb[i] = f32ToBf16(x[i]);
+            std::vector<uint8_t> pkb(pk.size()), prb(pk.size());
+            std::vector<float> akb(ak.size()), arb(ak.size());
+            k.quantize4bitBf16(cb, xb.data(), kN, kBlocksize, pkb.data(), akb.data());
+            r.quantize4bitBf16(cb, xb.data(), kN, kBlocksize, prb.data(), arb.data());
+            if (!same(pkb.data(), prb.data(), pkb.size()) || !same(akb.data(), arb.data(), akb.size() * 4)) {
+                return "quantize4bitBf16";
+            }
+        }
         float map[256];
         std::memcpy(map, kDynamicMapBits, sizeof map);
         const float offset = absmaxMean(ar.data(), nb);

@@ -693,6 +693,89 @@ inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksiz
     });
 }
 
+// ---- NF4 / FP4 quantization from bf16 ---------------------------------------------------------
+//
+// 32 bf16 values are one 512-bit load, and their f32 values need no shuffle: shifted left by
+// 16 the words give elements 0, 2, .., 30 and masked to their high half 1, 3, .., 31. That
+// split is the packing itself (element 2k in the high nibble of byte k, 2k + 1 in the low one),
+// so pack32's two permutes go too. The max of a block is the same whichever lanes its
+// elements land in.
+
+inline __m512i bf16Words(const uint16_t* p) { return _mm512_loadu_si512(p); }
+inline __m512 bf16Even(__m512i w) { return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)); }
+inline __m512 bf16Odd(__m512i w) {
+    return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+}
+
+// absMaxLanes over count (a multiple of 32) bf16 values.
+inline __m512 absMaxLanesBf16(const uint16_t* x, int64_t count) {
+    const __m512i absMask = _mm512_set1_epi32(0x7fff7fff);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < count; i += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(x + i) + kPrefetchAhead, _MM_HINT_T0);
+        const __m512i w = _mm512_and_si512(bf16Words(x + i), absMask);
+        acc0 = _mm512_max_ps(bf16Even(w), acc0);
+        acc1 = _mm512_max_ps(bf16Odd(w), acc1);
+    }
+    return _mm512_max_ps(acc0, acc1);
+}
+
+template <Codebook4 CB>
+inline void encodeBlockBf16(const BucketVectors& buckets, const uint16_t* x, int blocksize,
+                            float inv, uint8_t* out) {
+    const __m512 s = _mm512_set1_ps(inv);
+    const bool finite = isFiniteF32(inv);
+    for (int i = 0; i < blocksize; i += 32) {
+        const __m512i w = bf16Words(x + i);
+        const __m512 e = _mm512_mul_ps(bf16Even(w), s), o = _mm512_mul_ps(bf16Odd(w), s);
+        const __m512i ce = finite ? bucketCodes16<CB>(buckets, e) : codes16<CB>(e);
+        const __m512i co = finite ? bucketCodes16<CB>(buckets, o) : codes16<CB>(o);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2),
+                         _mm512_cvtepi32_epi8(_mm512_or_si512(_mm512_slli_epi32(ce, 4), co)));
+    }
+}
+
+// quantize4bitBlocks from bf16: 16 blocks at a time the same way.
+template <Codebook4 CB>
+inline void quantize4bitBlocksBf16(const uint16_t* src, int64_t nblocks, int blocksize,
+                                   uint8_t* packed, float* absmax) {
+    const BucketVectors buckets = bucketVectors<CB>();
+    int64_t g = 0;
+    for (; g + 16 <= nblocks; g += 16) {
+        const uint16_t* x = src + g * blocksize;
+        __m512 lanes[16];
+        for (int j = 0; j < 16; ++j) lanes[j] = absMaxLanesBf16(x + j * blocksize, blocksize);
+        const __m512 am = hmax16x16(lanes);
+        _mm512_storeu_ps(absmax + g, am);
+        alignas(64) float inv[16];
+        _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), am));
+        for (int j = 0; j < 16; ++j)
+            encodeBlockBf16<CB>(buckets, x + j * blocksize, blocksize, inv[j],
+                                packed + (g + j) * (blocksize / 2));
+    }
+    for (; g < nblocks; ++g) {
+        const uint16_t* x = src + g * blocksize;
+        const float am = hmax16(absMaxLanesBf16(x, blocksize));
+        std::memcpy(absmax + g, &am, 4);
+        encodeBlockBf16<CB>(buckets, x, blocksize, 1.0f / am, packed + g * (blocksize / 2));
+    }
+}
+
+inline void quantize4bitBf16(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
+                             uint8_t* packed, float* absmax) {
+    const int64_t fullBlocks = n / blocksize;
+    if (cb == Codebook4::kNf4) {
+        quantize4bitBlocksBf16<Codebook4::kNf4>(src, fullBlocks, blocksize, packed, absmax);
+    } else {
+        quantize4bitBlocksBf16<Codebook4::kFp4>(src, fullBlocks, blocksize, packed, absmax);
+    }
+    const int64_t done = fullBlocks * blocksize;
+    if (done < n) {  // a partial last block
+        referenceKernels().quantize4bitBf16(cb, src + done, n - done, blocksize, packed + done / 2,
+                                            absmax + fullBlocks);
+    }
+}
+
 // ---- Q4_0 quantization -----------------------------------------------------------------------
 //
 // Per block: max |x| (NaN never wins), the first element of that magnitude gives the signed

@@ -86,6 +86,11 @@ void flippedQuantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksiz
     referenceKernels().quantize4bit(cb, src, n, blocksize, packed, absmax);
     if (cb == Codebook4::kFp4) packed[n / 4] ^= 0x10;  // only FP4, one nibble mid-tensor
 }
+void flippedQuantize4bitBf16(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
+                             uint8_t* packed, float* absmax) {
+    referenceKernels().quantize4bitBf16(cb, src, n, blocksize, packed, absmax);
+    absmax[n / blocksize / 2] *= 2.0f;  // one block's absmax, mid-tensor
+}
 void flippedConvert(DType from, const void* src, int64_t n, DType to, void* out) {
     referenceKernels().convert(from, src, n, to, out);
     if (from == DType::kBF16 && to == DType::kF16) static_cast<uint8_t*>(out)[2] ^= 1;
@@ -108,6 +113,9 @@ TEST_CASE("the start-up self-test passes every table this build has and names an
     broken = referenceKernels();
     broken.convert = flippedConvert;
     CHECK(selfTestAgainstReference(broken) == "convert");
+    broken = referenceKernels();
+    broken.quantize4bitBf16 = flippedQuantize4bitBf16;
+    CHECK(selfTestAgainstReference(broken) == "quantize4bitBf16");
 }
 
 TEST_CASE("quantize rejects bad input with an error naming the tensor") {
@@ -380,19 +388,22 @@ TEST_CASE("quantize from bf16 / f16 / f64 / unaligned f32 sources equals quantiz
         CAPTURE(info.numel());
         const int64_t n = info.numel();
         const std::vector<float> values = testing::mixedValues(n, 64, 7, /*withNonFinite=*/true);
-        for (DType dt : {DType::kBF16, DType::kF16, DType::kF64, DType::kF32}) {
+        for (DType dt : {DType::kBF16, DType::kF16, DType::kF64, DType::kF32})
+        for (size_t skew : {size_t{1}, size_t{2}}) {
             const std::string dtype = dtypeName(dt);
             CAPTURE(dtype);
-            // The source in dtype dt, one byte past an aligned address.
-            std::vector<uint8_t> raw(static_cast<size_t>(n) * dtypeSize(dt) + 1);
+            CAPTURE(skew);
+            // The source in dtype dt, `skew` bytes past an aligned address (2: the bf16 source
+            // aligned for its own loads, which the AVX-512 4-bit quantizer reads directly).
+            std::vector<uint8_t> raw(static_cast<size_t>(n) * dtypeSize(dt) + skew);
             if (!dtypeIsCompute(dt)) {
                 std::vector<double> d(values.begin(), values.end());
-                std::memcpy(raw.data() + 1, d.data(), d.size() * 8);
+                std::memcpy(raw.data() + skew, d.data(), d.size() * 8);
             } else {
-                REQUIRE(convertFromF32(values.data(), n, dt, raw.data() + 1).isOk());
+                REQUIRE(convertFromF32(values.data(), n, dt, raw.data() + skew).isOk());
             }
             std::vector<float> widened(static_cast<size_t>(n));
-            REQUIRE(convertToF32(dt, raw.data() + 1, n, widened.data()).isOk());
+            REQUIRE(convertToF32(dt, raw.data() + skew, n, widened.data()).isOk());
             QuantizedTensor want;
             want.info = info;
             REQUIRE(quantize(widened, want, 1).isOk());
@@ -400,7 +411,7 @@ TEST_CASE("quantize from bf16 / f16 / f64 / unaligned f32 sources equals quantiz
                 CAPTURE(threads);
                 QuantizedTensor got;
                 got.info = info;
-                REQUIRE(quantize(dt, raw.data() + 1, got, threads).isOk());
+                REQUIRE(quantize(dt, raw.data() + skew, got, threads).isOk());
                 CHECK(testing::sameBytes(&got.info.nestedOffset, &want.info.nestedOffset, sizeof(float)));
                 for (int p = 0; p < kQuantPartCount; ++p) {
                     CAPTURE(p);

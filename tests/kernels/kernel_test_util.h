@@ -93,8 +93,9 @@ inline std::vector<float> edgeValues() {
 }
 
 // A tensor of n values cut into blocks of `block`: random blocks, an all-zero block, edge-value
-// blocks with absmax exactly 1, a block with huge values, one of subnormals, one with NaN and
-// one with Inf (when withNonFinite), one with a negative max of the largest magnitude.
+// blocks with absmax exactly 1, a block with huge values, one of subnormals, one with NaN (quiet
+// and signaling) and one with Inf (when withNonFinite), one with a negative max of the largest
+// magnitude.
 inline std::vector<float> mixedValues(int64_t n, int64_t block, uint32_t seed, bool withNonFinite) {
     std::vector<float> v = randomValues(n, seed, block);
     const std::vector<float> edge = edgeValues();
@@ -114,6 +115,8 @@ inline std::vector<float> mixedValues(int64_t n, int64_t block, uint32_t seed, b
                 case 5: x *= 1e-41f; break;
                 case 6:
                     if (withNonFinite && i == begin + 3) x = std::numeric_limits<float>::quiet_NaN();
+                    // a signaling NaN too (what a bf16 NaN without the quiet bit widens to)
+                    if (withNonFinite && i == begin + 4) x = -std::numeric_limits<float>::signaling_NaN();
                     break;
                 case 7:
                     if (withNonFinite && i == begin + 1) x = -std::numeric_limits<float>::infinity();

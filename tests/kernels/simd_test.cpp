@@ -198,6 +198,75 @@ TEST_CASE("4-bit quantization and dequantization match the reference for every b
     });
 }
 
+// k.quantize4bitBf16 (where k has one) and the reference's against the definition:
+// quantize4bit of the widened values. The source one element past an aligned address.
+void check4bitBf16(const CpuKernels& k, Codebook4 cb, const std::vector<uint16_t>& bits, int bs) {
+    const auto& ref = referenceKernels();
+    const int64_t n = static_cast<int64_t>(bits.size());
+    const int64_t nb = (n + bs - 1) / bs;
+    const size_t nbytes = static_cast<size_t>((n + 1) / 2);
+    std::vector<float> widened(bits.size());
+    for (size_t i = 0; i < bits.size(); ++i) widened[i] = bf16ToF32(bits[i]);
+    std::vector<uint16_t> src(bits.size() + 1);
+    std::copy(bits.begin(), bits.end(), src.begin() + 1);
+    std::vector<uint8_t> pWant(nbytes), pGot(nbytes);
+    std::vector<float> aWant(static_cast<size_t>(nb)), aGot(static_cast<size_t>(nb));
+    ref.quantize4bit(cb, widened.data(), n, bs, pWant.data(), aWant.data());
+    for (const CpuKernels* impl : {&ref, &k}) {
+        if (impl->quantize4bitBf16 == nullptr) continue;
+        CAPTURE(std::string(impl->name));
+        std::fill(pGot.begin(), pGot.end(), 0xcd);
+        impl->quantize4bitBf16(cb, src.data() + 1, n, bs, pGot.data(), aGot.data());
+        CHECK(firstDiff(aWant.data(), aGot.data(), aWant.size(), 4) == -1);
+        CHECK(firstDiff(pWant.data(), pGot.data(), nbytes, 1) == -1);
+    }
+}
+
+std::vector<uint16_t> toBf16(const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = f32ToBf16(x[i]);
+    return b;
+}
+
+TEST_CASE("4-bit quantization from bf16 matches quantize4bit of the widened values") {
+    forEachFast([](const CpuKernels& k) {
+        for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
+            CAPTURE(static_cast<int>(cb));
+            for (int bs = 32; bs <= 4096; bs *= 2) {
+                CAPTURE(bs);
+                for (int64_t n : {int64_t{bs}, int64_t{bs} * 17, int64_t{bs} * 9 + 1, int64_t{bs} * 33 + 5,
+                                  int64_t{1}, int64_t{7}}) {
+                    CAPTURE(n);
+                    check4bitBf16(k, cb, toBf16(mixedValues(n, bs, static_cast<uint32_t>(n * 17 + bs), true)), bs);
+                }
+            }
+            // every bf16 bit pattern (NaN, infinities, subnormals, both zeros) in blocks as they
+            // come, then every one in [-1, 1] in blocks of absmax 1 and 3 (x / absmax is the
+            // normalized value the codes are found for)
+            std::vector<uint16_t> all(65536);
+            for (uint32_t v = 0; v < 65536; ++v) all[v] = static_cast<uint16_t>(v);
+            check4bitBf16(k, cb, all, 64);
+            std::vector<uint16_t> unit;
+            for (uint32_t v = 0; v <= 0x3f80u; ++v) {
+                unit.push_back(static_cast<uint16_t>(v));
+                unit.push_back(static_cast<uint16_t>(v | 0x8000u));
+            }
+            for (uint16_t am : {uint16_t{0x3f80}, uint16_t{0x4040}}) {  // 1.0, 3.0
+                CAPTURE(am);
+                std::vector<uint16_t> x;
+                for (size_t at = 0; at < unit.size();) {
+                    x.push_back(am);
+                    for (int i = 1; i < 64; ++i) {
+                        const float scaled = bf16ToF32(unit[at++ % unit.size()]) * bf16ToF32(am);
+                        x.push_back(f32ToBf16(scaled));  // exact for am = 1, rounded for 3
+                    }
+                }
+                check4bitBf16(k, cb, x, 64);
+            }
+        }
+    });
+}
+
 TEST_CASE("4-bit paths agree on a large random tensor with random absmax") {
     forEachFast([](const CpuKernels& k) {
         for (Codebook4 cb : {Codebook4::kNf4, Codebook4::kFp4}) {
