@@ -610,8 +610,6 @@ inline __m512 absMaxLanes(const float* x, int64_t count) {
     return _mm512_max_ps(acc0, acc1);
 }
 
-inline float absMax(const float* x, int64_t count) { return hmax16(absMaxLanes(x, count)); }
-
 // Lane j of the result = the maximum of v[j]'s 16 lanes (no NaN in v). A transposing tree:
 // each level halves the vectors and doubles the blocks per vector, 30 shuffles and 15 maxima
 // for 16 blocks against 16 separate reductions' 64 and 64.
@@ -658,41 +656,6 @@ inline void encodeBlock(const BucketVectors& buckets, const float* x, int blocks
     }
 }
 
-// 16 blocks at a time: their absmax in one pass over the 16 (a plain stream of loads), one
-// transposed reduction, one vector division for the 16 reciprocals (IEEE division, the same
-// bits as the scalar 1.0f / absmax), then the codes from the now cache-hot values.
-template <Codebook4 CB>
-inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize, uint8_t* packed,
-                               float* absmax) {
-    const BucketVectors buckets = bucketVectors<CB>();
-    int64_t g = 0;
-    for (; g + 16 <= nblocks; g += 16) {
-        const float* x = src + g * blocksize;
-        __m512 lanes[16];
-        for (int j = 0; j < 16; ++j) lanes[j] = absMaxLanes(x + j * blocksize, blocksize);
-        const __m512 am = hmax16x16(lanes);
-        _mm512_storeu_ps(absmax + g, am);
-        alignas(64) float inv[16];
-        _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), am));
-        for (int j = 0; j < 16; ++j)
-            encodeBlock<CB>(buckets, x + j * blocksize, blocksize, inv[j],
-                            packed + (g + j) * (blocksize / 2));
-    }
-    for (; g < nblocks; ++g) {
-        const float* x = src + g * blocksize;
-        const float am = absMax(x, blocksize);
-        std::memcpy(absmax + g, &am, 4);
-        encodeBlock<CB>(buckets, x, blocksize, 1.0f / am, packed + g * (blocksize / 2));
-    }
-}
-
-inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize, uint8_t* packed,
-                         float* absmax) {
-    x86::quantize4bitWith(cb, src, n, blocksize, packed, absmax, [&]<Codebook4 CB>(int64_t full) {
-        quantize4bitBlocks<CB>(src, full, blocksize, packed, absmax);
-    });
-}
-
 // ---- NF4 / FP4 quantization from bf16 ---------------------------------------------------------
 //
 // 32 bf16 values are one 512-bit load, and their f32 values need no shuffle: shifted left by
@@ -704,11 +667,12 @@ inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksiz
 inline __m512i bf16Words(const uint16_t* p) { return _mm512_loadu_si512(p); }
 inline __m512 bf16Even(__m512i w) { return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)); }
 inline __m512 bf16Odd(__m512i w) {
-    return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
+    return _mm512_castsi512_ps(_mm512_and_si512(w, high));
 }
 
 // absMaxLanes over count (a multiple of 32) bf16 values.
-inline __m512 absMaxLanesBf16(const uint16_t* x, int64_t count) {
+inline __m512 absMaxLanes(const uint16_t* x, int64_t count) {
     const __m512i absMask = _mm512_set1_epi32(0x7fff7fff);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (int64_t i = 0; i < count; i += 32) {
@@ -720,9 +684,10 @@ inline __m512 absMaxLanesBf16(const uint16_t* x, int64_t count) {
     return _mm512_max_ps(acc0, acc1);
 }
 
+// encodeBlock from bf16 values.
 template <Codebook4 CB>
-inline void encodeBlockBf16(const BucketVectors& buckets, const uint16_t* x, int blocksize,
-                            float inv, uint8_t* out) {
+inline void encodeBlock(const BucketVectors& buckets, const uint16_t* x, int blocksize, float inv,
+                        uint8_t* out) {
     const __m512 s = _mm512_set1_ps(inv);
     const bool finite = isFiniteF32(inv);
     for (int i = 0; i < blocksize; i += 32) {
@@ -735,39 +700,49 @@ inline void encodeBlockBf16(const BucketVectors& buckets, const uint16_t* x, int
     }
 }
 
-// quantize4bitBlocks from bf16: 16 blocks at a time the same way.
-template <Codebook4 CB>
-inline void quantize4bitBlocksBf16(const uint16_t* src, int64_t nblocks, int blocksize,
-                                   uint8_t* packed, float* absmax) {
+// 16 blocks at a time: their absmax in one pass over the 16 (a plain stream of loads), one
+// transposed reduction, one vector division for the 16 reciprocals (IEEE division, the same
+// bits as the scalar 1.0f / absmax), then the codes from the now cache-hot values. Src: float,
+// or uint16_t for bf16 (the overloads of absMaxLanes and encodeBlock above).
+template <Codebook4 CB, typename Src>
+inline void quantize4bitBlocks(const Src* src, int64_t nblocks, int blocksize, uint8_t* packed,
+                               float* absmax) {
     const BucketVectors buckets = bucketVectors<CB>();
     int64_t g = 0;
     for (; g + 16 <= nblocks; g += 16) {
-        const uint16_t* x = src + g * blocksize;
+        const Src* x = src + g * blocksize;
         __m512 lanes[16];
-        for (int j = 0; j < 16; ++j) lanes[j] = absMaxLanesBf16(x + j * blocksize, blocksize);
+        for (int j = 0; j < 16; ++j) lanes[j] = absMaxLanes(x + j * blocksize, blocksize);
         const __m512 am = hmax16x16(lanes);
         _mm512_storeu_ps(absmax + g, am);
         alignas(64) float inv[16];
         _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), am));
         for (int j = 0; j < 16; ++j)
-            encodeBlockBf16<CB>(buckets, x + j * blocksize, blocksize, inv[j],
-                                packed + (g + j) * (blocksize / 2));
+            encodeBlock<CB>(buckets, x + j * blocksize, blocksize, inv[j],
+                            packed + (g + j) * (blocksize / 2));
     }
     for (; g < nblocks; ++g) {
-        const uint16_t* x = src + g * blocksize;
-        const float am = hmax16(absMaxLanesBf16(x, blocksize));
+        const Src* x = src + g * blocksize;
+        const float am = hmax16(absMaxLanes(x, blocksize));
         std::memcpy(absmax + g, &am, 4);
-        encodeBlockBf16<CB>(buckets, x, blocksize, 1.0f / am, packed + g * (blocksize / 2));
+        encodeBlock<CB>(buckets, x, blocksize, 1.0f / am, packed + g * (blocksize / 2));
     }
+}
+
+inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize, uint8_t* packed,
+                         float* absmax) {
+    x86::quantize4bitWith(cb, src, n, blocksize, packed, absmax, [&]<Codebook4 CB>(int64_t full) {
+        quantize4bitBlocks<CB>(src, full, blocksize, packed, absmax);
+    });
 }
 
 inline void quantize4bitBf16(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
                              uint8_t* packed, float* absmax) {
     const int64_t fullBlocks = n / blocksize;
     if (cb == Codebook4::kNf4) {
-        quantize4bitBlocksBf16<Codebook4::kNf4>(src, fullBlocks, blocksize, packed, absmax);
+        quantize4bitBlocks<Codebook4::kNf4>(src, fullBlocks, blocksize, packed, absmax);
     } else {
-        quantize4bitBlocksBf16<Codebook4::kFp4>(src, fullBlocks, blocksize, packed, absmax);
+        quantize4bitBlocks<Codebook4::kFp4>(src, fullBlocks, blocksize, packed, absmax);
     }
     const int64_t done = fullBlocks * blocksize;
     if (done < n) {  // a partial last block
