@@ -17,7 +17,7 @@ const CpuKernels kAvx2 = {
     x86::dequantizeQ4_0,
     x86::convert,
     x86::dynamicEncodeN,
-    nullptr,  // quantize4bitBf16: no AVX2 body; dispatch widens chunks first
+    x86::quantize4bitBf16,
 };
 
 }  // namespace

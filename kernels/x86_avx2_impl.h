@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cpu_kernels.h"
 
@@ -499,6 +500,18 @@ inline void prefetch128(const float* x) {
     _mm_prefetch(reinterpret_cast<const char*>(x) + kPrefetchAhead, _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(x) + kPrefetchAhead + 64, _MM_HINT_T0);
 }
+// The same for 32 bf16 values (64 bytes).
+inline void prefetch128(const uint16_t* x) {
+    _mm_prefetch(reinterpret_cast<const char*>(x) + kPrefetchAhead, _MM_HINT_T0);
+}
+
+// 8 source values at x as f32: an f32 source as it is, a bf16 one (uint16_t bits) widened,
+// exactly, as it is read (the 4-bit quantizers take either: quantize4bit, quantize4bitBf16).
+inline __m256 load8(const float* x) { return _mm256_loadu_ps(x); }
+inline __m256 load8(const uint16_t* x) {
+    const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
+}
 
 // Lane j of the result = max over the 8 lanes of a[j] (no NaN in the inputs).
 inline __m256 hmax8x8(const __m256* a) {
@@ -516,19 +529,20 @@ inline __m256 hmax8x8(const __m256* a) {
                          _mm256_permute2f128_ps(u[0], u[1], 0x31));
 }
 
-// 8 lanes of running max |x| over `count` (a multiple of 16) floats. max(|x|, acc) returns
-// acc when |x| is NaN: NaN never wins, as with fmax. kPrefetch: one prefetch per 64 bytes,
-// kPrefetchAhead bytes ahead (for the paths that take one block at a time).
-template <bool kPrefetch = false>
-inline __m256 absMaxLanes(const float* x, int count) {
+// 8 lanes of running max |x| over `count` (a multiple of 16) values (f32 or bf16, see load8).
+// max(|x|, acc) returns acc when |x| is NaN: NaN never wins, as with fmax. kPrefetch: one
+// prefetch per 16 values, kPrefetchAhead bytes ahead (for the paths that take one block at a
+// time).
+template <bool kPrefetch = false, typename Src>
+inline __m256 absMaxLanes(const Src* x, int count) {
     const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (int i = 0; i < count; i += 16) {
         if constexpr (kPrefetch) {
             _mm_prefetch(reinterpret_cast<const char*>(x + i) + kPrefetchAhead, _MM_HINT_T0);
         }
-        acc0 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), absMask), acc0);
-        acc1 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i + 8), absMask), acc1);
+        acc0 = _mm256_max_ps(_mm256_and_ps(load8(x + i), absMask), acc0);
+        acc1 = _mm256_max_ps(_mm256_and_ps(load8(x + i + 8), absMask), acc1);
     }
     return _mm256_max_ps(acc0, acc1);
 }
@@ -543,10 +557,10 @@ inline __m128i pack4bit(const __m256i* c) {
     }
 }
 
-template <Codebook4 CB>
-inline void codes32(const float* x, __m256 s, __m256i* c) {
+template <Codebook4 CB, typename Src>
+inline void codes32(const Src* x, __m256 s, __m256i* c) {
     for (int k = 0; k < 4; ++k) {
-        const __m256 xn = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), s);
+        const __m256 xn = _mm256_mul_ps(load8(x + 8 * k), s);
         c[k] = CB == Codebook4::kNf4 ? nf4NegCodes(xn) : fp4NegIndex(xn);
     }
 }
@@ -556,8 +570,8 @@ inline void codes32(const float* x, __m256 s, __m256i* c) {
 // ones. The loop was bound neither by a pipe nor by its op count alone (about 2 vector ops
 // per cycle of 4): the long dependent chains of search and packing back to back seem to fill
 // the FP scheduler; interleaving them measured 5-8 % faster (NF4, FP4).
-template <Codebook4 CB>
-inline void encode4bitBlock(const float* x, __m256 s, int blocksize, uint8_t* out) {
+template <Codebook4 CB, typename Src>
+inline void encode4bitBlock(const Src* x, __m256 s, int blocksize, uint8_t* out) {
     __m256i c[4];
     codes32<CB>(x, s, c);
     for (int i = 32; i < blocksize; i += 32) {
@@ -569,8 +583,9 @@ inline void encode4bitBlock(const float* x, __m256 s, int blocksize, uint8_t* ou
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (blocksize - 32) / 2), pack4bit<CB>(c));
 }
 
-template <Codebook4 CB>
-inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize, uint8_t* packed,
+// Src: float, or uint16_t for a bf16 source (load8).
+template <Codebook4 CB, typename Src>
+inline void quantize4bitBlocks(const Src* src, int64_t nblocks, int blocksize, uint8_t* packed,
                                float* absmax) {
     // Whole groups of 8 blocks: one transposed reduction and one vdivps give their absmax
     // and 1 / absmax (IEEE division, as the reference); the group stays in L1 / L2 for the
@@ -579,7 +594,7 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
     int64_t g = 0;
     if (blocksize <= 512) {
         for (; g + 8 <= nblocks; g += 8) {
-            const float* xg = src + g * blocksize;
+            const Src* xg = src + g * blocksize;
             __m256 acc[8];
             for (int j = 0; j < 8; ++j) acc[j] = absMaxLanes(xg + j * blocksize, blocksize);
             const __m256 am = hmax8x8(acc);
@@ -593,7 +608,7 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
             codes32<CB>(xg, _mm256_broadcast_ss(inv), c);
             for (int j = 0; j < 8; ++j) {
                 const __m256 sj = _mm256_broadcast_ss(inv + j);
-                const float* x = xg + j * blocksize;
+                const Src* x = xg + j * blocksize;
                 for (int i = j == 0 ? 32 : 0; i < blocksize; i += 32) {
                     __m256i n[4];
                     prefetch128(x + i);
@@ -607,17 +622,18 @@ inline void quantize4bitBlocks(const float* src, int64_t nblocks, int blocksize,
         }
     }
     for (; g < nblocks; ++g) {  // the rest (or every block past 512 values), one at a time
-        const float* x = src + g * blocksize;
+        const Src* x = src + g * blocksize;
         const float am = hmax8(absMaxLanes<true>(x, blocksize));
         std::memcpy(absmax + g, &am, 4);
         encode4bitBlock<CB>(x, _mm256_set1_ps(1.0f / am), blocksize, packed + g * (blocksize / 2));
     }
 }
 
-// NF4 / FP4 quantization of n values: full blocks through blocks.template operator()<CB>(count),
-// a partial last block through the reference. Shared with x86_avx512_impl.h.
-template <typename BlocksFn>
-inline void quantize4bitWith(Codebook4 cb, const float* src, int64_t n, int blocksize,
+// NF4 / FP4 quantization of n values (f32, or bf16 bits as uint16_t): full blocks through
+// blocks.template operator()<CB>(count), a partial last block through the reference. Shared
+// with x86_avx512_impl.h.
+template <typename Src, typename BlocksFn>
+inline void quantize4bitWith(Codebook4 cb, const Src* src, int64_t n, int blocksize,
                              uint8_t* packed, float* absmax, BlocksFn&& blocks) {
     const int64_t fullBlocks = n / blocksize;
     if (cb == Codebook4::kNf4) {
@@ -627,13 +643,26 @@ inline void quantize4bitWith(Codebook4 cb, const float* src, int64_t n, int bloc
     }
     const int64_t done = fullBlocks * blocksize;
     if (done < n) {
-        referenceKernels().quantize4bit(cb, src + done, n - done, blocksize, packed + done / 2,
-                                        absmax + fullBlocks);
+        if constexpr (std::is_same_v<Src, float>) {
+            referenceKernels().quantize4bit(cb, src + done, n - done, blocksize, packed + done / 2,
+                                            absmax + fullBlocks);
+        } else {
+            referenceKernels().quantize4bitBf16(cb, src + done, n - done, blocksize,
+                                                packed + done / 2, absmax + fullBlocks);
+        }
     }
 }
 
 inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksize,
                          uint8_t* packed, float* absmax) {
+    quantize4bitWith(cb, src, n, blocksize, packed, absmax, [&]<Codebook4 CB>(int64_t full) {
+        quantize4bitBlocks<CB>(src, full, blocksize, packed, absmax);
+    });
+}
+
+// From bf16: the same blocks, each 8 values widened as they are loaded (vpmovzxwd + shift).
+inline void quantize4bitBf16(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
+                             uint8_t* packed, float* absmax) {
     quantize4bitWith(cb, src, n, blocksize, packed, absmax, [&]<Codebook4 CB>(int64_t full) {
         quantize4bitBlocks<CB>(src, full, blocksize, packed, absmax);
     });

@@ -738,17 +738,9 @@ inline void quantize4bit(Codebook4 cb, const float* src, int64_t n, int blocksiz
 
 inline void quantize4bitBf16(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
                              uint8_t* packed, float* absmax) {
-    const int64_t fullBlocks = n / blocksize;
-    if (cb == Codebook4::kNf4) {
-        quantize4bitBlocks<Codebook4::kNf4>(src, fullBlocks, blocksize, packed, absmax);
-    } else {
-        quantize4bitBlocks<Codebook4::kFp4>(src, fullBlocks, blocksize, packed, absmax);
-    }
-    const int64_t done = fullBlocks * blocksize;
-    if (done < n) {  // a partial last block
-        referenceKernels().quantize4bitBf16(cb, src + done, n - done, blocksize, packed + done / 2,
-                                            absmax + fullBlocks);
-    }
+    x86::quantize4bitWith(cb, src, n, blocksize, packed, absmax, [&]<Codebook4 CB>(int64_t full) {
+        quantize4bitBlocks<CB>(src, full, blocksize, packed, absmax);
+    });
 }
 
 // ---- Q4_0 quantization -----------------------------------------------------------------------
