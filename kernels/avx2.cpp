@@ -18,6 +18,7 @@ const CpuKernels kAvx2 = {
     x86::convert,
     x86::dynamicEncodeN,
     x86::quantize4bitBf16,
+    x86::quantizeQ4_0Bf16,
 };
 
 }  // namespace

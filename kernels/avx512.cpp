@@ -53,6 +53,7 @@ const CpuKernels kAvx512 = {
     x86_512::convert,
     x86_512::dynamicEncodeN,
     x86_512::quantize4bitBf16,
+    x86_512::quantizeQ4_0Bf16,
 };
 
 }  // namespace

@@ -76,6 +76,8 @@ struct CpuKernels {
     // chunks of the source into a scratch buffer.
     void (*quantize4bitBf16)(Codebook4 cb, const uint16_t* src, int64_t n, int blocksize,
                              uint8_t* packed, float* absmax);
+    // quantizeQ4_0 from bfloat16 source values (2-byte aligned), likewise.
+    void (*quantizeQ4_0Bf16)(const uint16_t* src, int64_t nblocks, block_q4_0* dst);
 };
 
 // The scalar reference: the definition every other implementation is tested against.

@@ -264,6 +264,12 @@ Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedT
         });
         return Status();
     };
+    // A 2-byte-aligned bf16 source goes straight to a kernel that reads bf16, where the table
+    // has one (entry): no widened copy.
+    const auto bf16Direct = [&](auto entry) {
+        return srcType == DType::kBF16 && entry != nullptr &&
+               reinterpret_cast<uintptr_t>(src) % alignof(uint16_t) == 0;
+    };
     switch (info.mode) {
         case QuantizationMode::kNone: {
             uint8_t* payload = out.part(QuantPart::kPayload).data();
@@ -288,9 +294,7 @@ Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedT
                 plainAbsmax.resize(static_cast<size_t>(nb));
                 absmax = plainAbsmax.data();
             }
-            if (srcType == DType::kBF16 && k.quantize4bitBf16 != nullptr &&
-                reinterpret_cast<uintptr_t>(src) % alignof(uint16_t) == 0) {
-                // straight from the source: no widened copy
+            if (bf16Direct(k.quantize4bitBf16)) {
                 const auto* bf16 = static_cast<const uint16_t*>(src);
                 parallelFor(nb, nt, [&](int64_t b0, int64_t b1) {
                     const int64_t begin = b0 * bs;
@@ -327,9 +331,16 @@ Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedT
         }
         case QuantizationMode::kInt4: {
             auto* blocks = out.part(QuantPart::kPayload).as<block_q4_0>();
-            SLI_RETURN_IF_ERROR(fused(n / kQk4_0, kQk4_0, [&](int64_t b, int64_t count, const float* v, int64_t) {
-                k.quantizeQ4_0(v, count, blocks + b);
-            }));
+            if (bf16Direct(k.quantizeQ4_0Bf16)) {
+                const auto* bf16 = static_cast<const uint16_t*>(src);
+                parallelFor(n / kQk4_0, nt, [&](int64_t b0, int64_t b1) {
+                    k.quantizeQ4_0Bf16(bf16 + b0 * kQk4_0, b1 - b0, blocks + b0);
+                });
+            } else {
+                SLI_RETURN_IF_ERROR(fused(n / kQk4_0, kQk4_0, [&](int64_t b, int64_t count, const float* v, int64_t) {
+                    k.quantizeQ4_0(v, count, blocks + b);
+                }));
+            }
             break;
         }
     }

@@ -160,6 +160,14 @@ void quantizeQ4_0Ref(const float* src, int64_t nblocks, block_q4_0* dst) {
     for (int64_t b = 0; b < nblocks; ++b) q4_0Encode(src + b * kQk4_0, dst[b]);
 }
 
+void quantizeQ4_0Bf16Ref(const uint16_t* src, int64_t nblocks, block_q4_0* dst) {
+    float x[kQk4_0];
+    for (int64_t b = 0; b < nblocks; ++b) {
+        for (int i = 0; i < kQk4_0; ++i) x[i] = bf16ToF32(src[b * kQk4_0 + i]);
+        q4_0Encode(x, dst[b]);
+    }
+}
+
 void dequantizeQ4_0Ref(const block_q4_0* src, int64_t nblocks, DType dst, void* out) {
     for (int64_t b = 0; b < nblocks; ++b) {
         block_q4_0 blk;
@@ -190,6 +198,7 @@ const CpuKernels kReference = {
     dequantizeInt8Ref, quantizeQ4_0Ref,
     dequantizeQ4_0Ref, convertRef,
     dynamicEncodeNRef, quantize4bitBf16Ref,
+    quantizeQ4_0Bf16Ref,
 };
 
 }  // namespace

@@ -41,6 +41,8 @@ bool same(const void* a, const void* b, size_t bytes) { return std::memcmp(a, b,
 std::string selfTestAgainstReference(const CpuKernels& k) {
     const CpuKernels& r = referenceKernels();
     const std::vector<float> x = sourceValues();
+    std::vector<uint16_t> xb(x.size());  // the same values rounded to bf16
+    for (size_t i = 0; i < x.size(); ++i) xb[i] = f32ToBf16(x[i]);
     const int64_t nb = (kN + kBlocksize - 1) / kBlocksize;
     const DType dtypes[] = {DType::kF16, DType::kBF16, DType::kF32};
     std::vector<uint8_t> outK(static_cast<size_t>(kN) * 4), outR(outK.size());
@@ -54,8 +56,6 @@ std::string selfTestAgainstReference(const CpuKernels& k) {
             return "quantize4bit";
         }
         if (k.quantize4bitBf16 != nullptr) {
-            std::vector<uint16_t> xb(x.size());
-            for (size_t i = 0; i < x.size(); ++i) xb[i] = f32ToBf16(x[i]);
             std::vector<uint8_t> pkb(pk.size()), prb(pk.size());
             std::vector<float> akb(ak.size()), arb(ak.size());
             k.quantize4bitBf16(cb, xb.data(), kN, kBlocksize, pkb.data(), akb.data());
@@ -118,6 +118,12 @@ std::string selfTestAgainstReference(const CpuKernels& k) {
     k.quantizeQ4_0(x.data(), q4Blocks, bk.data());
     r.quantizeQ4_0(x.data(), q4Blocks, br.data());
     if (!same(bk.data(), br.data(), bk.size() * sizeof(block_q4_0))) return "quantizeQ4_0";
+    if (k.quantizeQ4_0Bf16 != nullptr) {
+        std::vector<block_q4_0> bkb(bk.size()), brb(bk.size());
+        k.quantizeQ4_0Bf16(xb.data(), q4Blocks, bkb.data());
+        r.quantizeQ4_0Bf16(xb.data(), q4Blocks, brb.data());
+        if (!same(bkb.data(), brb.data(), bkb.size() * sizeof(block_q4_0))) return "quantizeQ4_0Bf16";
+    }
     for (DType t : dtypes) {
         k.dequantizeQ4_0(br.data(), q4Blocks, t, outK.data());
         r.dequantizeQ4_0(br.data(), q4Blocks, t, outR.data());

@@ -908,16 +908,16 @@ inline void dequantizeQ4_0(const block_q4_0* src, int64_t nblocks, DType dst, vo
 
 // Codes of `nb` Q4_0 blocks at x with 1 / d = id[j] and f16 d = dh[j], written as blocks.
 // kClamp: clamp t to 15 before truncating (needed only when some id is infinite).
-template <bool kClamp>
-inline void encodeQ4_0Group(const float* xg, int64_t nb, const float* id, const uint16_t* dh,
+template <bool kClamp, typename Src>
+inline void encodeQ4_0Group(const Src* xg, int64_t nb, const float* id, const uint16_t* dh,
                             uint8_t* out) {
     const __m256 half = _mm256_set1_ps(8.5f);
     const auto codes = [&](int64_t j, __m256i* q) {
-        const float* x = xg + j * kQk4_0;
+        const Src* x = xg + j * kQk4_0;
         prefetch128(x);
         const __m256 vid = _mm256_broadcast_ss(id + j);
         for (int k = 0; k < 4; ++k) {
-            __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid), half);
+            __m256 t = _mm256_add_ps(_mm256_mul_ps(load8(x + 8 * k), vid), half);
             // minps returns its second operand for NaN: min(15, NaN) stays NaN
             if constexpr (kClamp) t = _mm256_min_ps(_mm256_set1_ps(15.0f), t);
             q[k] = _mm256_cvttps_epi32(t);
@@ -948,13 +948,18 @@ inline void encodeQ4_0Group(const float* xg, int64_t nb, const float* id, const 
     store(nb - 1, q);
 }
 
-inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
+inline float valueAt(const float* x, int i) { return x[i]; }
+inline float valueAt(const uint16_t* x, int i) { return bf16ToF32(x[i]); }
+
+// Src: float, or uint16_t for a bf16 source (load8).
+template <typename Src>
+inline void quantizeQ4_0Blocks(const Src* src, int64_t nblocks, block_q4_0* dst) {
     const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     auto* outBytes = reinterpret_cast<uint8_t*>(dst);
     // Groups of 8 blocks: one transposed reduction for their max |x|, one vdivps for 1 / d.
     for (int64_t g = 0; g < nblocks; g += 8) {
         const int64_t nb = minI64(8, nblocks - g);
-        const float* xg = src + g * kQk4_0;
+        const Src* xg = src + g * kQk4_0;
         __m256 acc[8];
         for (int j = 0; j < 8; ++j) {
             acc[j] = j < nb ? absMaxLanes(xg + j * kQk4_0, kQk4_0) : _mm256_setzero_ps();
@@ -965,15 +970,15 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
         // all-zero (or all-NaN) block keeps +0.0, as llama.cpp.
         alignas(32) float max[8] = {};
         for (int64_t j = 0; j < nb; ++j) {
-            const float* x = xg + j * kQk4_0;
+            const Src* x = xg + j * kQk4_0;
             const __m256 am = _mm256_broadcast_ss(amax + j);
             uint32_t mask = 0;
             for (int k = 0; k < 4; ++k) {
-                const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absMask);
+                const __m256 a = _mm256_and_ps(load8(x + 8 * k), absMask);
                 mask |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, am, _CMP_EQ_OQ)))
                         << (8 * k);
             }
-            const float first = x[mask != 0 ? __builtin_ctz(mask) : 0];
+            const float first = valueAt(x, mask != 0 ? __builtin_ctz(mask) : 0);
             max[j] = amax[j] > 0.0f ? first : 0.0f;
         }
         // d = max / -8 (the same rounding as max * -0.125: the exact quotients are equal);
@@ -1002,6 +1007,13 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
                                   outBytes + g * static_cast<int64_t>(sizeof(block_q4_0)));
         }
     }
+}
+
+inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
+    quantizeQ4_0Blocks(src, nblocks, dst);
+}
+inline void quantizeQ4_0Bf16(const uint16_t* src, int64_t nblocks, block_q4_0* dst) {
+    quantizeQ4_0Blocks(src, nblocks, dst);
 }
 
 // ---- INT8 / INT8_DYNAMIC ---------------------------------------------------------------------

@@ -750,33 +750,42 @@ inline void quantize4bitBf16(Codebook4 cb, const uint16_t* src, int64_t n, int b
 // as the reference), t = fl(fl(x * id) + 8.5), q = t >= 1 ? min(t, 15) truncated : 0 (NaN ->
 // 0), element j in the low nibble of byte j and j + 16 in its high nibble.
 
+// 16 source values at x as f32: an f32 source as it is, a bf16 one (uint16_t bits) widened,
+// exactly, as it is read (Q4_0 keeps element order: its nibbles pair j with j + 16).
+inline __m512 srcLoad16(const float* x) { return _mm512_loadu_ps(x); }
+inline __m512 srcLoad16(const uint16_t* x) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16));
+}
+inline float srcValue(const float* x, int i) { return x[i]; }
+inline float srcValue(const uint16_t* x, int i) { return bf16ToF32(x[i]); }
+
+inline __m512 absPs(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+}
+
 // |x| of a block's two halves, lane-wise max; max(a, max(b, 0)) keeps the other operand for a
 // NaN, so NaN never wins.
-inline __m512 q4AbsLanes(const float* x) {
-    const __m512i absMask = _mm512_set1_epi32(0x7fffffff);
-    const __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(x)), absMask));
-    const __m512 a1 =
-        _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(x + 16)), absMask));
-    return _mm512_max_ps(a0, _mm512_max_ps(a1, _mm512_setzero_ps()));
+template <typename Src>
+inline __m512 q4AbsLanes(const Src* x) {
+    return _mm512_max_ps(absPs(srcLoad16(x)), _mm512_max_ps(absPs(srcLoad16(x + 16)), _mm512_setzero_ps()));
 }
 
 // The signed value of the block's first element of magnitude amax (0 for amax = 0).
-inline float q4SignedMax(const float* x, float amax) {
+template <typename Src>
+inline float q4SignedMax(const Src* x, float amax) {
     if (!(amax > 0.0f)) return 0.0f;
-    const __m512i absMask = _mm512_set1_epi32(0x7fffffff);
     const __m512 am = _mm512_set1_ps(amax);
-    const __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(x)), absMask));
-    const __m512 a1 =
-        _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(x + 16)), absMask));
-    const uint32_t mask = static_cast<uint32_t>(_mm512_cmp_ps_mask(a0, am, _CMP_EQ_OQ)) |
-                          (static_cast<uint32_t>(_mm512_cmp_ps_mask(a1, am, _CMP_EQ_OQ)) << 16);
-    return x[mask != 0 ? __builtin_ctz(mask) : 0];
+    const uint32_t mask = static_cast<uint32_t>(_mm512_cmp_ps_mask(absPs(srcLoad16(x)), am, _CMP_EQ_OQ)) |
+                          (static_cast<uint32_t>(_mm512_cmp_ps_mask(absPs(srcLoad16(x + 16)), am, _CMP_EQ_OQ)) << 16);
+    return srcValue(x, mask != 0 ? __builtin_ctz(mask) : 0);
 }
 
 // One block's 16 bytes of codes for id = 1 / d: q = trunc(min(max(t, 0), 15)) with
 // t = fl(fl(x * id) + 8.5) is the reference's t >= 1 ? min(t, 15) : 0 (t in [0, 1) truncates
 // to 0; max(NaN, 0) is 0), element j in the low nibble of byte j and j + 16 in its high one.
-inline void q4EncodeBlock(const float* x, float id, uint16_t dh, uint8_t* o) {
+template <typename Src>
+inline void q4EncodeBlock(const Src* x, float id, uint16_t dh, uint8_t* o) {
     const __m512 vid = _mm512_set1_ps(id);
     const auto q = [&](__m512 v) {
         const __m512 t = _mm512_add_ps(_mm512_mul_ps(v, vid), _mm512_set1_ps(8.5f));
@@ -784,7 +793,7 @@ inline void q4EncodeBlock(const float* x, float id, uint16_t dh, uint8_t* o) {
             _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(15.0f)));
     };
     const __m128i qs = _mm512_cvtepi32_epi8(
-        _mm512_or_si512(q(_mm512_loadu_ps(x)), _mm512_slli_epi32(q(_mm512_loadu_ps(x + 16)), 4)));
+        _mm512_or_si512(q(srcLoad16(x)), _mm512_slli_epi32(q(srcLoad16(x + 16)), 4)));
     std::memcpy(o, &dh, 2);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2), qs);
 }
@@ -792,12 +801,14 @@ inline void q4EncodeBlock(const float* x, float id, uint16_t dh, uint8_t* o) {
 // 16 blocks at a time, as the NF4 / FP4 quantizer: their magnitudes in one pass, one
 // transposed reduction, the 16 d = max / -8 and id = d != 0 ? 1 / d : 0 by vector division
 // (IEEE: the scalar bits) and one f16 conversion; then the codes from cache-hot values.
-inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
+// Src: float, or uint16_t for bf16 (srcLoad16).
+template <typename Src>
+inline void quantizeQ4_0Blocks(const Src* src, int64_t nblocks, block_q4_0* dst) {
     auto* out = reinterpret_cast<uint8_t*>(dst);
     constexpr int64_t kBlockBytes = static_cast<int64_t>(sizeof(block_q4_0));
     int64_t b = 0;
     for (; b + 16 <= nblocks; b += 16) {
-        const float* x = src + b * kQk4_0;
+        const Src* x = src + b * kQk4_0;
         __m512 lanes[16];
         for (int j = 0; j < 16; ++j) lanes[j] = q4AbsLanes(x + j * kQk4_0);
         alignas(64) float amax[16], max[16], id[16];
@@ -812,12 +823,12 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
         for (int j = 0; j < 16; ++j) {
             const char* p = reinterpret_cast<const char*>(x + j * kQk4_0);
             _mm_prefetch(p + kPrefetchAhead, _MM_HINT_T0);
-            _mm_prefetch(p + kPrefetchAhead + 64, _MM_HINT_T0);
+            if constexpr (sizeof(Src) == 4) _mm_prefetch(p + kPrefetchAhead + 64, _MM_HINT_T0);
             q4EncodeBlock(x + j * kQk4_0, id[j], dh[j], out + (b + j) * kBlockBytes);
         }
     }
     for (; b < nblocks; ++b) {
-        const float* x = src + b * kQk4_0;
+        const Src* x = src + b * kQk4_0;
         const float max = q4SignedMax(x, hmax16(q4AbsLanes(x)));
         const float d = max / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
@@ -825,6 +836,13 @@ inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
             static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_cvtps_ph(_mm_set_ss(d), kRne)) & 0xffff);
         q4EncodeBlock(x, id, dh, out + b * kBlockBytes);
     }
+}
+
+inline void quantizeQ4_0(const float* src, int64_t nblocks, block_q4_0* dst) {
+    quantizeQ4_0Blocks(src, nblocks, dst);
+}
+inline void quantizeQ4_0Bf16(const uint16_t* src, int64_t nblocks, block_q4_0* dst) {
+    quantizeQ4_0Blocks(src, nblocks, dst);
 }
 
 // ---- INT8 / INT8_DYNAMIC ---------------------------------------------------------------------

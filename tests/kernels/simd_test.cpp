@@ -498,6 +498,48 @@ TEST_CASE("Q4_0 quantization and dequantization match the reference") {
     });
 }
 
+// k.quantizeQ4_0Bf16 and the reference's against quantizeQ4_0 of the widened values; the source
+// one element past an aligned address.
+void checkQ4_0Bf16(const CpuKernels& k, const std::vector<uint16_t>& bits) {
+    const auto& ref = referenceKernels();
+    const int64_t nblocks = static_cast<int64_t>(bits.size()) / kQk4_0;
+    std::vector<float> widened(bits.size());
+    for (size_t i = 0; i < bits.size(); ++i) widened[i] = bf16ToF32(bits[i]);
+    std::vector<uint16_t> src(bits.size() + 1);
+    std::copy(bits.begin(), bits.end(), src.begin() + 1);
+    std::vector<block_q4_0> want(static_cast<size_t>(nblocks)), got(want.size());
+    ref.quantizeQ4_0(widened.data(), nblocks, want.data());
+    for (const CpuKernels* impl : {&ref, &k}) {
+        if (impl->quantizeQ4_0Bf16 == nullptr) continue;
+        CAPTURE(std::string(impl->name));
+        std::memset(got.data(), 0xcd, got.size() * sizeof(block_q4_0));
+        impl->quantizeQ4_0Bf16(src.data() + 1, nblocks, got.data());
+        CHECK(firstDiff(want.data(), got.data(), want.size(), sizeof(block_q4_0)) == -1);
+    }
+}
+
+TEST_CASE("Q4_0 quantization from bf16 matches quantizeQ4_0 of the widened values") {
+    forEachFast([](const CpuKernels& k) {
+        for (int64_t nblocks : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{33}, int64_t{4099}}) {
+            CAPTURE(nblocks);
+            checkQ4_0Bf16(k, toBf16(mixedValues(nblocks * kQk4_0, kQk4_0, static_cast<uint32_t>(nblocks), true)));
+        }
+        // every bf16 bit pattern in blocks as they come (NaN, Inf, subnormal, zero blocks), and
+        // blocks of equal magnitudes of either sign
+        std::vector<uint16_t> all(65536);
+        for (uint32_t v = 0; v < 65536; ++v) all[v] = static_cast<uint16_t>(v);
+        checkQ4_0Bf16(k, all);
+        std::vector<uint16_t> equal;
+        for (int b = 0; b < 48; ++b) {
+            for (int j = 0; j < kQk4_0; ++j) {
+                const bool big = (j * 7 + b) % 5 == 0;
+                equal.push_back(big ? ((j + b) % 2 ? 0xc080 : 0x4080) : f32ToBf16(0.01f * static_cast<float>(j)));
+            }
+        }
+        checkQ4_0Bf16(k, equal);
+    });
+}
+
 TEST_CASE("int8 and int8_dynamic paths match the reference, including row tails") {
     forEachFast([](const CpuKernels& k) {
         const auto& ref = referenceKernels();
