@@ -7,8 +7,8 @@
 // (named as the registry names them, e.g. "model.layers.3"), then the post-layer tensors
 // (final norm, lm_head, pooler) as one group "post" last; a group's cache layer index is its
 // position in that order (0 = "pre" when there is one). Each layer is read and quantized one
-// tensor at a time (the source bytes of one tensor in a reused buffer; the kernels widen them
-// to f32 in 64 KiB chunks as they go), then written (atomically, fsynced) to
+// tensor at a time (the source bytes of one tensor in a reused buffer, which the kernels read
+// as they are: see kernels::quantize), then written (atomically, fsynced) to
 // ROOT/<model>/<fingerprint>/ on a writer thread while the next layer is quantized; the layer
 // after that waits for the write. So memory stays bounded by about two quantized layers and
 // one tensor's source bytes (for an FP8 weight with scales, its f32 values besides; for an

@@ -29,7 +29,8 @@ Status quantize(std::span<const float> src, QuantizedTensor& out, int threads = 
 // The same from numel(out.info.shape) source values of dtype `srcType` (any dtype
 // convertToF32 takes; `src` may be unaligned): each value is widened exactly to f32 first,
 // chunk by chunk as the kernels go, so the result is bit for bit quantize() of the widened
-// tensor without writing that tensor out.
+// tensor without writing that tensor out. A 2-byte-aligned bf16 source in NF4, FP4 or INT4 is
+// read by kernels that widen each value as they load it (AVX2 / AVX-512), with no chunk.
 Status quantize(DType srcType, const void* src, QuantizedTensor& out, int threads = 1);
 Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> out,
                   int threads = 1);
