@@ -776,8 +776,13 @@ template <typename Src>
 inline float q4SignedMax(const Src* x, float amax) {
     if (!(amax > 0.0f)) return 0.0f;
     const __m512 am = _mm512_set1_ps(amax);
-    const uint32_t mask = static_cast<uint32_t>(_mm512_cmp_ps_mask(absPs(srcLoad16(x)), am, _CMP_EQ_OQ)) |
-                          (static_cast<uint32_t>(_mm512_cmp_ps_mask(absPs(srcLoad16(x + 16)), am, _CMP_EQ_OQ)) << 16);
+    // Named operands: with both comparisons in one expression, GCC 12 at -O3 with
+    // -fsanitize=thread built code that found the wrong element (the TSan run of the kernel
+    // tests caught it); this form, the one before the bf16 template, is built right.
+    const __m512 a0 = absPs(srcLoad16(x));
+    const __m512 a1 = absPs(srcLoad16(x + 16));
+    const uint32_t mask = static_cast<uint32_t>(_mm512_cmp_ps_mask(a0, am, _CMP_EQ_OQ)) |
+                          (static_cast<uint32_t>(_mm512_cmp_ps_mask(a1, am, _CMP_EQ_OQ)) << 16);
     return srcValue(x, mask != 0 ? __builtin_ctz(mask) : 0);
 }
 
