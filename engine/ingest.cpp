@@ -2,6 +2,7 @@
 #include "engine/ingest.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <chrono>
 #include <cstdlib>
@@ -91,6 +92,7 @@ struct TensorPolicy {
     Architecture arch = Architecture::kUnknown;
     AdaptiveQuantizer quantizer;
     DType computeDType = DType::kF16;
+    int threads = 1;  // for the decoders before quantizing (FP8 scales, MXFP4), as the kernels
 };
 
 // Grows `scratch` to at least `bytes` (the old buffer goes first: peak memory is one tensor).
@@ -170,7 +172,8 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
         }
     }
     const std::span<uint8_t> raw = scratch.bytes().first(valueBytes);
-    applyFp8Scales(w.dtype, fp8.data(), scales.data(), layout, reinterpret_cast<float*>(raw.data()));
+    applyFp8Scales(w.dtype, fp8.data(), scales.data(), layout, reinterpret_cast<float*>(raw.data()),
+                   policy.threads);
     SLI_ASSIGN_OR_RETURN(QuantizedTensor q,
                          quantizeValues(t, DType::kF32, w.shape, raw, layerName, policy));
     q.info.sourceDType = w.dtype;
@@ -193,7 +196,7 @@ Result<QuantizedTensor> quantizeMxfp4(const SafetensorsModel& model, const Check
     SLI_RETURN_IF_ERROR(readPart(model, t.scale, scaleBytes));
     const std::span<uint8_t> raw = scratch.bytes().first(valueBytes);
     const int64_t bad = decodeMxfp4ToBf16(packed.data(), scaleBytes.data(), groups,
-                                          reinterpret_cast<uint16_t*>(raw.data()));
+                                          reinterpret_cast<uint16_t*>(raw.data()), policy.threads);
     if (bad >= 0) {
         const unsigned byte = scaleBytes.data()[bad];
         std::string why = "(scale byte 0xff) is NaN in E8M0";
@@ -517,24 +520,26 @@ Result<std::optional<Fp8BlockSize>> fp8BlockSizeFromConfig(const std::string& in
 }
 
 void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
-                    const Fp8ScaleLayout& layout, float* out) {
+                    const Fp8ScaleLayout& layout, float* out, int threads) {
     float table[256];
     for (int b = 0; b < 256; ++b) {
         const auto byte = static_cast<uint8_t>(b);
         table[b] = fp8Type == DType::kF8E4M3 ? f8e4m3ToF32(byte) : f8e5m2ToF32(byte);
     }
-    for (int64_t m = 0; m < layout.matrices; ++m) {
-        for (int64_t r = 0; r < layout.rows; ++r) {
+    // rows of all matrices, split over the threads
+    kernels::parallelRanges(layout.matrices * layout.rows, layout.cols, threads, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g) {
+            const int64_t m = g / layout.rows, r = g % layout.rows;
             const float* rowScales =
                 scales + m * layout.matrixStride + (r / layout.blockRows) * layout.scaleCols;
-            const int64_t at = (m * layout.rows + r) * layout.cols;
+            const int64_t at = g * layout.cols;
             for (int64_t c0 = 0, b = 0; c0 < layout.cols; c0 += layout.blockCols, ++b) {
                 const float scale = rowScales[b];
                 const int64_t c1 = std::min(layout.cols, c0 + layout.blockCols);
                 for (int64_t c = c0; c < c1; ++c) out[at + c] = table[fp8[at + c]] * scale;
             }
         }
-    }
+    });
 }
 
 std::vector<int64_t> mxfp4WeightShape(const SafetensorsTensorInfo& blocks) {
@@ -583,12 +588,10 @@ const uint32_t* mxfp4PairTable() {
 
 bool bf16IsInf(uint32_t bits) { return (bits & 0x7fffu) == 0x7f80u; }
 
-}  // namespace
-
-int64_t decodeMxfp4ToBf16(const uint8_t* blocks, const uint8_t* scales, int64_t groups,
-                          uint16_t* out) {
+int64_t decodeMxfp4Range(const uint8_t* blocks, const uint8_t* scales, int64_t g0, int64_t g1,
+                         uint16_t* out) {
     const uint32_t* table = mxfp4PairTable();
-    for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t g = g0; g < g1; ++g) {
         const uint8_t s = scales[g];
         if (s == 0xffu) return g;
         const uint32_t* row = table + static_cast<size_t>(s) * 256;
@@ -603,6 +606,21 @@ int64_t decodeMxfp4ToBf16(const uint8_t* blocks, const uint8_t* scales, int64_t 
         std::memcpy(out + g * 32, pairs, sizeof pairs);  // little-endian: element 2k first
     }
     return -1;
+}
+
+}  // namespace
+
+int64_t decodeMxfp4ToBf16(const uint8_t* blocks, const uint8_t* scales, int64_t groups,
+                          uint16_t* out, int threads) {
+    std::atomic<int64_t> first{groups};  // the lowest bad group any range found
+    kernels::parallelRanges(groups, 32, threads, [&](int64_t g0, int64_t g1) {
+        const int64_t bad = decodeMxfp4Range(blocks, scales, g0, g1, out);
+        if (bad < 0) return;
+        int64_t seen = first.load();
+        while (bad < seen && !first.compare_exchange_weak(seen, bad)) {
+        }
+    });
+    return first.load() < groups ? first.load() : -1;
 }
 
 Result<QuantizedTensor> importBnbTensor(const SafetensorsModel& model, const CheckpointTensor& t,
@@ -759,7 +777,7 @@ Result<IngestSummary> ingestCheckpoint(const IngestOptions& opt) {
     TensorPolicy policy{arch,
                         AdaptiveQuantizer(opt.config, opt.attentionConfig.value_or(opt.config),
                                           opt.ffnConfig.value_or(opt.config), opt.threads),
-                        opt.config.computeDType};
+                        opt.config.computeDType, opt.threads};
     policy.quantizer.setArchitecture(arch);
     policy.quantizer.setKeepRegistryDefaults(opt.defaultSkips);
     policy.quantizer.setDevice(opt.device);

@@ -233,9 +233,10 @@ Result<std::optional<Fp8BlockSize>> fp8BlockSizeFromConfig(const std::string& in
 Result<Fp8ScaleLayout> fp8ScaleLayout(const SafetensorsTensorInfo& weight,
                                       const SafetensorsTensorInfo& scale,
                                       std::optional<Fp8BlockSize> block = std::nullopt);
-// fl32(fp8 * scale) for every element of `fp8` (dtype F8_E4M3 or F8_E5M2), into out.
+// fl32(fp8 * scale) for every element of `fp8` (dtype F8_E4M3 or F8_E5M2), into out, rows
+// split over up to `threads` threads (kernels::parallelRanges).
 void applyFp8Scales(DType fp8Type, const uint8_t* fp8, const float* scales,
-                    const Fp8ScaleLayout& layout, float* out);
+                    const Fp8ScaleLayout& layout, float* out, int threads = 1);
 
 // MXFP4 (see CheckpointTensor). The weight's shape: blocks [P..., G, 16] -> [P..., G * 32].
 std::vector<int64_t> mxfp4WeightShape(const SafetensorsTensorInfo& blocks);
@@ -243,11 +244,12 @@ std::vector<int64_t> mxfp4WeightShape(const SafetensorsTensorInfo& blocks);
 // [P..., G, 16] with G > 0 and scales is U8 [P..., G].
 Status checkMxfp4Pair(const SafetensorsTensorInfo& blocks, const SafetensorsTensorInfo& scales);
 // Decodes `groups` groups (16 bytes of `blocks` and one byte of `scales` each: 32 values) to
-// bf16 bits in `out`, exactly. Returns the index of the first group whose scale is 0xFF (NaN)
-// or one of whose values is beyond bf16's range (|v| >= 2^128); `out` then holds no promised
-// values. -1 when every group decoded.
+// bf16 bits in `out`, exactly, on up to `threads` threads (kernels::parallelRanges). Returns
+// the index of the first group whose scale is 0xFF (NaN) or one of whose values is beyond
+// bf16's range (|v| >= 2^128); `out` then holds no promised values. -1 when every group
+// decoded.
 int64_t decodeMxfp4ToBf16(const uint8_t* blocks, const uint8_t* scales, int64_t groups,
-                          uint16_t* out);
+                          uint16_t* out, int threads = 1);
 
 // Where an FP8 checkpoint's block size comes from: called at most once, when the first FP8
 // weight with a scale tensor is met (ingestion reads config.json then, not for other models).

@@ -349,6 +349,12 @@ Status quantizeFrom(DType srcType, const void* src, int64_t srcCount, QuantizedT
 
 }  // namespace
 
+void parallelRanges(int64_t units, int64_t valuesPerUnit, int threads,
+                    const std::function<void(int64_t, int64_t)>& fn) {
+    if (units <= 0) return;
+    parallelFor(units, threadCount(threads, units * std::max<int64_t>(1, valuesPerUnit)), fn);
+}
+
 Status widenToF32(DType src, const void* in, int64_t n, float* out, int threads) {
     if (!dtypeIsCompute(src) || n <= 0) return convertToF32(src, in, n, out);
     const CpuKernels& k = kernels();

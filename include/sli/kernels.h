@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "sli/dtype.h"
@@ -39,6 +40,13 @@ Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> 
 // f32 through the SIMD conversion (same bits as sli::convertToF32, NaN payloads kept), every
 // other dtype convertToF32 supports through it. `in` may be unaligned; `out` holds n floats.
 Status widenToF32(DType src, const void* in, int64_t n, float* out, int threads = 1);
+
+// Runs fn(begin, end) over [0, units) in contiguous ranges on up to `threads` threads (0 =
+// hardware concurrency), the calling thread among them, splitting only as far as the kernels
+// do (about 256 K values a thread, at valuesPerUnit values a unit). For work beside the
+// kernels that should scale the same way (ingestion's FP8 scales and MXFP4 decoding).
+void parallelRanges(int64_t units, int64_t valuesPerUnit, int threads,
+                    const std::function<void(int64_t, int64_t)>& fn);
 
 // Name of the implementation in use: "avx512", "avx2" or "scalar".
 const char* activeIsa() noexcept;

@@ -1495,3 +1495,39 @@ TEST_CASE("MXFP4 pairs: a weight name also present is ambiguous; blocks without 
         for (const auto& t : *ts) CHECK(t.kind == CheckpointTensor::Kind::kPlain);
     }
 }
+
+TEST_CASE("MXFP4 decoding and FP8 scaling split over threads give the same values and the first bad group") {
+    // 1 M values: enough for the kernels' split (about 256 K values a thread) to use 4 threads
+    const int64_t groups = 32768;
+    std::vector<uint8_t> blocks(static_cast<size_t>(groups) * 16), scales(static_cast<size_t>(groups));
+    for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<uint8_t>((i * 37 + i / 7) % 256);
+    for (size_t g = 0; g < scales.size(); ++g) scales[g] = static_cast<uint8_t>(100 + g % 50);
+    std::vector<uint16_t> one(static_cast<size_t>(groups) * 32), four(one.size());
+    REQUIRE(decodeMxfp4ToBf16(blocks.data(), scales.data(), groups, one.data(), 1) == -1);
+    REQUIRE(decodeMxfp4ToBf16(blocks.data(), scales.data(), groups, four.data(), 4) == -1);
+    CHECK(one == four);
+    scales[30000] = 0xff;  // in the last thread's range
+    CHECK(decodeMxfp4ToBf16(blocks.data(), scales.data(), groups, four.data(), 4) == 30000);
+    scales[5000] = 0xff;  // in the first one's: the lowest wins
+    CHECK(decodeMxfp4ToBf16(blocks.data(), scales.data(), groups, four.data(), 4) == 5000);
+
+    // FP8: 4 stacked 512 x 512 matrices, 128 x 128 blocks
+    const SafetensorsTensorInfo w{"experts.weight", DType::kF8E4M3, {4, 512, 512}, 0, 4 * 512 * 512};
+    const SafetensorsTensorInfo sc{"experts.weight_scale_inv", DType::kF32, {4, 4, 4}, 0, 64 * 4};
+    auto layout = fp8ScaleLayout(w, sc);
+    REQUIRE(layout.isOk());
+    std::vector<uint8_t> fp8(4 * 512 * 512);
+    for (size_t i = 0; i < fp8.size(); ++i) {
+        const auto b = static_cast<uint8_t>((i * 53 + i / 512) % 256);
+        fp8[i] = (b & 0x7f) == 0x7f ? static_cast<uint8_t>(b ^ 1) : b;
+    }
+    std::vector<float> s(64);
+    for (size_t i = 0; i < s.size(); ++i) s[i] = 0.001f * static_cast<float>(i + 1);
+    std::vector<float> a(fp8.size()), b(fp8.size());
+    applyFp8Scales(DType::kF8E4M3, fp8.data(), s.data(), *layout, a.data(), 1);
+    applyFp8Scales(DType::kF8E4M3, fp8.data(), s.data(), *layout, b.data(), 4);
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+    // one element by hand: matrix 3, row 300, column 200 -> block (2, 1) of matrix 3
+    const size_t at = (3 * 512 + 300) * 512 + 200;
+    CHECK(floatBits(b[at]) == floatBits(f8e4m3ToF32(fp8[at]) * s[3 * 16 + 2 * 4 + 1]));
+}
