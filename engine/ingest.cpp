@@ -140,7 +140,7 @@ Result<QuantizedTensor> quantizePlain(const SafetensorsModel& model, const Check
         qt.part(QuantPart::kPayload) = std::move(stored);
         return qt;
     }
-    SLI_RETURN_IF_ERROR(growScratch(scratch, src.nbytes()));
+    SLI_RETURN_IF_ERROR(growScratch(scratch, src.nbytes()).withContext("tensor " + t.name));
     std::span<uint8_t> raw = scratch.bytes().first(src.nbytes());
     SLI_RETURN_IF_ERROR(model.readTensor(*t.main, raw));
     return quantizeValues(t, src.dtype, src.shape, raw, layerName, policy);
@@ -156,7 +156,7 @@ Result<QuantizedTensor> quantizeFp8Scaled(const SafetensorsModel& model, const C
     const int64_t n = layout.matrices * layout.rows * layout.cols;
     // scratch: the f32 values, then the FP8 bytes they come from (one buffer, reused)
     const size_t valueBytes = static_cast<size_t>(n) * sizeof(float);
-    SLI_RETURN_IF_ERROR(growScratch(scratch, valueBytes + static_cast<size_t>(n)));
+    SLI_RETURN_IF_ERROR(growScratch(scratch, valueBytes + static_cast<size_t>(n)).withContext("FP8 tensor " + t.name));
     const std::span<uint8_t> fp8 = scratch.bytes().subspan(valueBytes, static_cast<size_t>(n));
     SLI_RETURN_IF_ERROR(model.readTensor(*t.main, fp8));
     AlignedBuffer scaleBytes;
@@ -189,7 +189,7 @@ Result<QuantizedTensor> quantizeMxfp4(const SafetensorsModel& model, const Check
     const int64_t groups = static_cast<int64_t>(sc.nbytes());  // checkMxfp4Pair: U8 [P..., G]
     // scratch: the bf16 values, then the packed blocks they come from (one buffer, reused)
     const size_t valueBytes = static_cast<size_t>(groups) * 32 * sizeof(uint16_t);
-    SLI_RETURN_IF_ERROR(growScratch(scratch, valueBytes + blocks.nbytes()));
+    SLI_RETURN_IF_ERROR(growScratch(scratch, valueBytes + blocks.nbytes()).withContext("MXFP4 weight " + t.name));
     const std::span<uint8_t> packed = scratch.bytes().subspan(valueBytes, blocks.nbytes());
     SLI_RETURN_IF_ERROR(model.readTensor(*t.main, packed));
     AlignedBuffer scaleBytes;
