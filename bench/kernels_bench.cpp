@@ -400,8 +400,10 @@ void quantizeFloor(const void* src, size_t n, uint8_t* payload, float* stats) {
 // followed (timer paused) by one run of the floor on buffers of its own; counters
 // floor_values/s and vs_floor (total floor time / total kernel time, so > 1 = faster than the
 // floor) beside the usual ones.
+// `base` names the counters: "floor" gives floor_values/s and vs_floor.
 template <class Kernel, class FloorFn>
-void timeAgainstFloor(benchmark::State& state, size_t outBytes, Kernel&& kernel, FloorFn&& floor) {
+void timeAgainstFloor(benchmark::State& state, size_t outBytes, Kernel&& kernel, FloorFn&& floor,
+                      const std::string& base = "floor") {
     using Clock = std::chrono::steady_clock;
     double kernelS = 0, floorS = 0;
     for (auto _ : state) {
@@ -420,9 +422,9 @@ void timeAgainstFloor(benchmark::State& state, size_t outBytes, Kernel&& kernel,
     }
     setCounters(state, outBytes);
     if (kernelS > 0 && floorS > 0) {
-        state.counters["floor_values/s"] = benchmark::Counter(
+        state.counters[base + "_values/s"] = benchmark::Counter(
             static_cast<double>(kN) * static_cast<double>(state.iterations()) / floorS);
-        state.counters["vs_floor"] = benchmark::Counter(floorS / kernelS);
+        state.counters["vs_" + base] = benchmark::Counter(floorS / kernelS);
     }
 }
 
@@ -544,6 +546,44 @@ void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType
         [&] { runFloor(floor, fb.src.data(), fb.out.data()); });
 }
 
+// Dequantization where memory does not decide: a 64 x 1024 tensor (a source of 128 KiB at most, none's
+// bf16; 256 KiB of f32 out) dequantized kN / 65536 times per iteration, source and output staying in L2
+// (outputs this small take plain stores), timed against NF4 to the same dtype in the same
+// moments: vs_nf4 > 1 = faster per value than NF4. From memory every mode is bound by the
+// floor of its own (r, w), which reading more bytes per value than NF4 lowers; this shows what
+// the kernels themselves cost per value.
+const QuantizedTensor& quantizedHot(QuantizationMode mode, bool dq) {
+    static std::map<std::pair<int, bool>, std::unique_ptr<QuantizedTensor>> cache;
+    auto& slot = cache[{static_cast<int>(mode), dq}];
+    if (!slot) {
+        constexpr int64_t kHotRows = 64, kHotCols = 1024;
+        slot = std::make_unique<QuantizedTensor>();
+        slot->info = infoFor(mode, dq);
+        slot->info.shape = {kHotRows, kHotCols};
+        const std::vector<float> x(source().begin(), source().begin() + kHotRows * kHotCols);
+        if (!kernels::quantize(x, *slot).isOk()) std::abort();
+    }
+    return *slot;
+}
+
+void bmDequantizeHot(benchmark::State& state, QuantizationMode mode, bool dq, DType dst) {
+    const QuantizedTensor& q = quantizedHot(mode, dq);
+    const QuantizedTensor& nf4 = quantizedHot(QuantizationMode::kNf4, false);
+    const int64_t n = q.info.numel(), reps = kN / n;
+    AlignedBuffer buf = lineBuffer(static_cast<size_t>(n) * dtypeSize(dst));
+    AlignedBuffer nf4Buf = lineBuffer(static_cast<size_t>(n) * dtypeSize(dst));
+    const auto run = [&state, dst, reps](const QuantizedTensor& t, AlignedBuffer& b) {
+        for (int64_t r = 0; r < reps; ++r) {
+            if (!kernels::dequantize(t.view(), dst, b.bytes(), 1).isOk())
+                state.SkipWithError("dequantize failed");
+        }
+        benchmark::DoNotOptimize(b.data());
+    };
+    timeAgainstFloor(
+        state, static_cast<size_t>(kN) * dtypeSize(dst), [&] { run(q, buf); },
+        [&] { run(nf4, nf4Buf); }, "nf4");
+}
+
 void registerAll() {
     struct Mode {
         QuantizationMode mode;
@@ -585,6 +625,14 @@ void registerAll() {
             benchmark::RegisterBenchmark(
                 ("dequantize/" + std::string(m.name) + "->" + tn + "/" + isa).c_str(), bmDequantize,
                 m.mode, m.dq, t, f, false)
+                ->UseRealTime();
+        }
+    }
+    for (const Mode& m : modes) {
+        for (auto [t, tn] : outs) {
+            benchmark::RegisterBenchmark(
+                ("dequantize_hot/" + std::string(m.name) + "->" + tn + "/" + isa).c_str(),
+                bmDequantizeHot, m.mode, m.dq, t)
                 ->UseRealTime();
         }
     }
