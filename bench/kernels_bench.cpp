@@ -546,12 +546,12 @@ void bmDequantize(benchmark::State& state, QuantizationMode mode, bool dq, DType
         [&] { runFloor(floor, fb.src.data(), fb.out.data()); });
 }
 
-// Dequantization where memory does not decide: a 64 x 1024 tensor (a source of 128 KiB at most, none's
-// bf16; 256 KiB of f32 out) dequantized kN / 65536 times per iteration, source and output staying in L2
-// (outputs this small take plain stores), timed against NF4 to the same dtype in the same
-// moments: vs_nf4 > 1 = faster per value than NF4. From memory every mode is bound by the
-// floor of its own (r, w), which reading more bytes per value than NF4 lowers; this shows what
-// the kernels themselves cost per value.
+// Dequantization where memory does not decide: a 64 x 1024 tensor (a source of 128 KiB at
+// most, none's bf16; 256 KiB of f32 out) dequantized kN / 65536 times per iteration, source
+// and output staying in L2 (outputs this small take plain stores), timed against NF4 to the
+// same dtype in the same moments: vs_nf4 > 1 = faster per value than NF4. From memory every
+// mode is bound by the floor of its own (r, w), which reading more bytes per value than NF4
+// lowers; this shows what the kernels themselves cost per value.
 const QuantizedTensor& quantizedHot(QuantizationMode mode, bool dq) {
     static std::map<std::pair<int, bool>, std::unique_ptr<QuantizedTensor>> cache;
     auto& slot = cache[{static_cast<int>(mode), dq}];
