@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/core/cpu_features.h"
 #include "io/read_scheduler.h"
 #include "sli_build_config.h"
 #include "io/uring_scheduler.h"
@@ -326,7 +327,7 @@ Machine probeMachine() {
     }
     utsname u{};
     if (::uname(&u) == 0) m.kernel = std::string(u.sysname) + " " + u.release;
-    m.cores = static_cast<int>(std::thread::hardware_concurrency());
+    m.cores = cpu::usableCores();
     const auto& p = io::probeIoUring();
     m.uringUsable = p.usable;
     m.uringReason = p.reason;
@@ -683,8 +684,7 @@ int main(int argc, char** argv) {
     const std::string accBackend = backends.front();
     std::vector<double> engRead, rawRead, rawVerifyRead;
     // The verifying reader hashes with as many threads as the engine has workers.
-    const int hashThreads =
-        o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int hashThreads = o.threads > 0 ? o.threads : cpu::usableCores();
     // Each repetition is a pair of reads next to each other in time: raw then engine, engine then
     // raw in the next (the order alternates, so a disk that slows or speeds up during a pair
     // does not always favour the same side); the hashing raw read sits between the two.

@@ -54,6 +54,7 @@
 #include <system_error>
 #include <thread>
 
+#include "engine/core/cpu_features.h"
 #include "io/aligned_io.h"
 #include "io/cache_format.h"
 #include "io/cache_manifest.h"
@@ -542,9 +543,7 @@ Status Engine::Impl::openLayers() {
 }
 
 Status Engine::Impl::allocate() {
-    const int workersWanted =
-        opts.workerThreads > 0 ? opts.workerThreads
-                               : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int workersWanted = opts.workerThreads > 0 ? opts.workerThreads : cpu::usableCores();
     // GPU: the slot also holds the decoded statistics; outputs and scratch live elsewhere.
     const auto readCap = [](uint64_t b) { return alignUp(std::max<uint64_t>(b, 4096), 4096); };
     // Output arena stride: page-aligned for real layers, packed at kArenaAlign for tiny ones.

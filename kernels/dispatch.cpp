@@ -70,7 +70,7 @@ constexpr int64_t kMinValuesPerThread = int64_t{1} << 18;
 
 int threadCount(int threads, int64_t values) {
     int t = threads;
-    if (t <= 0) t = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (t <= 0) t = cpu::usableCores();
     const int64_t useful = std::max<int64_t>(1, values / kMinValuesPerThread);
     return static_cast<int>(std::min<int64_t>(t, useful));
 }

@@ -109,7 +109,8 @@ const char* kQuantizeHelp =
     "                               checksum) and quantize damaged ones again (default:\n"
     "                               a complete layer's index is read, its data is not)\n"
     "  --model-id ID                default: the input's directory name\n"
-    "  --threads N                  kernel threads (default 1; 0 = all cores)\n"
+    "  --threads N                  kernel threads (default 0: every CPU this process\n"
+    "                               may run on; the bytes are the same for any N)\n"
     "  --device D                   cpu (default) or cuda[:N]: NF4, FP4 and INT8 tensors\n"
     "                               are quantized on that GPU, to the same bytes as on\n"
     "                               the CPU (other modes stay on the CPU)\n"
@@ -145,8 +146,8 @@ const char* kVerifyHelp =
     "(what 'sli quantize --repair' would do with the original command), then counts\n"
     "them as repaired: exit 0 when every listed layer is intact afterwards, 3 when a\n"
     "repair could not be done (1 while corrupt layers remain). The source must still\n"
-    "be there, unchanged. --threads N: kernel threads (default 1; 0 = all\n"
-    "cores); --quiet: no progress line.\n";
+    "be there, unchanged. --threads N: kernel threads (default 0: every CPU this\n"
+    "process may run on); --quiet: no progress line.\n";
 
 const char* kExportHelp =
     "usage: sli export DIR --output FILE.safetensors [--dtype f16|bf16|f32] [--raw]\n"
@@ -159,7 +160,8 @@ const char* kExportHelp =
     "its trailing \".weight\"): NF4/FP4 as P.weight, P.weight.absmax, P.weight.quant_map,\n"
     "[P.weight.nested_absmax, P.weight.nested_quant_map,] P.weight.quant_state.bitsandbytes__*;\n"
     "INT8 as P.weight + P.SCB; INT8_DYNAMIC as P.weight + P.weight_scale; INT4 as P.weight\n"
-    "U8 [nblocks, 18]; unquantized tensors as stored.\n";
+    "U8 [nblocks, 18]; unquantized tensors as stored.\n"
+    "--threads N: dequantization threads (default 0: every CPU this process may run on).\n";
 
 bool wantsHelp(const std::vector<std::string>& a) {
     return std::find(a.begin(), a.end(), "--help") != a.end() ||
@@ -348,7 +350,7 @@ int cmdQuantize(const std::vector<std::string>& argv) {
         if (!c->has_value()) continue;
         if (Status st = (*c)->validate(); !st.isOk()) return usageError(st.message(), "quantize");
     }
-    int threads = 1;
+    int threads = 0;
     if (auto err = parseThreads(a, &threads)) return usageError(*err, "quantize");
     int device = -1;
     if (auto d = a.value("--device")) {
@@ -593,7 +595,7 @@ int cmdVerify(const std::vector<std::string>& argv) {
     if (!repair && (a.has("--threads") || a.has("--quiet"))) {
         return usageError("--threads and --quiet go with --repair", "verify");
     }
-    int threads = 1;
+    int threads = 0;
     if (auto err = parseThreads(a, &threads)) return usageError(*err, "verify");
     auto dirs = io::findCacheDirs(a.positional[0]);
     if (!dirs.isOk()) return fail(dirs.status());
@@ -786,8 +788,8 @@ int cmdExport(const std::vector<std::string>& argv) {
     }
     const bool raw = a.has("--raw");
     if (raw && dtype) return usageError("--raw exports stored bytes; --dtype does not apply", "export");
-    int threads = 1;
-    if (auto t = a.value("--threads")) threads = std::max(0, std::atoi(t->c_str()));
+    int threads = 0;
+    if (auto err = parseThreads(a, &threads)) return usageError(*err, "export");
     auto caches = openCaches(a.positional[0], a.value("--model-id"));
     if (!caches.isOk()) return fail(caches.status());
     if (caches->size() != 1) {

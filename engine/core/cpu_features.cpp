@@ -1,7 +1,11 @@
 #include "cpu_features.h"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -66,6 +70,16 @@ IsaCap isaCapFromEnvironment() noexcept {
     if (std::strcmp(v, "scalar") == 0) return IsaCap::kScalar;
     if (std::strcmp(v, "avx2") == 0) return IsaCap::kAvx2;
     return IsaCap::kAvx512;
+}
+
+int usableCores() noexcept {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::sched_getaffinity(0, sizeof(set), &set) == 0) {
+        const int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
 }  // namespace sli::cpu

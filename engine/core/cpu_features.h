@@ -16,4 +16,9 @@ bool hasAvx512() noexcept;
 enum class IsaCap { kScalar, kAvx2, kAvx512 };
 IsaCap isaCapFromEnvironment() noexcept;
 
+// The CPUs this thread may run on: its affinity mask (sched_getaffinity: taskset, cpusets,
+// container CPU sets), at least 1. std::thread::hardware_concurrency() where the mask cannot be
+// read. What "all cores" means wherever a thread count of 0 asks for them.
+int usableCores() noexcept;
+
 }  // namespace sli::cpu

@@ -111,7 +111,7 @@ struct EngineOptions {
     // A multiple of 4096 from 4 KiB to 64 MiB.
     uint32_t chunkBytes = 2u << 20;
     uint32_t queueDepth = 64;                   // reads in flight, 1..4096
-    int workerThreads = 0;                      // dequant threads, 0..1024 (0 = hardware concurrency)
+    int workerThreads = 0;                      // dequant threads, 0..1024 (0 = usable CPUs)
     bool verifyChecksums = true;
     bool directIo = true;                       // O_DIRECT where the filesystem allows it
     LayerOrder order = LayerOrder::kSequential;

@@ -12,8 +12,8 @@
 //
 // Both pick the fastest implementation for this CPU once (AVX-512 > AVX2 > scalar reference,
 // by cpuid; SLI_ISA=scalar|avx2|avx512 forces a lower one) and split large tensors over
-// `threads` threads (0 = hardware concurrency, 1 = calling thread only). Thread-safe: no
-// shared mutable state; concurrent calls on distinct outputs are fine.
+// `threads` threads (0 = every CPU in the thread's affinity mask, 1 = calling thread only).
+// Thread-safe: no shared mutable state; concurrent calls on distinct outputs are fine.
 #pragma once
 
 #include <cstdint>
@@ -42,7 +42,7 @@ Status dequantize(const QuantizedTensorView& src, DType dst, std::span<uint8_t> 
 Status widenToF32(DType src, const void* in, int64_t n, float* out, int threads = 1);
 
 // Runs fn(begin, end) over [0, units) in contiguous ranges on up to `threads` threads (0 =
-// hardware concurrency), the calling thread among them, splitting only as far as the kernels
+// every CPU in the affinity mask), the calling thread among them, splitting only as far as the kernels
 // do (about 256 K values a thread, at valuesPerUnit values a unit). For work beside the
 // kernels that should scale the same way (ingestion's FP8 scales and MXFP4 decoding).
 void parallelRanges(int64_t units, int64_t valuesPerUnit, int threads,

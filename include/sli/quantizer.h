@@ -34,8 +34,8 @@
 //
 // Ownership and blocking: inputs are borrowed for the call only; results (QuantizedLayer,
 // Layer, Tensor) own their bytes. Every call runs to completion on the calling thread, which
-// may fan large tensors out to `threads` kernel threads (0 = all hardware threads) and joins
-// them before returning. The quantizer objects are immutable after construction (setters
+// may fan large tensors out to `threads` kernel threads (0 = every CPU in the affinity mask)
+// and joins them before returning. The quantizer objects are immutable after construction (setters
 // aside): const methods may be called from several threads at once.
 #pragma once
 
@@ -79,8 +79,8 @@ std::string tensorFullName(std::string_view layerName, std::string_view tensorNa
 
 class LayerQuantizer {
 public:
-    // `threads` is passed to the kernels (0 = all hardware threads). An invalid config is
-    // reported by quantizeLayer(); create() reports it up front.
+    // `threads` is passed to the kernels (0 = every CPU in the affinity mask). An invalid
+    // config is reported by quantizeLayer(); create() reports it up front.
     explicit LayerQuantizer(QuantizationConfig config = {}, int threads = 0);
     static Result<LayerQuantizer> create(QuantizationConfig config, int threads = 0);
 

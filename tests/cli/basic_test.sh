@@ -37,6 +37,10 @@ done
 expect_rc 0 "export --raw of mode none" -- "$SLI" export "$WORK/c" --output "$WORK/raw.safetensors" --raw
 expect_rc 0 "raw export equals the source" -- $ST compare "$WORK/tiny-llama/model-00001-of-00002.safetensors" "$WORK/raw.safetensors"
 expect_rc 0 "export --dtype f32" -- "$SLI" export "$WORK/c" --output "$WORK/f32.safetensors" --dtype f32
+expect_rc 2 "export --threads must be a number" -- "$SLI" export "$WORK/c" --output "$WORK/x.safetensors" --threads abc
+expect_rc 2 "export --threads out of range" -- "$SLI" export "$WORK/c" --output "$WORK/x.safetensors" --threads -1
+expect_rc 0 "export --threads 1" -- "$SLI" export "$WORK/c" --output "$WORK/t1.safetensors" --threads 1
+expect_rc 0 "export on one thread equals export on all" -- $ST compare "$WORK/out.safetensors" "$WORK/t1.safetensors"
 expect_rc 2 "export --raw --dtype is a usage error" -- "$SLI" export "$WORK/c" --output "$WORK/x.safetensors" --raw --dtype f32
 
 # A bf16 checkpoint quantized to f16 compute dtype and a second config beside the first.

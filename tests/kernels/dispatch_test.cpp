@@ -1,8 +1,10 @@
 // sli::kernels::quantize / dequantize: validation of bad input (each error names the tensor),
 // round trips for every mode, part layouts, and thread splitting that does not change a bit.
 #include <doctest/doctest.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/core/cpu_features.h"
 #include "kernel_test_util.h"
 #include "kernels/reference.h"
 #include "sli/kernels.h"
@@ -426,4 +429,34 @@ TEST_CASE("quantize from bf16 / f16 / f64 / unaligned f32 sources equals quantiz
     const Status s = quantize(DType::kBF16, nullptr, q);
     CHECK(s.isInvalidArgument());
     CHECK(namesTensor(s));
+}
+
+TEST_CASE("threads = 0 means the CPUs in the affinity mask, not all the machine has") {
+    cpu_set_t saved;
+    CPU_ZERO(&saved);
+    REQUIRE(::sched_getaffinity(0, sizeof(saved), &saved) == 0);
+    const int available = CPU_COUNT(&saved);
+    CHECK(cpu::usableCores() == available);
+
+    // The ranges parallelRanges hands out on a split that wants many threads.
+    const auto rangesWithAllCores = [] {
+        std::atomic<int> ranges{0};
+        parallelRanges(1024, int64_t{1} << 20, 0, [&](int64_t, int64_t) { ++ranges; });
+        return ranges.load();
+    };
+    CHECK(rangesWithAllCores() == std::min(available, 1024));
+
+    // Pinned to one CPU (sched_setaffinity(0, ...) pins the calling thread; threads it starts
+    // inherit the mask, and usableCores reads the calling thread's).
+    int first = 0;
+    while (!CPU_ISSET(first, &saved)) ++first;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    REQUIRE(::sched_setaffinity(0, sizeof(one), &one) == 0);
+    const int pinned = cpu::usableCores();
+    const int pinnedRanges = rangesWithAllCores();
+    REQUIRE(::sched_setaffinity(0, sizeof(saved), &saved) == 0);
+    CHECK(pinned == 1);
+    CHECK(pinnedRanges == 1);
 }
