@@ -13,21 +13,30 @@
 #endif
 #include "kernels/x86_avx512_impl.h"
 
+#include "engine/core/cpu_features.h"
+
 namespace sli::kernels {
 namespace {
 
 #if SLI_AVX512_VIA_SIMDE
-// The emulated table checks every AVX-512 body, these two included.
-constexpr auto dequantizeInt8 = x86_512::dequantizeInt8;
+// The emulated table checks every AVX-512 body: the int8 lookup (which runs the arithmetic body
+// for f32, row tails and non-finite scales) and Q4_0's.
+constexpr auto dequantizeInt8 = x86_512::dequantizeInt8Lookup;
 constexpr auto dequantizeQ4_0 = x86_512::dequantizeQ4_0;
 #else
-// LLM.int8 / int8_dynamic to f16 / bf16 runs the AVX2 body: on the one AVX-512 host measured so
-// far (the Xeon of an H200 machine, docs/benchmarks.md "AVX-512 natively") the AVX-512 body
-// reached 0.73-0.84 of the memory floor in two runs and the AVX2 one 0.90-1.03, i.e. the
-// floor, so no host can lose by it. f32 output keeps the AVX-512 body (1.13-1.17 of the floor
-// against 1.12-1.15).
+// LLM.int8 / int8_dynamic to f16 / bf16: where the CPU has VBMI, the per-row table lookup
+// (x86_avx512_impl.h), which keeps up with NF4 where memory does not decide and reaches the
+// memory floor where it does (docs/benchmarks.md, "int8 to f16 / bf16 by table lookup").
+// Without VBMI the AVX2 body: on the AVX-512 hosts measured (the Xeon of an H200 machine,
+// "AVX-512 natively", and the development Xeon) the arithmetic AVX-512 body reached 0.73-0.91
+// of the memory floor and the AVX2 one 0.90-1.03. f32 output keeps the arithmetic AVX-512
+// body (1.13-1.17 of the floor against 1.12-1.15).
 void dequantizeInt8(bool llmInt8, const int8_t* q, const float* scale, int64_t rows, int64_t cols,
                     DType dst, void* out) {
+    if (dst != DType::kF32 && cpu::hasAvx512Vbmi()) {
+        x86_512::dequantizeInt8Lookup(llmInt8, q, scale, rows, cols, dst, out);
+        return;
+    }
     const CpuKernels* avx2 = avx2Kernels();
     if (dst != DType::kF32 && avx2 != nullptr) {
         avx2->dequantizeInt8(llmInt8, q, scale, rows, cols, dst, out);

@@ -1,5 +1,6 @@
-// AVX-512 (F + BW + VL + DQ, with F16C and FMA; no VBMI, no FP16) kernel bodies, included by
-// avx512.cpp. Internal to kernels/.
+// AVX-512 (F + BW + VL + DQ, with F16C and FMA; no FP16) kernel bodies, included by
+// avx512.cpp. Internal to kernels/. One body also needs VBMI (the int8 table lookup, compiled
+// for it alone and called only on CPUs that have it).
 //
 // What it is: the dequantization of every mode (NF4 / FP4 with plain or double-quant absmax,
 // Q4_0, LLM.int8, int8_dynamic, none) and the NF4 / FP4 / LLM.int8 / int8_dynamic / Q4_0
@@ -910,6 +911,152 @@ inline void dequantizeInt8(bool llmInt8, const int8_t* q, const float* scale, in
             dequantizeInt8As<D, false>(q, scale, rows, cols, o);
         }
     });
+}
+
+// ---- INT8 / INT8_DYNAMIC to f16 / bf16 by table lookup (AVX-512 VBMI) ----------------------
+//
+// With a finite scale a row's 16-bit outputs depend only on its int8 values and are odd in
+// them: fl32(q * scale) (and the LLM.int8 factor after it) and the RNE narrowing are symmetric
+// in sign, so the output for -k is the one for k with its sign bit flipped (k * 0 = +0 and
+// -k * 0 = -0 included; a NaN scale would not flip, and takes the arithmetic body). Per row, the
+// 128 outputs for q = 0..127 come from the arithmetic body's own steps (int8x16, store32), are
+// split into byte planes (2 registers each), and each 64 values are then two vpermt2b on |q|
+// (7 index bits), the source's sign bit xor-ed into the high bytes, and two byte unpacks back
+// into words: 5 shuffles per 64 values where the arithmetic body spends 2 conversions and 2
+// narrowings per 16. The source's qwords are pre-ordered (0, 4, 1, 5, ..) so that the in-lane
+// unpacks come out in element order. |-128| has no entry (vpabsb leaves 0x80, whose top bit
+// flags it): its output is blended in by that mask where it occurs (int8_dynamic stores -128
+// wherever a row's absmax is negative). The last cols % 64 values of a row take the arithmetic
+// body.
+//
+// VBMI (vpermt2b) is not in the file's flags: these functions are compiled for it alone
+// (SLI_VBMI_FN) and called only where the CPU has it (avx512.cpp). Through SIMDe they are
+// plain emulated code like the rest.
+#if SLI_AVX512_VIA_SIMDE
+#define SLI_VBMI_FN inline
+#else
+#define SLI_VBMI_FN __attribute__((target("avx512vbmi"))) inline
+#endif
+
+// The row's outputs for q = 0..127 as D, in byte planes: lo[j] / hi[j] hold the low / high
+// bytes of q = 64 j .. 64 j + 63. Returns the output for q = -128, converted by the reference
+// (sli::f32ToF16 / f32ToBf16, which the vector conversions equal bit for bit).
+template <DType D, bool kLlm>
+SLI_VBMI_FN uint16_t int8Planes(float sc, __m512i (&lo)[2], __m512i (&hi)[2]) {
+    struct Magnitudes {
+        alignas(64) float v[128];
+    };
+    static constexpr Magnitudes kMagnitudes = [] {
+        Magnitudes m{};
+        for (int i = 0; i < 128; ++i) m.v[i] = static_cast<float>(i);
+        return m;
+    }();
+    const __m512 scale = _mm512_set1_ps(sc);
+    const __m512 factor = _mm512_set1_ps(kInt8DequantFactor);
+    // fl32(q * scale) (then * factor): as int8x16, the magnitudes already f32 (exact)
+    const auto products = [&](int k) {
+        __m512 v = _mm512_mul_ps(_mm512_load_ps(kMagnitudes.v + k), scale);
+        if constexpr (kLlm) v = _mm512_mul_ps(v, factor);
+        return v;
+    };
+    alignas(64) uint8_t words[256];
+    for (int k = 0; k < 128; k += 32) {
+        store32<D, StoreKind::kPlain, false>(words + 2 * k, products(k), products(k + 16));
+    }
+    __m512i evenBytes, oddBytes;  // byte i <- byte 2 i (2 i + 1) of the register pair
+    {
+        alignas(64) uint8_t e[64], o[64];
+        for (int i = 0; i < 64; ++i) {
+            e[i] = static_cast<uint8_t>(2 * i);
+            o[i] = static_cast<uint8_t>(2 * i + 1);
+        }
+        evenBytes = _mm512_load_si512(e);
+        oddBytes = _mm512_load_si512(o);
+    }
+    for (int j = 0; j < 2; ++j) {
+        const __m512i w0 = _mm512_load_si512(words + 128 * j);
+        const __m512i w1 = _mm512_load_si512(words + 128 * j + 64);
+        lo[j] = _mm512_permutex2var_epi8(w0, evenBytes, w1);
+        hi[j] = _mm512_permutex2var_epi8(w0, oddBytes, w1);
+    }
+    float min = -128.0f * sc;
+    if constexpr (kLlm) min = min * kInt8DequantFactor;
+    return D == DType::kF16 ? f32ToF16(min) : f32ToBf16(min);
+}
+
+// One row (finite scale) by lookup.
+template <DType D, StoreKind S, bool kLlm>
+SLI_VBMI_FN void dequantizeInt8RowLookup(const int8_t* row, float sc, int64_t cols, uint8_t* o) {
+    __m512i lo[2], hi[2];
+    const uint16_t min = int8Planes<D, kLlm>(sc, lo, hi);
+    const __m512i order = _mm512_setr_epi64(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m512i signBit = _mm512_set1_epi8(static_cast<char>(0x80));
+    int64_t c = 0;
+    for (; c + 64 <= cols; c += 64) {
+        const __m512i x =
+            _mm512_permutexvar_epi64(order, _mm512_loadu_si512(reinterpret_cast<const void*>(row + c)));
+        const __m512i a = _mm512_abs_epi8(x);
+        __m512i l = _mm512_permutex2var_epi8(lo[0], a, lo[1]);
+        // high bytes ^ (x & 0x80): A ^ (B & C) with A = 0xf0, B = 0xcc, C = 0xaa
+        __m512i h =
+            _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi[0], a, hi[1]), x, signBit, 0x78);
+        // q = -128 (vpabsb's 0x80): rare in LLM.int8 (never from the quantizer), about once a
+        // row in int8_dynamic; a branch costs less than two blends every 64 values.
+        const __mmask64 isMin = _mm512_movepi8_mask(a);
+        if (isMin != 0) {
+            l = _mm512_mask_mov_epi8(l, isMin, _mm512_set1_epi8(static_cast<char>(min & 0xff)));
+            h = _mm512_mask_mov_epi8(h, isMin, _mm512_set1_epi8(static_cast<char>(min >> 8)));
+        }
+        put512<S>(o + c * 2, _mm512_unpacklo_epi8(l, h));
+        put512<S>(o + c * 2 + 64, _mm512_unpackhi_epi8(l, h));
+    }
+    if (c < cols) dequantizeInt8Row<D, S, kLlm, false>(row + c, sc, cols - c, o + c * 2);
+}
+
+template <DType D, bool kLlm>
+SLI_VBMI_FN void dequantizeInt8LookupAs(const int8_t* q, const float* scale, int64_t rows,
+                                        int64_t cols, uint8_t* out) {
+    const bool rowsAligned = (cols * 2) % 64 == 0;  // streaming only when every row is
+    const bool stream = rowsAligned && x86::storeKindFor(out, rows * cols * 2) == StoreKind::kStream;
+    for (int64_t r = 0; r < rows; ++r) {
+        const float sc = loadF32(scale, r);
+        const int8_t* x = q + r * cols;
+        uint8_t* o = out + r * cols * 2;
+        if (!isFiniteF32(sc)) {
+            if (stream) {
+                dequantizeInt8Row<D, StoreKind::kStream, kLlm, true>(x, sc, cols, o);
+            } else {
+                dequantizeInt8Row<D, StoreKind::kPlain, kLlm, true>(x, sc, cols, o);
+            }
+        } else if (stream) {
+            dequantizeInt8RowLookup<D, StoreKind::kStream, kLlm>(x, sc, cols, o);
+        } else {
+            dequantizeInt8RowLookup<D, StoreKind::kPlain, kLlm>(x, sc, cols, o);
+        }
+    }
+    if (stream) _mm_sfence();
+}
+
+// The CpuKernels entry on VBMI CPUs: f16 / bf16 by lookup, f32 by the arithmetic body (at the
+// L2's write speed already).
+SLI_VBMI_FN void dequantizeInt8Lookup(bool llmInt8, const int8_t* q, const float* scale,
+                                      int64_t rows, int64_t cols, DType dst, void* out) {
+    auto* o = static_cast<uint8_t*>(out);
+    if (dst == DType::kF16) {
+        if (llmInt8) {
+            dequantizeInt8LookupAs<DType::kF16, true>(q, scale, rows, cols, o);
+        } else {
+            dequantizeInt8LookupAs<DType::kF16, false>(q, scale, rows, cols, o);
+        }
+    } else if (dst == DType::kBF16) {
+        if (llmInt8) {
+            dequantizeInt8LookupAs<DType::kBF16, true>(q, scale, rows, cols, o);
+        } else {
+            dequantizeInt8LookupAs<DType::kBF16, false>(q, scale, rows, cols, o);
+        }
+    } else {
+        dequantizeInt8(llmInt8, q, scale, rows, cols, dst, out);
+    }
 }
 
 // 16 floats at x[c..], zero-filled past cols.

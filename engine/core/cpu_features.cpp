@@ -64,6 +64,15 @@ bool hasAvx512() noexcept {
 #endif
 }
 
+bool hasAvx512Vbmi() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool yes = hasAvx512() && __builtin_cpu_supports("avx512vbmi");
+    return yes;
+#else
+    return false;
+#endif
+}
+
 IsaCap isaCapFromEnvironment() noexcept {
     const char* v = std::getenv("SLI_ISA");
     if (v == nullptr) return IsaCap::kAvx512;

@@ -9,6 +9,8 @@ namespace sli::cpu {
 bool hasAvx2() noexcept;
 // AVX-512 F, BW, VL and DQ, with F16C and FMA, and an OS that saves the ZMM register state.
 bool hasAvx512() noexcept;
+// hasAvx512() and AVX-512 VBMI (vpermb / vpermt2b: Ice Lake, Sapphire Rapids, Zen 4 and later).
+bool hasAvx512Vbmi() noexcept;
 
 // The highest instruction set the environment allows: SLI_ISA=scalar, avx2 or avx512 caps the
 // choice (unset, empty or "auto": no cap). Other values count as no cap; the kernels' dispatch

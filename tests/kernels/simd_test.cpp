@@ -952,6 +952,66 @@ TEST_CASE("int8 dequantization matches the reference for every row length up to 
     });
 }
 
+TEST_CASE("int8 -> f16 / bf16: rows without -128, and -128 alone at chunk edges, for every kind of "
+          "scale") {
+    // The AVX-512 VBMI body looks each row up in a table of the outputs for q = 0..127, takes
+    // -q as q with the sign bit flipped (a sign that depends on the scale's sign, and on zero
+    // scales), and blends in q = -128's output separately, 64 values at a time with an
+    // arithmetic tail. So: rows of -127..127 only (the table alone), rows that hold -128 once
+    // at a chunk's first or last value or in the tail, and scales of every sign and class,
+    // the non-finite ones included (they take the arithmetic body).
+    const float scales[] = {0.0123456f,
+                            -0.0456f,
+                            0.0f,
+                            -0.0f,
+                            bitsFloat(0x3c008000),        // bf16 ties
+                            -bitsFloat(0x3b808000),
+                            bitsFloat(0x00012345),        // subnormal products
+                            -1.0e-30f,
+                            3.0e38f,                      // products overflow f16, bf16, f32
+                            -7.0e4f,
+                            std::numeric_limits<float>::quiet_NaN(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::infinity()};
+    forEachFast([&](const CpuKernels& k) {
+        const auto& ref = referenceKernels();
+        for (int64_t cols : {int64_t{64}, int64_t{128}, int64_t{200}, int64_t{1024}}) {
+            CAPTURE(cols);
+            // row r: scale r % 13; rows 0..12 without -128, then the same scales with -128 at
+            // value 0, 63, 64 (when the row has it) and the last value
+            const int64_t variants = 5;
+            const int64_t nScales = static_cast<int64_t>(std::size(scales));
+            const int64_t rows = nScales * variants;
+            std::vector<float> sc(static_cast<size_t>(rows));
+            std::vector<int8_t> q(static_cast<size_t>(rows * cols));
+            for (int64_t r = 0; r < rows; ++r) {
+                sc[static_cast<size_t>(r)] = scales[r % nScales];
+                int8_t* row = q.data() + r * cols;
+                for (int64_t c = 0; c < cols; ++c) {
+                    row[c] = static_cast<int8_t>((c * 37 + r * 11) % 255 - 127);  // -127..127
+                }
+                const int64_t at[] = {-1, 0, 63, 64, cols - 1};
+                const int64_t where = at[r / nScales];
+                if (where >= 0 && where < cols) row[where] = -128;
+            }
+            for (bool llm : {false, true}) {
+                CAPTURE(llm);
+                for (DType t : {DType::kF16, DType::kBF16}) {
+                    CAPTURE(std::string(dtypeName(t)));
+                    const size_t n = q.size();
+                    Skewed a(n * 2, 0), b(n * 2, 0);
+                    ref.dequantizeInt8(llm, q.data(), sc.data(), rows, cols, t, a.data());
+                    k.dequantizeInt8(llm, q.data(), sc.data(), rows, cols, t, b.data());
+                    const int64_t d = firstDiff(a.data(), b.data(), n, 2);
+                    CAPTURE(d / cols);  // the row
+                    CHECK(d == -1);
+                    CHECK(sameBytes(a.storage.data(), b.storage.data(), a.storage.size()));
+                }
+            }
+        }
+    });
+}
+
 TEST_CASE("LLM.int8 dequantization matches the reference for fp16-exact scales and at the "
           "exponent edges of the split-scale path") {
     forEachFast([](const CpuKernels& k) {
