@@ -353,8 +353,8 @@ inline void dequantize4bitBlocks(const float* lut, const uint8_t* packed, const 
 // instructions (explicitly unfused): the AVX2 file's.
 using x86::dqAbsmax;
 
-// As x86_avx2_impl.h: the absmax rebuilt kDqChunk blocks at a time into an L1 array (within
-// one nested group), then the plain block step. first = the tensor's index of block 0.
+// As x86_avx2_impl.h: each nested group's absmax per code rebuilt into an L1 table (block by
+// block for short runs), then the plain block step. first = the tensor's index of block 0.
 using x86::forEachDqBlock;
 
 template <DType D, StoreKind S>
