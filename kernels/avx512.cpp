@@ -26,10 +26,11 @@ constexpr auto dequantizeQ4_0 = x86_512::dequantizeQ4_0;
 #else
 // LLM.int8 / int8_dynamic to f16 / bf16: where the CPU has VBMI, the per-row table lookup
 // (x86_avx512_impl.h), which keeps up with NF4 where memory does not decide and reaches the
-// memory floor where it does (docs/benchmarks.md, "int8 to f16 / bf16 by table lookup").
-// Without VBMI the AVX2 body: on the AVX-512 hosts measured (the Xeon of an H200 machine,
-// "AVX-512 natively", and the development Xeon) the arithmetic AVX-512 body reached 0.73-0.91
-// of the memory floor and the AVX2 one 0.90-1.03. f32 output keeps the arithmetic AVX-512
+// memory floor where it does (docs/benchmarks.md, "Dequantization with its source and output
+// in L2"). Without VBMI the AVX2 body: on the AVX-512 hosts measured (the Xeon of an H200
+// machine, "AVX-512 natively", and the development Xeon) the arithmetic AVX-512 body reached
+// 0.73-0.97 of the memory floor (0.84-0.91 for bf16 outputs and bf16-checkpoint scales on the
+// development Xeon) and the AVX2 one 0.90-1.03. f32 output keeps the arithmetic AVX-512
 // body (1.13-1.17 of the floor against 1.12-1.15).
 void dequantizeInt8(bool llmInt8, const int8_t* q, const float* scale, int64_t rows, int64_t cols,
                     DType dst, void* out) {
