@@ -963,16 +963,21 @@ SLI_VBMI_FN uint16_t int8Planes(float sc, __m512i (&lo)[2], __m512i (&hi)[2]) {
     for (int k = 0; k < 128; k += 32) {
         store32<D, StoreKind::kPlain, false>(words + 2 * k, products(k), products(k + 16));
     }
-    __m512i evenBytes, oddBytes;  // byte i <- byte 2 i (2 i + 1) of the register pair
-    {
-        alignas(64) uint8_t e[64], o[64];
+    // byte i <- byte 2 i (low bytes) or 2 i + 1 (high bytes) of a register pair
+    struct ByteIndices {
+        alignas(64) uint8_t even[64];
+        alignas(64) uint8_t odd[64];
+    };
+    static constexpr ByteIndices kIndices = [] {
+        ByteIndices b{};
         for (int i = 0; i < 64; ++i) {
-            e[i] = static_cast<uint8_t>(2 * i);
-            o[i] = static_cast<uint8_t>(2 * i + 1);
+            b.even[i] = static_cast<uint8_t>(2 * i);
+            b.odd[i] = static_cast<uint8_t>(2 * i + 1);
         }
-        evenBytes = _mm512_load_si512(e);
-        oddBytes = _mm512_load_si512(o);
-    }
+        return b;
+    }();
+    const __m512i evenBytes = _mm512_load_si512(kIndices.even);
+    const __m512i oddBytes = _mm512_load_si512(kIndices.odd);
     for (int j = 0; j < 2; ++j) {
         const __m512i w0 = _mm512_load_si512(words + 128 * j);
         const __m512i w1 = _mm512_load_si512(words + 128 * j + 64);
