@@ -1021,7 +1021,9 @@ SLI_VBMI_FN void dequantizeInt8RowLookup(const int8_t* row, float sc, int64_t co
 template <DType D, bool kLlm>
 SLI_VBMI_FN void dequantizeInt8LookupAs(const int8_t* q, const float* scale, int64_t rows,
                                         int64_t cols, uint8_t* out) {
-    const bool rowsAligned = (cols * 2) % 64 == 0;  // streaming only when every row is
+    // withStoreKind's rule, spelled out: a lambda would not inherit SLI_VBMI_FN's target, and
+    // the lookup could not be inlined into it. Streaming only when every row starts on a line.
+    const bool rowsAligned = (cols * 2) % 64 == 0;
     const bool stream = rowsAligned && x86::storeKindFor(out, rows * cols * 2) == StoreKind::kStream;
     for (int64_t r = 0; r < rows; ++r) {
         const float sc = loadF32(scale, r);
